@@ -1,0 +1,230 @@
+//! Every response the proxy writes itself, and the one place where outcomes and errors become
+//! HTTP status codes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::auth_api::AuthApiError;
+use crate::renewal::{RefreshError, RenewedSession};
+
+/// Request bodies read before an early answer, so the connection can be kept; beyond this the
+/// connection is closed instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+pub struct Answer<'a> {
+    pub status: u16,
+    body: &'static [u8],
+    location: Option<String>,
+    set_cookie: &'a [HeaderValue],
+    allow: Option<&'static str>,
+}
+
+impl<'a> Answer<'a> {
+    fn json(status: u16, body: &'static [u8]) -> Self {
+        Answer {
+            status,
+            body,
+            location: None,
+            set_cookie: &[],
+            allow: None,
+        }
+    }
+
+    /// Seed 000's `logoutResponse()`: 401 and the five cookies cleared; a page navigation gets
+    /// the login redirect instead when one is configured.
+    pub fn logout(clear_cookies: &'a [HeaderValue], location: Option<String>) -> Self {
+        let mut answer = match location {
+            Some(location) => Answer {
+                location: Some(location),
+                ..Answer::json(302, b"")
+            },
+            None => Answer::json(401, br#"{"error":"Unauthorized"}"#),
+        };
+        answer.set_cookie = clear_cookies;
+        answer
+    }
+
+    pub fn logged_out(clear_cookies: &'a [HeaderValue]) -> Self {
+        Answer {
+            set_cookie: clear_cookies,
+            ..Answer::json(200, br#"{"message":"Logged out"}"#)
+        }
+    }
+
+    pub fn refreshed(session: &'a RenewedSession) -> Self {
+        Answer {
+            set_cookie: &session.set_cookie,
+            ..Answer::json(200, br#"{"message":"Tokens refreshed"}"#)
+        }
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Answer {
+            allow: Some("POST"),
+            ..Answer::json(405, br#"{"error":"Method Not Allowed"}"#)
+        }
+    }
+
+    /// A refresh that failed on the auth API's side: the user's cookies are kept (no
+    /// Set-Cookie), so the next request simply tries again. A rejection is a logout and is
+    /// answered by [`Answer::logout`] instead.
+    pub fn refresh_failed(error: &RefreshError) -> Self {
+        match error {
+            RefreshError::AuthApi(AuthApiError::Timeout(_)) => Answer::json(
+                504,
+                br#"{"error":"Gateway Timeout","reason":"auth API timed out"}"#,
+            ),
+            _ => Answer::json(
+                502,
+                br#"{"error":"Bad Gateway","reason":"auth API unavailable"}"#,
+            ),
+        }
+    }
+
+    /// The app could not be reached (or failed mid-way). After a refresh, the new cookies go
+    /// out anyway: a rotated refresh token must never be lost.
+    pub fn app_failed(status: u16, renewed: Option<&'a RenewedSession>) -> Self {
+        let body: &'static [u8] = match status {
+            502 => br#"{"error":"Bad Gateway","reason":"app unavailable"}"#,
+            504 => br#"{"error":"Gateway Timeout","reason":"app timed out"}"#,
+            400 => br#"{"error":"Bad Request"}"#,
+            _ => br#"{"error":"Internal Server Error"}"#,
+        };
+        Answer {
+            set_cookie: renewed.map_or(&[], |r| r.set_cookie.as_slice()),
+            ..Answer::json(status, body)
+        }
+    }
+
+    pub fn header(&self) -> pingora::Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(self.status, Some(6 + self.set_cookie.len()))?;
+        if !self.body.is_empty() {
+            h.insert_header("Content-Type", "application/json")?;
+        }
+        h.insert_header("Content-Length", self.body.len().to_string())?;
+        h.insert_header("Cache-Control", "no-store")?;
+        if let Some(location) = &self.location {
+            h.insert_header("Location", location.as_str())?;
+        }
+        if let Some(allow) = self.allow {
+            h.insert_header("Allow", allow)?;
+        }
+        for line in self.set_cookie {
+            h.append_header("Set-Cookie", line.clone())?;
+        }
+        Ok(h)
+    }
+
+    /// Writes the whole answer; the request body, if any, is drained first (bounded) so the
+    /// connection stays usable.
+    pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
+        drain_request_body(session).await;
+        let header = self.header()?;
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(header), self.body.is_empty() || head_only)
+            .await?;
+        if !self.body.is_empty() && !head_only {
+            session
+                .write_response_body(Some(Bytes::from_static(self.body)), true)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn drain_request_body(session: &mut Session) {
+    if session.is_body_done() {
+        return;
+    }
+    let mut read = 0;
+    let drained = tokio::time::timeout(DRAIN_TIME, async {
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(drained, Ok(true)) || !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(n: usize) -> Vec<HeaderValue> {
+        (0..n)
+            .map(|i| HeaderValue::from_str(&format!("c{i}=; Max-Age=0")).unwrap())
+            .collect()
+    }
+
+    fn set_cookies(h: &ResponseHeader) -> Vec<String> {
+        h.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn logout_is_401_with_each_cookie_cleared_on_its_own_line() {
+        let clear = lines(5);
+        let a = Answer::logout(&clear, None);
+        let h = a.header().unwrap();
+        assert_eq!(h.status.as_u16(), 401);
+        assert_eq!(a.body, br#"{"error":"Unauthorized"}"#);
+        assert_eq!(set_cookies(&h).len(), 5);
+        assert_eq!(h.headers["content-length"], a.body.len().to_string().as_str());
+        assert_eq!(h.headers["cache-control"], "no-store");
+    }
+
+    #[test]
+    fn logout_for_a_page_is_a_redirect_that_still_clears() {
+        let clear = lines(5);
+        let h = Answer::logout(&clear, Some("/login?next=/x".into())).header().unwrap();
+        assert_eq!(h.status.as_u16(), 302);
+        assert_eq!(h.headers["location"], "/login?next=/x");
+        assert_eq!(h.headers["content-length"], "0");
+        assert_eq!(set_cookies(&h).len(), 5);
+    }
+
+    #[test]
+    fn refresh_failures_keep_cookies() {
+        let timeout = RefreshError::AuthApi(AuthApiError::Timeout(Duration::from_secs(2)));
+        let down = RefreshError::AuthApi(AuthApiError::Unreachable("refused".into()));
+        let bad = RefreshError::AuthApi(AuthApiError::BadAnswer("HTTP 500".into()));
+        for (err, status) in [(timeout, 504), (down, 502), (bad, 502), (RefreshError::Lost, 502)] {
+            let h = Answer::refresh_failed(&err).header().unwrap();
+            assert_eq!(h.status.as_u16(), status, "{err:?}");
+            assert!(set_cookies(&h).is_empty());
+        }
+    }
+
+    #[test]
+    fn app_failure_after_refresh_still_carries_the_new_cookies() {
+        let renewed = RenewedSession {
+            cookies: vec![],
+            set_cookie: lines(5),
+        };
+        let h = Answer::app_failed(502, Some(&renewed)).header().unwrap();
+        assert_eq!(h.status.as_u16(), 502);
+        assert_eq!(set_cookies(&h).len(), 5);
+    }
+
+    #[test]
+    fn method_not_allowed_names_post() {
+        let h = Answer::method_not_allowed().header().unwrap();
+        assert_eq!(h.status.as_u16(), 405);
+        assert_eq!(h.headers["allow"], "POST");
+    }
+}

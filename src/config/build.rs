@@ -1,0 +1,610 @@
+//! One validation pass over the whole file: every problem is collected with the key's path, and
+//! the runtime configuration is only built when there are none.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use cookie::SameSite;
+use http::Uri;
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::HttpPeer;
+
+use super::file::{AuthApiFile, CookiesFile, FileConfig, RoutesFile, TokensFile, UpstreamFile};
+use super::{Env, Loaded, Problem, RuntimeConfig};
+use crate::auth_api::{AuthApiSettings, AuthFields};
+use crate::cookies::{CookieNames, is_cookie_name};
+use crate::routes::{Routes, is_local_path};
+use crate::set_cookie::{CookiePolicy, header_value};
+use crate::tokens::{TokenKeys, TokenTimes};
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+pub const MIN_SECRET_BYTES: usize = 32;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Checker {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub fn build(file: FileConfig, env: Env<'_>) -> Result<Loaded, Vec<Problem>> {
+    let mut c = Checker::default();
+    let listen = check_listen(&mut c, file.listen.into_vec());
+    let server = check_pingora(&mut c, file.pingora);
+    let upstream = check_upstream(&mut c, &file.upstream);
+    let auth_api = check_auth_api(&mut c, &file.auth_api);
+    let tokens = check_tokens(&mut c, &file.tokens, env);
+    let cookies = check_cookies(&mut c, &file.cookies);
+    let routes = check_routes(&mut c, file.routes);
+    if file.refresh.max_entries == 0 {
+        c.problem("refresh.max_entries", "must be at least 1");
+    }
+    let (Some(server), Some(upstream), Some(auth_api), Some((keys, secrets)), Some((names, policy)), Some(routes)) =
+        (server, upstream, auth_api, tokens, cookies, routes)
+    else {
+        return Err(c.problems);
+    };
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    let clear_cookies = names
+        .all()
+        .iter()
+        .map(|name| header_value(policy.clear_line(name)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            vec![Problem {
+                key: "cookies".into(),
+                message: e.to_string(),
+            }]
+        })?;
+    Ok(Loaded {
+        runtime: RuntimeConfig {
+            listen,
+            upstream,
+            auth_api,
+            keys,
+            names,
+            cookie_policy: policy,
+            clear_cookies,
+            routes,
+            grace: Duration::from_secs(file.refresh.grace_secs),
+            max_entries: file.refresh.max_entries,
+        },
+        server,
+        warnings: c.warnings,
+        secrets,
+    })
+}
+
+fn check_listen(c: &mut Checker, listen: Vec<String>) -> Vec<String> {
+    if listen.is_empty() {
+        c.problem("listen", "needs at least one address");
+    }
+    let mut seen = HashSet::new();
+    for (i, addr) in listen.iter().enumerate() {
+        let key = format!("listen[{i}]");
+        match addr.parse::<SocketAddr>() {
+            Err(_) => c.problem(key, format!("`{addr}` is not an IP:port address (e.g. 0.0.0.0:8080)")),
+            Ok(sa) if sa.port() == 0 => c.problem(key, "port 0 is not a fixed address"),
+            Ok(sa) if !seen.insert(sa) => c.problem(key, format!("`{addr}` is listed twice")),
+            Ok(_) => {}
+        }
+    }
+    listen
+}
+
+/// `pingora:` takes Pingora's own `ServerConf` keys; a typo is refused like anywhere else.
+fn check_pingora(c: &mut Checker, section: Option<serde_yaml::Value>) -> Option<ServerConf> {
+    let mut section = match section {
+        None | Some(serde_yaml::Value::Null) => serde_yaml::Mapping::new(),
+        Some(serde_yaml::Value::Mapping(m)) => m,
+        Some(_) => {
+            c.problem("pingora", "must be a mapping of Pingora server settings");
+            return None;
+        }
+    };
+    let known = match serde_yaml::to_value(ServerConf::default()) {
+        Ok(serde_yaml::Value::Mapping(m)) => m,
+        _ => serde_yaml::Mapping::new(),
+    };
+    let mut ok = true;
+    for key in section.keys() {
+        if !known.contains_key(key) {
+            let name = key.as_str().unwrap_or("?");
+            c.problem(format!("pingora.{name}"), "not a Pingora server setting (see README: pingora)");
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    // Our defaults where Pingora's do not suit a proxy: all cores, and a short drain on SIGTERM.
+    let defaults: [(&str, serde_yaml::Value); 3] = [
+        ("threads", std::thread::available_parallelism().map_or(1, |n| n.get()).into()),
+        ("grace_period_seconds", 1u64.into()),
+        ("graceful_shutdown_timeout_seconds", 10u64.into()),
+    ];
+    for (key, value) in defaults {
+        let key = serde_yaml::Value::from(key);
+        if !section.contains_key(&key) {
+            section.insert(key, value);
+        }
+    }
+    let conf: ServerConf = match serde_yaml::from_value(serde_yaml::Value::Mapping(section)) {
+        Ok(conf) => conf,
+        Err(e) => {
+            c.problem("pingora", e.to_string());
+            return None;
+        }
+    };
+    match conf.validate() {
+        Ok(conf) => Some(conf),
+        Err(e) => {
+            c.problem("pingora", e.to_string());
+            None
+        }
+    }
+}
+
+fn check_timeout(c: &mut Checker, key: &str, ms: u64) -> Duration {
+    if ms == 0 || ms > MAX_TIMEOUT_MS {
+        c.problem(key, format!("must be between 1 and {MAX_TIMEOUT_MS} ms"));
+    }
+    Duration::from_millis(ms)
+}
+
+/// DNS is resolved once, at start (Pingora's `HttpPeer::new` would panic on failure).
+fn resolve(c: &mut Checker, key: &str, host_port: &str) -> Option<SocketAddr> {
+    match host_port.to_socket_addrs() {
+        Ok(mut addrs) => match addrs.next() {
+            Some(a) => Some(a),
+            None => {
+                c.problem(key, format!("`{host_port}` resolves to no address"));
+                None
+            }
+        },
+        Err(e) => {
+            c.problem(key, format!("cannot resolve `{host_port}`: {e}"));
+            None
+        }
+    }
+}
+
+fn check_upstream(c: &mut Checker, u: &UpstreamFile) -> Option<HttpPeer> {
+    let connect = check_timeout(c, "upstream.connect_timeout_ms", u.connect_timeout_ms);
+    let read = check_timeout(c, "upstream.read_timeout_ms", u.read_timeout_ms);
+    let write = check_timeout(c, "upstream.write_timeout_ms", u.write_timeout_ms);
+    let host = match split_host_port(&u.address) {
+        Some((host, _)) if !u.address.contains("://") => host,
+        _ => {
+            c.problem("upstream.address", format!("`{}` must be host:port (no scheme)", u.address));
+            return None;
+        }
+    };
+    let addr = resolve(c, "upstream.address", &u.address)?;
+    let sni = if u.sni.is_empty() { host } else { u.sni.clone() };
+    let mut peer = HttpPeer::new(addr, u.tls, sni);
+    peer.options.connection_timeout = Some(connect);
+    peer.options.total_connection_timeout = Some(connect);
+    peer.options.read_timeout = Some(read);
+    peer.options.write_timeout = Some(write);
+    peer.options.idle_timeout = Some(Duration::from_secs(u.idle_timeout_secs));
+    Some(peer)
+}
+
+fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+fn check_auth_api(c: &mut Checker, a: &AuthApiFile) -> Option<AuthApiSettings> {
+    let timeout = check_timeout(c, "auth_api.timeout_ms", a.timeout_ms);
+    if a.send_cookies.is_empty() {
+        c.problem("auth_api.send_cookies", "needs at least one cookie name (seed 002 sends refreshToken)");
+    }
+    for (i, name) in a.send_cookies.iter().enumerate() {
+        if !is_cookie_name(name) {
+            c.problem(format!("auth_api.send_cookies[{i}]"), format!("`{name}` is not a valid cookie name"));
+        }
+    }
+    for (key, value) in [
+        ("auth_api.fields.access_token", Some(&a.fields.access_token)),
+        ("auth_api.fields.refresh_token", Some(&a.fields.refresh_token)),
+        ("auth_api.fields.user", a.fields.user.as_ref()),
+    ] {
+        if value.is_some_and(|v| v.is_empty()) {
+            c.problem(key, "must not be empty (use null for `user` when the auth API sends none)");
+        }
+    }
+    let key = "auth_api.refresh_url";
+    let uri: Uri = match a.refresh_url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            c.problem(key, format!("`{}` is not a valid URL: {e}", a.refresh_url));
+            return None;
+        }
+    };
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            c.problem(key, format!("`{}` must start with http:// or https://", a.refresh_url));
+            return None;
+        }
+    };
+    let Some(authority) = uri.authority() else {
+        c.problem(key, format!("`{}` has no host", a.refresh_url));
+        return None;
+    };
+    if authority.as_str().contains('@') {
+        c.problem(key, "must not carry credentials (user@host)");
+        return None;
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let addr = resolve(c, key, &format!("{}:{port}", authority.host()))?;
+    let mut peer = HttpPeer::new(addr, tls, host);
+    peer.options.connection_timeout = Some(timeout);
+    peer.options.total_connection_timeout = Some(timeout);
+    peer.options.read_timeout = Some(timeout);
+    peer.options.write_timeout = Some(timeout);
+    Some(AuthApiSettings {
+        peer,
+        authority: authority.as_str().to_owned(),
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        timeout,
+        send_cookies: a.send_cookies.clone(),
+        fields: AuthFields {
+            access_token: a.fields.access_token.clone(),
+            refresh_token: a.fields.refresh_token.clone(),
+            user: a.fields.user.clone(),
+        },
+    })
+}
+
+fn check_tokens(c: &mut Checker, t: &TokensFile, env: Env<'_>) -> Option<(TokenKeys, Vec<Vec<u8>>)> {
+    let access = secret(c, "tokens.access_secret_env", &t.access_secret_env, t.allow_short_secrets, env);
+    let refresh = secret(c, "tokens.refresh_secret_env", &t.refresh_secret_env, t.allow_short_secrets, env);
+    let access_ttl = ttl(c, "tokens.access_ttl_env", t.access_ttl_env.as_deref(), "tokens.access_ttl_secs", t.access_ttl_secs, env);
+    let refresh_ttl = ttl(c, "tokens.refresh_ttl_env", t.refresh_ttl_env.as_deref(), "tokens.refresh_ttl_secs", t.refresh_ttl_secs, env);
+    if let (Some(a), Some(r)) = (&access, &refresh) {
+        if a == r {
+            c.problem(
+                "tokens.refresh_secret_env",
+                format!(
+                    "{} and {} hold the same secret: a refresh token would pass as an access token",
+                    t.access_secret_env, t.refresh_secret_env
+                ),
+            );
+        }
+    }
+    if let Some(ttl) = access_ttl {
+        if t.refresh_ahead_secs >= ttl {
+            c.problem("tokens.refresh_ahead_secs", format!("must be below the access token lifetime ({ttl} s)"));
+        }
+    }
+    let (access, refresh, access_ttl, refresh_ttl) = (access?, refresh?, access_ttl?, refresh_ttl?);
+    let times = TokenTimes {
+        access_ttl_secs: access_ttl,
+        refresh_ttl_secs: refresh_ttl,
+        leeway_secs: t.leeway_secs,
+        refresh_ahead_secs: t.refresh_ahead_secs,
+    };
+    let keys = TokenKeys::new(&access, &refresh, times);
+    Some((keys, vec![access, refresh]))
+}
+
+fn env_bytes(value: OsString) -> Vec<u8> {
+    use std::os::unix::ffi::OsStringExt;
+    value.into_vec()
+}
+
+fn secret(c: &mut Checker, key: &str, var: &str, allow_short: bool, env: Env<'_>) -> Option<Vec<u8>> {
+    if var.is_empty() {
+        c.problem(key, "must name an environment variable");
+        return None;
+    }
+    let Some(value) = env(var).map(env_bytes) else {
+        c.problem(key, format!("environment variable {var} is not set (secrets come only from the environment)"));
+        return None;
+    };
+    if value.len() < MIN_SECRET_BYTES {
+        if allow_short && !value.is_empty() {
+            c.warnings.push(format!(
+                "{var} is {} bytes, below the {MIN_SECRET_BYTES}-byte minimum of RFC 7518 §3.2 (allowed by tokens.allow_short_secrets)",
+                value.len()
+            ));
+        } else {
+            c.problem(
+                key,
+                format!(
+                    "environment variable {var} is {} bytes; an HS256 secret needs at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2; tokens.allow_short_secrets: true accepts it with a warning)",
+                    value.len()
+                ),
+            );
+            return None;
+        }
+    }
+    Some(value)
+}
+
+/// The env var wins when set (the seeds' `.env`), else the YAML value.
+fn ttl(c: &mut Checker, env_key: &str, var: Option<&str>, secs_key: &str, secs: u64, env: Env<'_>) -> Option<u64> {
+    let from_env = var.filter(|v| !v.is_empty()).and_then(|v| env(v).map(|value| (v, value)));
+    let (key, value) = match from_env {
+        Some((var, raw)) => {
+            let text = raw.to_string_lossy();
+            match text.trim().parse::<u64>() {
+                Ok(n) => (format!("{env_key} ({var})"), n),
+                Err(_) => {
+                    c.problem(env_key, format!("environment variable {var} must be a whole number of seconds, got `{text}`"));
+                    return None;
+                }
+            }
+        }
+        None => (secs_key.to_owned(), secs),
+    };
+    if value == 0 {
+        c.problem(key, "must be at least 1 second");
+        return None;
+    }
+    Some(value)
+}
+
+fn check_cookies(c: &mut Checker, k: &CookiesFile) -> Option<(CookieNames, CookiePolicy)> {
+    let n = &k.names;
+    let names = CookieNames {
+        access_etls: n.access_etls.clone(),
+        refresh_etls: n.refresh_etls.clone(),
+        access_api: n.access_api.clone(),
+        refresh_api: n.refresh_api.clone(),
+        user: n.user.clone(),
+    };
+    let keys = ["access_etls", "refresh_etls", "access_api", "refresh_api", "user"];
+    let mut seen = HashSet::new();
+    let mut ok = true;
+    for (key, name) in keys.iter().zip(names.all()) {
+        if !is_cookie_name(name) {
+            c.problem(format!("cookies.names.{key}"), format!("`{name}` is not a valid cookie name"));
+            ok = false;
+        } else if !seen.insert(name) {
+            c.problem(format!("cookies.names.{key}"), format!("`{name}` is used for two cookies"));
+            ok = false;
+        }
+    }
+    let same_site = match k.same_site.to_ascii_lowercase().as_str() {
+        "strict" => Some(SameSite::Strict),
+        "lax" => Some(SameSite::Lax),
+        "none" => Some(SameSite::None),
+        _ => {
+            c.problem("cookies.same_site", format!("`{}` must be Strict, Lax or None", k.same_site));
+            None
+        }
+    };
+    if same_site == Some(SameSite::None) && !k.secure {
+        c.problem("cookies.same_site", "None needs cookies.secure: true (browsers drop it otherwise)");
+    }
+    if !k.path.starts_with('/') || !is_attribute_value(&k.path) {
+        c.problem("cookies.path", format!("`{}` must start with / and hold no ; or control characters", k.path));
+        ok = false;
+    }
+    if let Some(domain) = &k.domain {
+        let valid = !domain.is_empty()
+            && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !valid {
+            c.problem("cookies.domain", format!("`{domain}` is not a domain name"));
+            ok = false;
+        }
+    }
+    let policy = CookiePolicy {
+        max_age_secs: k.max_age_secs,
+        path: k.path.clone(),
+        domain: k.domain.clone(),
+        secure: k.secure,
+        same_site: same_site?,
+    };
+    ok.then_some((names, policy))
+}
+
+fn is_attribute_value(v: &str) -> bool {
+    v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';')
+}
+
+fn check_routes(c: &mut Checker, r: RoutesFile) -> Option<Routes> {
+    let mut ok = true;
+    for (i, p) in r.public.iter().enumerate() {
+        if !p.starts_with('/') {
+            c.problem(format!("routes.public[{i}]"), format!("`{p}` must start with /"));
+            ok = false;
+        }
+    }
+    for (key, value) in [("routes.refresh_endpoint", &r.refresh_endpoint), ("routes.logout_endpoint", &r.logout_endpoint)] {
+        if let Some(path) = value {
+            if !path.starts_with('/') || path.contains('?') {
+                c.problem(key, format!("`{path}` must be a path starting with / (or null to disable)"));
+                ok = false;
+            }
+        }
+    }
+    if r.refresh_endpoint.is_some() && r.refresh_endpoint == r.logout_endpoint {
+        c.problem("routes.logout_endpoint", "must differ from routes.refresh_endpoint");
+        ok = false;
+    }
+    let routes = Routes {
+        public: r.public,
+        refresh_endpoint: r.refresh_endpoint,
+        logout_endpoint: r.logout_endpoint,
+        login_redirect: r.login_redirect,
+    };
+    if let Some(target) = &routes.login_redirect {
+        let path = target.split('?').next().unwrap_or_default();
+        if !is_local_path(target) {
+            c.problem("routes.login_redirect", format!("`{target}` must be a local path (starting with /, no scheme, no //)"));
+            ok = false;
+        } else if routes.classify(path.as_bytes()) != crate::routes::Route::Public {
+            c.problem(
+                "routes.login_redirect",
+                format!("`{path}` must also be listed in routes.public, or the login page would redirect to itself"),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::parse;
+
+    const A: &str = "access-secret-access-secret-0123";
+    const R: &str = "refresh-secret-refresh-secret-01";
+
+    fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
+    }
+
+    fn problems(yaml: &str, vars: &'static [(&'static str, &'static str)]) -> Vec<String> {
+        let env = env_with(vars);
+        match build(parse(yaml).expect("parses"), &env) {
+            Ok(_) => vec![],
+            Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    const SECRETS: &[(&str, &str)] = &[("ETLS_ACCESS", A), ("ETLS_REFRESH", R)];
+
+    #[test]
+    fn empty_file_with_secrets_builds_with_seed_defaults() {
+        let env = env_with(SECRETS);
+        let loaded = build(parse("# nothing\n").unwrap(), &env).unwrap_or_else(|p| panic!("{p:?}"));
+        let rt = loaded.runtime;
+        assert_eq!(rt.listen, vec!["0.0.0.0:8080"]);
+        assert_eq!(rt.names, CookieNames::default());
+        assert_eq!(rt.cookie_policy, CookiePolicy::default());
+        assert_eq!(rt.keys.times.access_ttl_secs, 900);
+        assert_eq!(rt.keys.times.refresh_ttl_secs, 43_200);
+        assert_eq!(rt.auth_api.path_and_query, "/refreshtoken");
+        assert_eq!(rt.auth_api.authority, "127.0.0.1:3001");
+        assert_eq!(rt.auth_api.send_cookies, vec!["refreshToken"]);
+        assert_eq!(rt.auth_api.fields.user.as_deref(), Some("userData"));
+        assert_eq!(rt.grace, Duration::from_secs(30));
+        assert_eq!(rt.clear_cookies.len(), 5);
+        assert_eq!(loaded.server.grace_period_seconds, Some(1));
+        assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn ttl_env_vars_win_over_yaml() {
+        let env = env_with(&[
+            ("ETLS_ACCESS", A),
+            ("ETLS_REFRESH", R),
+            ("ETLS_ACCESS_EXPIRE_TIME", "60"),
+            ("ETLS_REFRESH_EXPIRE_TIME", " 120 "),
+        ]);
+        let rt = build(parse("tokens: {access_ttl_secs: 5}").unwrap(), &env).ok().unwrap().runtime;
+        assert_eq!(rt.keys.times.access_ttl_secs, 60);
+        assert_eq!(rt.keys.times.refresh_ttl_secs, 120);
+    }
+
+    #[test]
+    fn user_field_null_is_kept_as_none() {
+        let env = env_with(SECRETS);
+        let rt = build(parse("auth_api: {fields: {user: null}}").unwrap(), &env).ok().unwrap().runtime;
+        assert_eq!(rt.auth_api.fields.user, None);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let yaml = r#"
+listen: ["nonsense", "127.0.0.1:0"]
+upstream: {address: "http://x:1"}
+auth_api: {refresh_url: "ftp://x/y", timeout_ms: 0, send_cookies: ["bad name"]}
+tokens: {refresh_ahead_secs: 5000}
+cookies: {same_site: Sideways, path: "nope", names: {user: accessToken}}
+routes: {public: ["x"], login_redirect: "//evil.com"}
+refresh: {max_entries: 0}
+pingora: {threads: 2, no_such_key: 1}
+"#;
+        let got = problems(yaml, &[("ETLS_ACCESS", "short"), ("ETLS_REFRESH", R)]);
+        let want_keys = [
+            "listen[0]",
+            "listen[1]",
+            "upstream.address",
+            "auth_api.timeout_ms",
+            "auth_api.send_cookies[0]",
+            "auth_api.refresh_url",
+            "tokens.access_secret_env",
+            "tokens.refresh_ahead_secs",
+            "cookies.names.user",
+            "cookies.same_site",
+            "cookies.path",
+            "routes.public[0]",
+            "routes.login_redirect",
+            "refresh.max_entries",
+            "pingora.no_such_key",
+        ];
+        for key in want_keys {
+            assert!(got.iter().any(|p| p.starts_with(&format!("{key}: "))), "{key} not reported in {got:#?}");
+        }
+        let short = got.iter().find(|p| p.starts_with("tokens.access_secret_env")).unwrap();
+        assert!(short.contains("ETLS_ACCESS") && short.contains("32 bytes"), "{short}");
+    }
+
+    #[test]
+    fn missing_and_equal_secrets_are_refused() {
+        let got = problems("{}", &[]);
+        assert!(got.iter().any(|p| p.contains("ETLS_ACCESS is not set")), "{got:?}");
+        assert!(got.iter().any(|p| p.contains("ETLS_REFRESH is not set")), "{got:?}");
+        let got = problems("{}", &[("ETLS_ACCESS", A), ("ETLS_REFRESH", A)]);
+        assert!(got.iter().any(|p| p.contains("same secret")), "{got:?}");
+        let got = problems("{}", &[("ETLS_ACCESS", A), ("ETLS_REFRESH", R), ("ETLS_ACCESS_EXPIRE_TIME", "15m")]);
+        assert!(got.iter().any(|p| p.contains("ETLS_ACCESS_EXPIRE_TIME") && p.contains("`15m`")), "{got:?}");
+    }
+
+    #[test]
+    fn short_secrets_need_the_explicit_switch_and_warn() {
+        let env = env_with(&[("ETLS_ACCESS", "short-a"), ("ETLS_REFRESH", "short-r")]);
+        let loaded = build(parse("tokens: {allow_short_secrets: true}").unwrap(), &env).ok().unwrap();
+        assert_eq!(loaded.warnings.len(), 2);
+        assert!(loaded.warnings[0].contains("ETLS_ACCESS"));
+    }
+
+    #[test]
+    fn login_redirect_must_be_public() {
+        let got = problems("routes: {login_redirect: /login}", SECRETS);
+        assert!(got.iter().any(|p| p.starts_with("routes.login_redirect") && p.contains("routes.public")), "{got:?}");
+        let ok = problems("routes: {login_redirect: '/login?x=1', public: [/login]}", SECRETS);
+        assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn same_site_none_needs_secure() {
+        let got = problems("cookies: {same_site: None}", SECRETS);
+        assert!(got.iter().any(|p| p.starts_with("cookies.same_site")), "{got:?}");
+        assert!(problems("cookies: {same_site: none, secure: true}", SECRETS).is_empty());
+    }
+
+    #[test]
+    fn syntax_errors_name_the_key_and_line() {
+        let e = parse("auth_api:\n  refresh_url: http://x\n  timeout: 5\n").unwrap_err();
+        assert!(e.contains("auth_api") && e.contains("timeout") && e.contains("line 3"), "{e}");
+        let e = parse("tokens:\n  leeway_secs: soon\n").unwrap_err();
+        assert!(e.contains("tokens.leeway_secs") && e.contains("line 2"), "{e}");
+        let e = parse("listen: [\n").unwrap_err();
+        assert!(e.contains("line"), "{e}");
+    }
+}

@@ -1,0 +1,312 @@
+//! The YAML file as written by ops: serde types only, no checks beyond types.
+//!
+//! Every section has defaults matching the seeds' Next.js routes, so an empty file (plus the
+//! secret env vars) runs. Unknown keys are refused so a typo never silently falls back to a
+//! default.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default = "default_listen")]
+    pub listen: OneOrMany,
+    /// Pingora's own `ServerConf` keys, checked against the keys Pingora knows.
+    #[serde(default)]
+    pub pingora: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub auth_api: AuthApiFile,
+    #[serde(default)]
+    pub tokens: TokensFile,
+    #[serde(default)]
+    pub cookies: CookiesFile,
+    #[serde(default)]
+    pub routes: RoutesFile,
+    #[serde(default)]
+    pub refresh: RefreshFile,
+}
+
+/// `listen: "127.0.0.1:8080"` and `listen: [..]` both read naturally in YAML.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+fn default_listen() -> OneOrMany {
+    OneOrMany::Many(vec!["0.0.0.0:8080".into()])
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    pub address: String,
+    pub tls: bool,
+    pub sni: String,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        UpstreamFile {
+            address: "127.0.0.1:3000".into(),
+            tls: false,
+            sni: String::new(),
+            connect_timeout_ms: 2000,
+            read_timeout_ms: 60_000,
+            write_timeout_ms: 60_000,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthApiFile {
+    pub refresh_url: String,
+    pub timeout_ms: u64,
+    pub send_cookies: Vec<String>,
+    pub fields: FieldsFile,
+}
+
+impl Default for AuthApiFile {
+    fn default() -> Self {
+        AuthApiFile {
+            refresh_url: "http://127.0.0.1:3001/refreshtoken".into(),
+            timeout_ms: 2000,
+            send_cookies: vec!["refreshToken".into()],
+            fields: FieldsFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsFile {
+    #[serde(default = "default_access_field")]
+    pub access_token: String,
+    #[serde(default = "default_refresh_field")]
+    pub refresh_token: String,
+    /// Absent: `userData`. Explicit `null`: the auth API sends no user, `etlsUser` is left alone.
+    #[serde(default = "default_user_field")]
+    pub user: Option<String>,
+}
+
+impl Default for FieldsFile {
+    fn default() -> Self {
+        FieldsFile {
+            access_token: default_access_field(),
+            refresh_token: default_refresh_field(),
+            user: default_user_field(),
+        }
+    }
+}
+
+fn default_access_field() -> String {
+    "accessToken".into()
+}
+fn default_refresh_field() -> String {
+    "refreshToken".into()
+}
+fn default_user_field() -> Option<String> {
+    Some("userData".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    #[serde(default = "default_access_secret_env")]
+    pub access_secret_env: String,
+    #[serde(default = "default_refresh_secret_env")]
+    pub refresh_secret_env: String,
+    #[serde(default = "default_access_ttl_env")]
+    pub access_ttl_env: Option<String>,
+    #[serde(default = "default_refresh_ttl_env")]
+    pub refresh_ttl_env: Option<String>,
+    #[serde(default = "default_access_ttl")]
+    pub access_ttl_secs: u64,
+    #[serde(default = "default_refresh_ttl")]
+    pub refresh_ttl_secs: u64,
+    #[serde(default)]
+    pub leeway_secs: u64,
+    #[serde(default)]
+    pub refresh_ahead_secs: u64,
+    #[serde(default)]
+    pub allow_short_secrets: bool,
+}
+
+impl Default for TokensFile {
+    fn default() -> Self {
+        TokensFile {
+            access_secret_env: default_access_secret_env(),
+            refresh_secret_env: default_refresh_secret_env(),
+            access_ttl_env: default_access_ttl_env(),
+            refresh_ttl_env: default_refresh_ttl_env(),
+            access_ttl_secs: default_access_ttl(),
+            refresh_ttl_secs: default_refresh_ttl(),
+            leeway_secs: 0,
+            refresh_ahead_secs: 0,
+            allow_short_secrets: false,
+        }
+    }
+}
+
+fn default_access_secret_env() -> String {
+    "ETLS_ACCESS".into()
+}
+fn default_refresh_secret_env() -> String {
+    "ETLS_REFRESH".into()
+}
+fn default_access_ttl_env() -> Option<String> {
+    Some("ETLS_ACCESS_EXPIRE_TIME".into())
+}
+fn default_refresh_ttl_env() -> Option<String> {
+    Some("ETLS_REFRESH_EXPIRE_TIME".into())
+}
+fn default_access_ttl() -> u64 {
+    900
+}
+fn default_refresh_ttl() -> u64 {
+    43_200
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookiesFile {
+    #[serde(default)]
+    pub names: CookieNamesFile,
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub secure: bool,
+    #[serde(default = "default_same_site")]
+    pub same_site: String,
+}
+
+impl Default for CookiesFile {
+    fn default() -> Self {
+        CookiesFile {
+            names: CookieNamesFile::default(),
+            max_age_secs: default_max_age(),
+            path: default_path(),
+            domain: None,
+            secure: false,
+            same_site: default_same_site(),
+        }
+    }
+}
+
+fn default_max_age() -> u64 {
+    43_200
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_same_site() -> String {
+    "Lax".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieNamesFile {
+    pub access_etls: String,
+    pub refresh_etls: String,
+    pub access_api: String,
+    pub refresh_api: String,
+    pub user: String,
+}
+
+impl Default for CookieNamesFile {
+    fn default() -> Self {
+        CookieNamesFile {
+            access_etls: "accessTokenEtls".into(),
+            refresh_etls: "refreshTokenEtls".into(),
+            access_api: "accessToken".into(),
+            refresh_api: "refreshToken".into(),
+            user: "etlsUser".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    #[serde(default = "default_public")]
+    pub public: Vec<String>,
+    #[serde(default = "default_refresh_endpoint")]
+    pub refresh_endpoint: Option<String>,
+    #[serde(default = "default_logout_endpoint")]
+    pub logout_endpoint: Option<String>,
+    #[serde(default)]
+    pub login_redirect: Option<String>,
+}
+
+impl Default for RoutesFile {
+    fn default() -> Self {
+        RoutesFile {
+            public: default_public(),
+            refresh_endpoint: default_refresh_endpoint(),
+            logout_endpoint: default_logout_endpoint(),
+            login_redirect: None,
+        }
+    }
+}
+
+fn default_public() -> Vec<String> {
+    vec![
+        "/_next/static/".into(),
+        "/_next/image".into(),
+        "/favicon.ico".into(),
+    ]
+}
+fn default_refresh_endpoint() -> Option<String> {
+    Some("/api/auth/refreshtoken".into())
+}
+fn default_logout_endpoint() -> Option<String> {
+    Some("/api/auth/logout".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshFile {
+    pub grace_secs: u64,
+    pub max_entries: usize,
+}
+
+impl Default for RefreshFile {
+    fn default() -> Self {
+        RefreshFile {
+            grace_secs: 30,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// Parses the file; an empty file (or one holding only comments) is all defaults. Errors name
+/// the key's path and the line, as serde_yaml reports them.
+pub fn parse(text: &str) -> Result<FileConfig, String> {
+    let probe: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    if probe.is_null() {
+        return serde_yaml::from_str("{}").map_err(|e| e.to_string());
+    }
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}

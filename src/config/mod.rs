@@ -1,0 +1,126 @@
+//! Configuration: parse the YAML (`file`), check all of it in one pass and build the immutable
+//! runtime configuration (`build`), shared behind an `Arc`.
+
+mod build;
+pub mod file;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::time::Duration;
+
+use http::HeaderValue;
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::auth_api::AuthApiSettings;
+use crate::cookies::CookieNames;
+use crate::decision::SessionPolicy;
+use crate::renewal::Minting;
+use crate::routes::Routes;
+use crate::set_cookie::CookiePolicy;
+use crate::tokens::TokenKeys;
+
+pub use build::build;
+
+/// Reads one environment variable; injected so tests need not touch the process environment.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// The process environment.
+pub fn process_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
+/// Everything the proxy needs at run time, checked and built once.
+pub struct RuntimeConfig {
+    pub listen: Vec<String>,
+    pub upstream: HttpPeer,
+    pub auth_api: AuthApiSettings,
+    pub keys: TokenKeys,
+    pub names: CookieNames,
+    pub cookie_policy: CookiePolicy,
+    /// The logout response's Set-Cookie lines, built once.
+    pub clear_cookies: Vec<HeaderValue>,
+    pub routes: Routes,
+    pub grace: Duration,
+    pub max_entries: usize,
+}
+
+impl RuntimeConfig {
+    pub fn session_policy(&self) -> SessionPolicy<'_> {
+        SessionPolicy {
+            names: &self.names,
+            keys: &self.keys,
+            send_cookies: &self.auth_api.send_cookies,
+        }
+    }
+
+    pub fn minting(&self) -> Minting<'_> {
+        Minting {
+            keys: &self.keys,
+            names: &self.names,
+            policy: &self.cookie_policy,
+        }
+    }
+}
+
+/// A loaded configuration: the proxy's, Pingora's, and what deserves a warning.
+pub struct Loaded {
+    pub runtime: RuntimeConfig,
+    pub server: ServerConf,
+    pub warnings: Vec<String>,
+    /// Secret values, so the logger can make sure none is ever printed.
+    pub secrets: Vec<Vec<u8>>,
+}
+
+/// One problem, named by the key's path (`auth_api.refresh_url`) or the env var.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn load_file(path: &str, env: Env<'_>) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(&text, path, env)
+}
+
+pub fn load_str(text: &str, path: &str, env: Env<'_>) -> Result<Loaded, ConfigError> {
+    let parsed = file::parse(text).map_err(|message| ConfigError::Syntax {
+        path: path.to_owned(),
+        message,
+    })?;
+    build(parsed, env).map_err(|problems| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    })
+}

@@ -1,0 +1,318 @@
+//! The request decision: from a request's cookies to forward, refresh or refuse.
+//!
+//! Plain function over plain types: the glue hands in the cookies and the clock, and acts on the
+//! verdict. The signature of the access token is checked before anything else, so only a token
+//! we issued ever leads to a refresh.
+
+use crate::cookies::{CookieJar, CookieNames};
+use crate::tokens::{AccessState, Claims, RefreshState, TokenFault, TokenKeys};
+
+/// What the decision needs from the configuration.
+pub struct SessionPolicy<'c> {
+    pub names: &'c CookieNames,
+    pub keys: &'c TokenKeys,
+    /// Browser cookies sent to the auth API (and hashed into the session key).
+    pub send_cookies: &'c [String],
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict<'a> {
+    /// Forward to the app. `keep_access` names the one access token value to forward when the
+    /// browser sent several (the app must never see two).
+    Forward { keep_access: Option<&'a [u8]> },
+    Refresh(RefreshPlan<'a>),
+    Refuse(Refusal),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct RefreshPlan<'a> {
+    /// The verified refresh token's own claims, carried into the new tokens.
+    pub claims: Claims,
+    /// `name=value; ...` of `send_cookies`, as seed 002 sends them to the auth API.
+    pub api_cookies: String,
+    /// The refresh token as sent, hashed into the session key with `api_cookies`.
+    pub refresh_token: &'a [u8],
+    /// Refresh-ahead: the access token still passes, so a failing auth API must not fail the
+    /// request. Holds what `Forward` would have held.
+    pub fallback: Option<Option<&'a [u8]>>,
+}
+
+/// Why the session is over; every refusal is answered with the logout response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoSession,
+    AccessInvalid(TokenFault),
+    RefreshMissing,
+    RefreshExpired,
+    RefreshInvalid(TokenFault),
+    /// None of `auth_api.send_cookies` came with the request: nothing to refresh with.
+    NoApiSession,
+    /// The auth API refused the refresh token.
+    AuthApiRejected,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoSession => "no_session",
+            Refusal::AccessInvalid(_) => "access_invalid",
+            Refusal::RefreshMissing => "refresh_missing",
+            Refusal::RefreshExpired => "refresh_expired",
+            Refusal::RefreshInvalid(_) => "refresh_invalid",
+            Refusal::NoApiSession => "no_api_session",
+            Refusal::AuthApiRejected => "auth_api_rejected",
+        }
+    }
+}
+
+/// Why a refresh is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// An ordinary request: refresh only when the access token is missing, expired or due.
+    Request,
+    /// The refresh endpoint: always refresh, whatever the access token says.
+    RefreshEndpoint,
+}
+
+pub fn assess<'a>(
+    jar: &CookieJar<'a>,
+    policy: &SessionPolicy<'_>,
+    now: u64,
+    purpose: Purpose,
+) -> Verdict<'a> {
+    let names = policy.names;
+    let mut fallback = None;
+    if purpose == Purpose::Request {
+        let access = best_access(jar, policy, now);
+        if access.is_none() && jar.get(&names.refresh_etls).is_none() {
+            return Verdict::Refuse(Refusal::NoSession);
+        }
+        match access {
+            Some(Best { state: AccessState::Fresh, value, duplicated }) => {
+                return Verdict::Forward {
+                    keep_access: duplicated.then_some(value),
+                };
+            }
+            Some(Best { state: AccessState::Invalid(fault), .. }) => {
+                return Verdict::Refuse(Refusal::AccessInvalid(fault));
+            }
+            Some(Best { state: AccessState::Due, value, duplicated }) => {
+                fallback = Some(duplicated.then_some(value));
+            }
+            Some(Best { state: AccessState::Expired, .. }) | None => {}
+        }
+    }
+    let refuse = |refusal| match fallback {
+        Some(keep_access) => Verdict::Forward { keep_access },
+        None => Verdict::Refuse(refusal),
+    };
+    let (refresh_token, claims) = match valid_refresh(jar, policy, now) {
+        Ok(found) => found,
+        Err(refusal) => return refuse(refusal),
+    };
+    let api_cookies = api_cookie_header(jar, policy.send_cookies);
+    if api_cookies.is_empty() {
+        return refuse(Refusal::NoApiSession);
+    }
+    Verdict::Refresh(RefreshPlan {
+        claims,
+        api_cookies,
+        refresh_token,
+        fallback,
+    })
+}
+
+struct Best<'a> {
+    value: &'a [u8],
+    state: AccessState,
+    duplicated: bool,
+}
+
+/// The best of the access token values sent: duplicates give the same outcome in any order.
+fn best_access<'a>(jar: &CookieJar<'a>, policy: &SessionPolicy<'_>, now: u64) -> Option<Best<'a>> {
+    let mut best: Option<Best<'a>> = None;
+    for value in jar.values(&policy.names.access_etls) {
+        match &mut best {
+            None => {
+                best = Some(Best {
+                    value,
+                    state: policy.keys.check_access(value, now),
+                    duplicated: false,
+                })
+            }
+            Some(b) => {
+                b.duplicated = true;
+                if b.state != AccessState::Fresh {
+                    let state = policy.keys.check_access(value, now);
+                    if state.rank() > b.state.rank() {
+                        b.value = value;
+                        b.state = state;
+                    }
+                }
+            }
+        }
+    }
+    best
+}
+
+/// The first refresh token that verifies; otherwise why the first one does not.
+fn valid_refresh<'a>(
+    jar: &CookieJar<'a>,
+    policy: &SessionPolicy<'_>,
+    now: u64,
+) -> Result<(&'a [u8], Claims), Refusal> {
+    let mut first_problem = None;
+    for value in jar.values(&policy.names.refresh_etls) {
+        let problem = match policy.keys.check_refresh(value, now) {
+            RefreshState::Valid(claims) => return Ok((value, claims)),
+            RefreshState::Expired => Refusal::RefreshExpired,
+            RefreshState::Invalid(fault) => Refusal::RefreshInvalid(fault),
+        };
+        first_problem.get_or_insert(problem);
+    }
+    Err(first_problem.unwrap_or(Refusal::RefreshMissing))
+}
+
+/// `refreshToken=<value>` (seed 002), first value of each configured cookie that is present.
+fn api_cookie_header(jar: &CookieJar<'_>, send_cookies: &[String]) -> String {
+    let mut out = String::new();
+    for name in send_cookies {
+        if let Some(value) = jar.get(name) {
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(name);
+            out.push('=');
+            out.push_str(&String::from_utf8_lossy(value));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::tests::{ACCESS, NOW, REFRESH, keys, sign};
+    use jsonwebtoken::Algorithm;
+    use serde_json::json;
+
+    fn access(exp: u64) -> String {
+        sign(ACCESS, Algorithm::HS256, json!({"username":"ann","exp": exp}))
+    }
+    fn refresh(exp: u64) -> String {
+        sign(REFRESH, Algorithm::HS256, json!({"username":"ann","exp": exp}))
+    }
+
+    fn run(cookie: &str, purpose: Purpose, ahead: u64) -> Verdict<'static> {
+        let mut k = keys();
+        k.times.refresh_ahead_secs = ahead;
+        let names = CookieNames::default();
+        let send = vec!["refreshToken".to_string()];
+        let policy = SessionPolicy {
+            names: &names,
+            keys: &k,
+            send_cookies: &send,
+        };
+        // Leaked so the verdict, which borrows the header, can outlive this helper.
+        let header: &'static str = Box::leak(cookie.to_owned().into_boxed_str());
+        let jar = CookieJar::from_headers([header.as_bytes()]);
+        assess(&jar, &policy, NOW, purpose)
+    }
+
+    fn kind(v: &Verdict<'_>) -> String {
+        match v {
+            Verdict::Forward { keep_access: None } => "forward".into(),
+            Verdict::Forward { keep_access: Some(_) } => "forward-collapsed".into(),
+            Verdict::Refresh(p) if p.fallback.is_some() => "refresh-with-fallback".into(),
+            Verdict::Refresh(_) => "refresh".into(),
+            Verdict::Refuse(r) => format!("refuse:{}", r.as_str()),
+        }
+    }
+
+    #[test]
+    fn verdicts_by_table() {
+        let fresh = access(NOW + 600);
+        let expired = access(NOW - 10);
+        let bad_sig = sign(b"not-our-secret-not-our-secret-00", Algorithm::HS256, json!({"exp": NOW + 600}));
+        let bad_sig_expired = sign(b"not-our-secret-not-our-secret-00", Algorithm::HS256, json!({"exp": NOW - 600}));
+        let r_ok = refresh(NOW + 600);
+        let r_old = refresh(NOW - 1);
+        let r_bad = sign(ACCESS, Algorithm::HS256, json!({"exp": NOW + 600}));
+        let cases: Vec<(String, &str)> = vec![
+            (format!("accessTokenEtls={fresh}"), "forward"),
+            (format!("accessTokenEtls={fresh}; refreshTokenEtls={r_old}"), "forward"),
+            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
+            (format!("refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
+            (format!("accessTokenEtls={bad_sig}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refuse:access_invalid"),
+            (format!("accessTokenEtls={bad_sig_expired}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refuse:access_invalid"),
+            ("accessTokenEtls=garbage".into(), "refuse:access_invalid"),
+            (format!("accessTokenEtls={expired}"), "refuse:refresh_missing"),
+            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_old}; refreshToken=rt"), "refuse:refresh_expired"),
+            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_bad}; refreshToken=rt"), "refuse:refresh_invalid"),
+            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_ok}"), "refuse:no_api_session"),
+            ("theme=dark".into(), "refuse:no_session"),
+            (String::new(), "refuse:no_session"),
+            // Duplicates: the same outcome whatever the order, one value kept.
+            (format!("accessTokenEtls={fresh}; accessTokenEtls=junk"), "forward-collapsed"),
+            (format!("accessTokenEtls=junk; accessTokenEtls={fresh}"), "forward-collapsed"),
+            (format!("accessTokenEtls=junk; accessTokenEtls={expired}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
+            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_bad}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
+        ];
+        for (cookie, want) in cases {
+            assert_eq!(kind(&run(&cookie, Purpose::Request, 0)), want, "{cookie}");
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_the_valid_value() {
+        let fresh = access(NOW + 600);
+        for cookie in [
+            format!("accessTokenEtls={fresh}; accessTokenEtls=junk"),
+            format!("accessTokenEtls=junk; accessTokenEtls={fresh}"),
+        ] {
+            let Verdict::Forward { keep_access: Some(kept) } = run(&cookie, Purpose::Request, 0) else {
+                panic!("expected forward for {cookie}");
+            };
+            assert_eq!(kept, fresh.as_bytes());
+        }
+    }
+
+    #[test]
+    fn refresh_ahead_falls_back_to_forwarding() {
+        let due = access(NOW + 20);
+        let r_ok = refresh(NOW + 600);
+        let v = run(&format!("accessTokenEtls={due}; refreshTokenEtls={r_ok}; refreshToken=rt"), Purpose::Request, 60);
+        assert_eq!(kind(&v), "refresh-with-fallback");
+        // Without a usable refresh token a due access token still passes.
+        let v = run(&format!("accessTokenEtls={due}"), Purpose::Request, 60);
+        assert_eq!(kind(&v), "forward");
+    }
+
+    #[test]
+    fn refresh_endpoint_ignores_the_access_token() {
+        let r_ok = refresh(NOW + 600);
+        let fresh = access(NOW + 600);
+        for cookie in [
+            format!("accessTokenEtls={fresh}; refreshTokenEtls={r_ok}; refreshToken=rt"),
+            format!("accessTokenEtls=junk; refreshTokenEtls={r_ok}; refreshToken=rt"),
+        ] {
+            assert_eq!(kind(&run(&cookie, Purpose::RefreshEndpoint, 0)), "refresh", "{cookie}");
+        }
+        assert_eq!(kind(&run("", Purpose::RefreshEndpoint, 0)), "refuse:refresh_missing");
+    }
+
+    #[test]
+    fn plan_carries_claims_and_api_cookies() {
+        let r_ok = refresh(NOW + 600);
+        let Verdict::Refresh(plan) = run(
+            &format!("refreshToken=rt-1; refreshTokenEtls={r_ok}; refreshToken=rt-2"),
+            Purpose::Request,
+            0,
+        ) else {
+            panic!("expected a refresh");
+        };
+        assert_eq!(plan.api_cookies, "refreshToken=rt-1");
+        assert_eq!(plan.refresh_token, r_ok.as_bytes());
+        assert_eq!(serde_json::Value::Object(plan.claims), json!({"username":"ann"}));
+    }
+}

@@ -1,0 +1,512 @@
+//! One refresh per session, however many requests race.
+//!
+//! Auth APIs rotate refresh tokens and revoke the whole family when an old one is replayed, so
+//! concurrent requests of one session must share a single auth API call, and requests that
+//! arrive a little later with the old cookies must get the same result rather than replay the old
+//! token. `RefreshFlights` keeps, per session key, either the running flight or its successful
+//! result for a grace window.
+//!
+//! The flight runs in its own task: a browser that gives up mid-refresh must not cancel a call
+//! whose rotated tokens the other requests of the session are waiting for.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Identifies a session at the auth API; a keyed hash, so no token can be read back from it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    /// A short, stable tag for logs.
+    pub fn short(&self) -> String {
+        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey({})", self.short())
+    }
+}
+
+/// Derives session keys with a per-process random salt.
+pub struct SessionKeyer {
+    mac: Hmac<Sha256>,
+}
+
+impl Default for SessionKeyer {
+    fn default() -> Self {
+        Self::with_salt(&rand::random::<[u8; 32]>())
+    }
+}
+
+impl SessionKeyer {
+    pub fn with_salt(salt: &[u8]) -> Self {
+        SessionKeyer {
+            mac: Hmac::<Sha256>::new_from_slice(salt).expect("HMAC accepts keys of any length"),
+        }
+    }
+
+    /// Length-prefixed parts, so `("ab", "c")` and `("a", "bc")` differ.
+    pub fn key(&self, parts: &[&[u8]]) -> SessionKey {
+        let mut mac = self.mac.clone();
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        SessionKey(mac.finalize().into_bytes().into())
+    }
+}
+
+/// How a request got its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// Started the flight.
+    Led,
+    /// Waited for a flight another request started.
+    Waited,
+    /// Took a result kept for the grace window.
+    Grace,
+    /// The table was full of running flights: ran alone, unshared.
+    Untracked,
+}
+
+/// The flight's task ended without an outcome (it panicked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlightLost;
+
+type Outcome<T, E> = Result<T, E>;
+
+enum Slot<T, E> {
+    Running(watch::Receiver<Option<Outcome<T, E>>>),
+    Kept { value: T, until: Instant },
+}
+
+struct Entry<T, E> {
+    slot: Slot<T, E>,
+    generation: u64,
+}
+
+struct Table<T, E> {
+    entries: HashMap<SessionKey, Entry<T, E>>,
+    /// Insertion order, for expiry and eviction; stale pairs are skipped.
+    order: VecDeque<(SessionKey, u64)>,
+    next_generation: u64,
+}
+
+pub struct RefreshFlights<T, E> {
+    table: Mutex<Table<T, E>>,
+    grace: Duration,
+    max_entries: usize,
+}
+
+enum Step<T, E> {
+    Done(Outcome<T, E>, Joined),
+    Wait(watch::Receiver<Option<Outcome<T, E>>>, Joined),
+}
+
+/// How many entries a full table looks at to find one to evict.
+const EVICTION_SCAN: usize = 64;
+
+impl<T, E> RefreshFlights<T, E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + From<FlightLost> + 'static,
+{
+    pub fn new(grace: Duration, max_entries: usize) -> Self {
+        RefreshFlights {
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+                next_generation: 0,
+            }),
+            grace,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// Entries held now, running or kept.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The outcome for `key`: a kept result, the running flight's, or a new flight from `start`.
+    pub async fn run<F, Fut>(self: &Arc<Self>, key: SessionKey, start: F) -> (Outcome<T, E>, Joined)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Outcome<T, E>> + Send + 'static,
+    {
+        let step = self.join_or_start(key, start);
+        match step {
+            Step::Done(outcome, joined) => (outcome, joined),
+            Step::Wait(rx, joined) => (wait(rx).await, joined),
+        }
+    }
+
+    fn join_or_start<F, Fut>(self: &Arc<Self>, key: SessionKey, start: F) -> Step<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Outcome<T, E>> + Send + 'static,
+    {
+        let now = Instant::now();
+        let mut table = self.lock();
+        table.purge(now);
+        match table.entries.get(&key).map(|e| &e.slot) {
+            Some(Slot::Kept { value, until }) if *until > now => {
+                return Step::Done(Ok(value.clone()), Joined::Grace);
+            }
+            Some(Slot::Running(rx)) => return Step::Wait(rx.clone(), Joined::Waited),
+            _ => {}
+        }
+        let (tx, rx) = watch::channel(None);
+        let generation = if table.make_room(key, self.max_entries) {
+            Some(table.insert(key, Slot::Running(rx.clone())))
+        } else {
+            None
+        };
+        drop(table);
+        let flights = Arc::clone(self);
+        let flight = start();
+        tokio::spawn(async move {
+            let mut guard = generation.map(|generation| SettleGuard {
+                flights: &flights,
+                key,
+                generation,
+                settled: false,
+            });
+            let outcome = flight.await;
+            if let Some(guard) = guard.as_mut() {
+                guard.settle(&outcome);
+            }
+            let _ = tx.send(Some(outcome));
+        });
+        let joined = if generation.is_some() {
+            Joined::Led
+        } else {
+            Joined::Untracked
+        };
+        Step::Wait(rx, joined)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table<T, E>> {
+        // A panic while holding the lock leaves the table consistent (every mutation is a
+        // single map or deque call), so a poisoned lock is still usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn wait<T: Clone, E: Clone + From<FlightLost>>(
+    mut rx: watch::Receiver<Option<Outcome<T, E>>>,
+) -> Outcome<T, E> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(value) => value.clone().unwrap_or_else(|| Err(FlightLost.into())),
+        Err(_) => Err(FlightLost.into()),
+    }
+}
+
+/// Records the outcome in the table; if the flight's task dies first, drops the entry so the
+/// next request starts afresh instead of waiting on a flight that will never land.
+struct SettleGuard<'a, T, E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + From<FlightLost> + 'static,
+{
+    flights: &'a RefreshFlights<T, E>,
+    key: SessionKey,
+    generation: u64,
+    settled: bool,
+}
+
+impl<T, E> SettleGuard<'_, T, E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + From<FlightLost> + 'static,
+{
+    fn settle(&mut self, outcome: &Outcome<T, E>) {
+        self.settled = true;
+        let grace = self.flights.grace;
+        let mut table = self.flights.lock();
+        let ours = table
+            .entries
+            .get(&self.key)
+            .is_some_and(|e| e.generation == self.generation);
+        if ours {
+            match outcome {
+                // Only successes are kept: after a transient failure the next request tries again.
+                Ok(value) if !grace.is_zero() => {
+                    let until = Instant::now() + grace;
+                    if let Some(entry) = table.entries.get_mut(&self.key) {
+                        entry.slot = Slot::Kept {
+                            value: value.clone(),
+                            until,
+                        };
+                    }
+                }
+                _ => {
+                    table.entries.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+impl<T, E> Drop for SettleGuard<'_, T, E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + From<FlightLost> + 'static,
+{
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut table = self.flights.lock();
+        if table
+            .entries
+            .get(&self.key)
+            .is_some_and(|e| e.generation == self.generation)
+        {
+            table.entries.remove(&self.key);
+        }
+    }
+}
+
+impl<T, E> Table<T, E> {
+    fn insert(&mut self, key: SessionKey, slot: Slot<T, E>) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.entries.insert(key, Entry { slot, generation });
+        self.order.push_back((key, generation));
+        generation
+    }
+
+    fn is_current(&self, key: &SessionKey, generation: u64) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.generation == generation)
+    }
+
+    /// Drops expired results from the front of the order; results expire in about the order
+    /// they were stored, so this stops at the first live one.
+    fn purge(&mut self, now: Instant) {
+        while let Some(&(key, generation)) = self.order.front() {
+            match self.entries.get(&key) {
+                Some(e) if e.generation == generation => match e.slot {
+                    Slot::Kept { until, .. } if until <= now => {
+                        self.entries.remove(&key);
+                    }
+                    _ => break,
+                },
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+        // Failed flights leave stale pairs behind a live front entry; keep the deque in
+        // proportion to the table.
+        if self.order.len() > 2 * self.entries.len() + 1024 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
+        }
+    }
+
+    /// Makes room for one more entry by evicting the oldest kept result; false when the table
+    /// is full of running flights.
+    fn make_room(&mut self, key: SessionKey, max_entries: usize) -> bool {
+        if self.entries.contains_key(&key) || self.entries.len() < max_entries {
+            return true;
+        }
+        let victim = self
+            .order
+            .iter()
+            .take(EVICTION_SCAN)
+            .position(|(k, g)| {
+                self.is_current(k, *g)
+                    && matches!(self.entries.get(k).map(|e| &e.slot), Some(Slot::Kept { .. }))
+            });
+        match victim.and_then(|i| self.order.remove(i)) {
+            Some((k, _)) => {
+                self.entries.remove(&k);
+                log::warn!(
+                    "refresh table full ({max_entries} entries): evicted a kept result early; raise refresh.max_entries"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum TestError {
+        Failed,
+        Lost,
+    }
+
+    impl From<FlightLost> for TestError {
+        fn from(_: FlightLost) -> Self {
+            TestError::Lost
+        }
+    }
+
+    type Flights = RefreshFlights<u32, TestError>;
+
+    fn key(n: u8) -> SessionKey {
+        SessionKeyer::with_salt(b"test").key(&[&[n]])
+    }
+
+    #[test]
+    fn keys_depend_on_every_part_and_the_salt() {
+        let a = SessionKeyer::with_salt(b"one");
+        let b = SessionKeyer::with_salt(b"two");
+        assert_eq!(a.key(&[b"x", b"y"]), a.key(&[b"x", b"y"]));
+        assert_ne!(a.key(&[b"x", b"y"]), b.key(&[b"x", b"y"]));
+        assert_ne!(a.key(&[b"ab", b"c"]), a.key(&[b"a", b"bc"]));
+        assert_eq!(a.key(&[b"x"]).short().len(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_share_one_flight() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let flights = flights.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                flights
+                    .run(key(1), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok(7)
+                    })
+                    .await
+            }));
+        }
+        let mut led = 0;
+        for t in tasks {
+            let (outcome, joined) = t.await.unwrap();
+            assert_eq!(outcome, Ok(7));
+            led += usize::from(joined == Joined::Led);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(led, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_is_kept_for_the_grace_window_then_dropped() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let (first, joined) = flights.run(key(1), || async { Ok(1) }).await;
+        assert_eq!((first, joined), (Ok(1), Joined::Led));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let (again, joined) = flights.run(key(1), || async { Ok(2) }).await;
+        assert_eq!((again, joined), (Ok(1), Joined::Grace));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (later, joined) = flights.run(key(1), || async { Ok(3) }).await;
+        assert_eq!((later, joined), (Ok(3), Joined::Led));
+        let (other, _) = flights.run(key(2), || async { Ok(4) }).await;
+        assert_eq!(other, Ok(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_shared_but_not_kept() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let f1 = flights.clone();
+        let leader = tokio::spawn(async move {
+            f1.run(key(1), || async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(TestError::Failed)
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        let (waiter, joined) = flights.run(key(1), || async { Ok(9) }).await;
+        assert_eq!((waiter, joined), (Err(TestError::Failed), Joined::Waited));
+        assert_eq!(leader.await.unwrap().0, Err(TestError::Failed));
+        let (retry, joined) = flights.run(key(1), || async { Ok(5) }).await;
+        assert_eq!((retry, joined), (Ok(5), Joined::Led));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_leader_does_not_cancel_the_flight() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (f1, c1) = (flights.clone(), calls.clone());
+        let leader = tokio::spawn(async move {
+            f1.run(key(1), || async move {
+                c1.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(3)
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        leader.abort();
+        tokio::time::advance(Duration::from_millis(150)).await;
+        tokio::task::yield_now().await;
+        let (outcome, joined) = flights.run(key(1), || async { Ok(4) }).await;
+        assert_eq!((outcome, joined), (Ok(3), Joined::Grace));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_flight_is_reported_lost_and_forgotten() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let (outcome, _) = flights
+            .run(key(1), || async { panic!("boom") })
+            .await;
+        assert_eq!(outcome, Err(TestError::Lost));
+        assert!(flights.is_empty());
+        let (again, joined) = flights.run(key(1), || async { Ok(1) }).await;
+        assert_eq!((again, joined), (Ok(1), Joined::Led));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn table_stays_bounded() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 10));
+        for n in 0..50u8 {
+            let (outcome, _) = flights.run(key(n), move || async move { Ok(n.into()) }).await;
+            assert_eq!(outcome, Ok(u32::from(n)));
+            assert!(flights.len() <= 10);
+        }
+        // The newest results are the ones kept.
+        let (kept, joined) = flights.run(key(49), || async { Ok(0) }).await;
+        assert_eq!((kept, joined), (Ok(49), Joined::Grace));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let _ = flights.run(key(200), || async { Ok(0) }).await;
+        assert_eq!(flights.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_full_of_running_flights_runs_new_ones_untracked() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 1));
+        let f1 = flights.clone();
+        let slow = tokio::spawn(async move {
+            f1.run(key(1), || async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(1)
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        let (outcome, joined) = flights.run(key(2), || async { Ok(2) }).await;
+        assert_eq!((outcome, joined), (Ok(2), Joined::Untracked));
+        assert_eq!(slow.await.unwrap(), (Ok(1), Joined::Led));
+    }
+}

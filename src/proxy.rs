@@ -1,0 +1,300 @@
+//! The Pingora glue: moves data between Pingora's session and the modules that decide, and
+//! holds nothing but the shared state those modules need.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::answer::Answer;
+use crate::auth_api::{AuthApiClient, AuthApiError};
+use crate::config::RuntimeConfig;
+use crate::cookies::{CookieJar, rewrite};
+use crate::decision::{Purpose, Refusal, Verdict, assess};
+use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::renewal::{RefreshError, RenewedSession, renew};
+use crate::routes::{Route, is_page_navigation};
+
+pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
+
+pub struct EtlsProxy {
+    config: Arc<RuntimeConfig>,
+    flights: Arc<Flights>,
+    client: Arc<AuthApiClient>,
+    keyer: SessionKeyer,
+}
+
+impl EtlsProxy {
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        let flights = Arc::new(Flights::new(config.grace, config.max_entries));
+        EtlsProxy {
+            config,
+            flights,
+            client: Arc::new(AuthApiClient::default()),
+            keyer: SessionKeyer::default(),
+        }
+    }
+}
+
+/// What happened to a request, for logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outcome {
+    #[default]
+    Pending,
+    Public,
+    Passed,
+    Refreshed(Joined),
+    RefreshEndpoint(Joined),
+    LoggedOut,
+    Refused(Refusal),
+    AuthApiFailed,
+    MethodNotAllowed,
+}
+
+#[derive(Default)]
+pub struct RequestCtx {
+    /// The one Cookie header the app gets, when it differs from what the browser sent.
+    forward_cookie: Option<HeaderValue>,
+    /// Set-Cookie lines to append to the app's answer.
+    renewed: Option<Arc<RenewedSession>>,
+    pub outcome: Outcome,
+    pub session: Option<SessionKey>,
+}
+
+/// What `request_filter` does once the decision is made.
+enum Step {
+    Forward,
+    Reply(Reply),
+}
+
+/// An answer decided while the request was borrowed, written once it is not.
+enum Reply {
+    Logout(Option<String>),
+    LoggedOut,
+    MethodNotAllowed,
+    Refreshed(Arc<RenewedSession>),
+    RefreshFailed(RefreshError),
+}
+
+impl EtlsProxy {
+    async fn decide(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Step {
+        let config = &self.config;
+        let post = req.method == http::Method::POST;
+        let purpose = match config.routes.classify(req.uri.path().as_bytes()) {
+            Route::Public => {
+                ctx.outcome = Outcome::Public;
+                return Step::Forward;
+            }
+            Route::LogoutEndpoint if post => {
+                ctx.outcome = Outcome::LoggedOut;
+                return Step::Reply(Reply::LoggedOut);
+            }
+            Route::LogoutEndpoint | Route::RefreshEndpoint if !post => {
+                ctx.outcome = Outcome::MethodNotAllowed;
+                return Step::Reply(Reply::MethodNotAllowed);
+            }
+            Route::RefreshEndpoint => Purpose::RefreshEndpoint,
+            _ => Purpose::Request,
+        };
+        let jar = CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+        let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
+        let plan = match verdict {
+            Verdict::Forward { keep_access } => return self.forward(ctx, &jar, keep_access),
+            Verdict::Refuse(refusal) => return self.refuse(req, ctx, refusal),
+            Verdict::Refresh(plan) => plan,
+        };
+        let key = self
+            .keyer
+            .key(&[plan.api_cookies.as_bytes(), plan.refresh_token]);
+        ctx.session = Some(key);
+        let (client, config) = (Arc::clone(&self.client), Arc::clone(&self.config));
+        let (claims, api_cookies) = (plan.claims, plan.api_cookies);
+        let (outcome, joined) = self
+            .flights
+            .run(key, move || async move {
+                renew(&client, &config.auth_api, &config.minting(), &claims, &api_cookies).await
+            })
+            .await;
+        match (outcome, purpose) {
+            (Ok(renewed), Purpose::RefreshEndpoint) => {
+                ctx.outcome = Outcome::RefreshEndpoint(joined);
+                Step::Reply(Reply::Refreshed(renewed))
+            }
+            (Ok(renewed), Purpose::Request) => {
+                ctx.outcome = Outcome::Refreshed(joined);
+                ctx.forward_cookie = header_value(rewrite(&jar, &renewed.cookies));
+                ctx.renewed = Some(renewed);
+                Step::Forward
+            }
+            (Err(RefreshError::AuthApi(AuthApiError::Rejected(status))), _) => {
+                log::info!("session {} refused by the auth API (HTTP {status})", key.short());
+                self.refuse(req, ctx, Refusal::AuthApiRejected)
+            }
+            (Err(error), _) => match plan.fallback {
+                Some(keep_access) => {
+                    log::warn!("refresh ahead failed, forwarding on the still valid token: {error}");
+                    self.forward(ctx, &jar, keep_access)
+                }
+                None => {
+                    log::warn!("session {}: {error}", key.short());
+                    ctx.outcome = Outcome::AuthApiFailed;
+                    Step::Reply(Reply::RefreshFailed(error))
+                }
+            },
+        }
+    }
+
+    /// Forwards as sent, but as one Cookie header holding one access token.
+    fn forward(&self, ctx: &mut RequestCtx, jar: &CookieJar<'_>, keep_access: Option<&[u8]>) -> Step {
+        if ctx.outcome == Outcome::Pending {
+            ctx.outcome = Outcome::Passed;
+        }
+        if let Some(value) = keep_access {
+            let value = String::from_utf8_lossy(value);
+            let updates = [(self.config.names.access_etls.as_str(), value.as_ref())];
+            ctx.forward_cookie = header_value(rewrite(jar, &updates));
+        } else if jar.is_split() {
+            ctx.forward_cookie = header_value(rewrite::<&str, &str>(jar, &[]));
+        }
+        Step::Forward
+    }
+
+    fn refuse(&self, req: &RequestHeader, ctx: &mut RequestCtx, refusal: Refusal) -> Step {
+        ctx.outcome = Outcome::Refused(refusal);
+        let routes = &self.config.routes;
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+        let navigation = routes.login_redirect.is_some()
+            && is_page_navigation(header("sec-fetch-mode"), header("accept"), req.headers.contains_key("rsc"));
+        let location = navigation
+            .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
+            .flatten();
+        Step::Reply(Reply::Logout(location))
+    }
+
+    async fn reply(&self, session: &mut Session, reply: Reply) -> Result<()> {
+        let clear = &self.config.clear_cookies;
+        let answer = match &reply {
+            Reply::Logout(location) => Answer::logout(clear, location.clone()),
+            Reply::LoggedOut => Answer::logged_out(clear),
+            Reply::MethodNotAllowed => Answer::method_not_allowed(),
+            Reply::Refreshed(renewed) => Answer::refreshed(renewed),
+            Reply::RefreshFailed(error) => Answer::refresh_failed(error),
+        };
+        answer.send(session).await
+    }
+}
+
+fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    // Built from bytes that already were header values, joined with `; `.
+    HeaderValue::from_bytes(&bytes).ok()
+}
+
+/// Status for a request that could not be proxied, Pingora's rules with timeouts as 504.
+fn failure_status(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EtlsProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.decide(session.req_header(), ctx).await {
+            Step::Forward => Ok(false),
+            Step::Reply(reply) => {
+                self.reply(session, reply).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(self.config.upstream.clone()))
+    }
+
+    /// Runs again on each retry with a fresh copy of the request, so the rewrite lives in ctx.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(cookie) = &ctx.forward_cookie {
+            upstream_request.remove_header("cookie");
+            upstream_request.insert_header("cookie", cookie.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(renewed) = &ctx.renewed {
+            for line in &renewed.set_cookie {
+                response.append_header("set-cookie", line.clone())?;
+            }
+            // A response carrying session cookies must never sit in a shared cache.
+            let private = response.headers.get_all("cache-control").iter().any(|v| {
+                let v = v.as_bytes();
+                contains_ignore_case(v, b"no-store") || contains_ignore_case(v, b"private")
+            });
+            if !private {
+                response.insert_header("cache-control", "private, no-store")?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = failure_status(e);
+        if code > 0 && session.response_written().is_none() {
+            let answer = Answer::app_failed(code, ctx.renewed.as_deref());
+            if let Err(write_error) = answer.send(session).await {
+                log::debug!("could not send the error answer: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        log::debug!(
+            "{} {} -> {} {:?} session={}",
+            session.req_header().method,
+            session.req_header().uri.path(),
+            status,
+            ctx.outcome,
+            ctx.session.map_or_else(|| "-".to_owned(), |k| k.short()),
+        );
+    }
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}

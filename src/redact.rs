@@ -1,0 +1,231 @@
+//! No token, cookie value or secret ever reaches a log line, whatever `RUST_LOG` says.
+//!
+//! Pingora prints whole request headers at debug level and the raw request buffer at error
+//! level when a header is malformed; we cannot change what it formats, so every record from every
+//! module passes through `Redactor` before it is written.
+
+use std::borrow::Cow;
+
+use log::{Log, Metadata, Record};
+
+const MASK: &str = "[redacted]";
+
+/// What to scrub: the values of the managed cookies, anything after a `cookie:` header name,
+/// anything shaped like a JWT, and the secrets themselves.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    cookie_names: Vec<String>,
+    secrets: Vec<Vec<u8>>,
+}
+
+impl Redactor {
+    pub fn new(cookie_names: Vec<String>, secrets: Vec<Vec<u8>>) -> Self {
+        Redactor {
+            cookie_names,
+            secrets: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+        }
+    }
+
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let bytes = text.as_bytes();
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        header_values(bytes, &mut spans);
+        for name in &self.cookie_names {
+            cookie_values(bytes, name.as_bytes(), &mut spans);
+        }
+        jwt_like(bytes, &mut spans);
+        for secret in &self.secrets {
+            literal(bytes, secret, &mut spans);
+        }
+        if spans.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        spans.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end) in spans {
+            if end <= at {
+                continue;
+            }
+            let start = start.max(at);
+            out.push_str(&String::from_utf8_lossy(&bytes[at..start]));
+            out.push_str(MASK);
+            at = end;
+        }
+        out.push_str(&String::from_utf8_lossy(&bytes[at..]));
+        Cow::Owned(out)
+    }
+}
+
+/// Where a value printed inside a header dump or a debug string ends.
+fn ends_value(b: u8) -> bool {
+    matches!(b, b'"' | b'\'' | b'\r' | b'\n' | b'\\')
+}
+
+/// `Cookie: ...`, `"cookie": "..."`, `Set-Cookie: ...` in any case: the whole value.
+fn header_values(text: &[u8], spans: &mut Vec<(usize, usize)>) {
+    let mut i = 0;
+    while let Some(pos) = find_ignore_case(&text[i..], b"cookie") {
+        let mut j = i + pos + b"cookie".len();
+        let sep_start = j;
+        while j < text.len() && matches!(text[j], b'"' | b'\'' | b':' | b' ' | b'\t') {
+            j += 1;
+        }
+        if text[sep_start..j].contains(&b':') {
+            let start = j;
+            while j < text.len() && !ends_value(text[j]) {
+                j += 1;
+            }
+            if j > start {
+                spans.push((start, j));
+            }
+        }
+        i = j.max(i + pos + 1);
+    }
+}
+
+/// `name=value` of a managed cookie wherever it appears.
+fn cookie_values(text: &[u8], name: &[u8], spans: &mut Vec<(usize, usize)>) {
+    let mut i = 0;
+    while let Some(pos) = find(&text[i..], name) {
+        let mut j = i + pos + name.len();
+        if j < text.len() && text[j] == b'=' {
+            j += 1;
+            let start = j;
+            while j < text.len() && !ends_value(text[j]) && !matches!(text[j], b';' | b',' | b' ' | b'&') {
+                j += 1;
+            }
+            if j > start {
+                spans.push((start, j));
+            }
+        }
+        i = j.max(i + pos + 1);
+    }
+}
+
+/// `eyJ...`: base64url JSON (a JWT header or payload), with or without its other segments.
+fn jwt_like(text: &[u8], spans: &mut Vec<(usize, usize)>) {
+    let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+    let mut i = 0;
+    while let Some(pos) = find(&text[i..], b"eyJ") {
+        let start = i + pos;
+        let mut j = start;
+        while j < text.len() && b64(text[j]) {
+            j += 1;
+        }
+        if j - start >= 10 {
+            spans.push((start, j));
+        }
+        i = j.max(start + 1);
+    }
+}
+
+fn literal(text: &[u8], needle: &[u8], spans: &mut Vec<(usize, usize)>) {
+    let mut i = 0;
+    while let Some(pos) = find(&text[i..], needle) {
+        spans.push((i + pos, i + pos + needle.len()));
+        i += pos + needle.len();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn find_ignore_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// `env_logger`, behind the redactor.
+pub struct RedactingLogger {
+    inner: env_logger::Logger,
+    redactor: Redactor,
+}
+
+impl Log for RedactingLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.inner.matches(record) {
+            return;
+        }
+        let text = record.args().to_string();
+        let clean = self.redactor.redact(&text);
+        self.inner.log(
+            &Record::builder()
+                .args(format_args!("{clean}"))
+                .level(record.level())
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// Installs the logger (`RUST_LOG`, default `info`). Idempotent enough for tests: a second call
+/// is a no-op.
+pub fn install(redactor: Redactor) {
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let level = inner.filter();
+    if log::set_boxed_logger(Box::new(RedactingLogger { inner, redactor })).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r() -> Redactor {
+        Redactor::new(
+            ["accessTokenEtls", "refreshTokenEtls", "accessToken", "refreshToken", "etlsUser"]
+                .map(String::from)
+                .to_vec(),
+            vec![b"super-secret-value-0123456789abcd".to_vec()],
+        )
+    }
+
+    #[test]
+    fn scrubs_what_pingora_prints() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VybmFtZSI6ImEifQ.c2lnbmF0dXJl";
+        let cases = [
+            // RequestHeader's Debug (an http::HeaderMap)
+            format!(r#"headers: {{"host": "x", "cookie": "accessTokenEtls={jwt}; theme=dark"}}"#),
+            // The raw buffer of a malformed request
+            format!(r#"buf: "GET / HTTP/1.1\r\nCookie: refreshToken=opaque-api-token\r\nHost: x\r\n""#),
+            format!("GET / HTTP/1.1\r\nCOOKIE: refreshToken=opaque-api-token\r\n"),
+            format!(r#"set-cookie": "etlsUser=opaque-user; HttpOnly""#),
+            format!("accessToken=opaque-api-token&x=1"),
+            format!("token {jwt} went by"),
+            format!("secret super-secret-value-0123456789abcd leaked"),
+        ];
+        for line in cases {
+            let out = r().redact(&line).into_owned();
+            for leak in [jwt, "opaque-api-token", "opaque-user", "super-secret-value", "theme=dark"] {
+                assert!(!out.contains(leak), "{leak} survived in {out:?}");
+            }
+            assert!(out.contains(MASK), "{out}");
+        }
+    }
+
+    #[test]
+    fn leaves_ordinary_lines_alone() {
+        for line in [
+            "GET /dashboard -> 200 Passed session=ab12cd34",
+            "no cookies on this request",
+            "refresh table full (10 entries)",
+        ] {
+            assert!(matches!(r().redact(line), Cow::Borrowed(_)), "{line}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! One refresh, end to end: the auth API round trip, then the new eTLS tokens minted once and
+//! turned into cookie values and Set-Cookie lines that every request of the flight shares
+//! byte for byte.
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::auth_api::{ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, MAX_API_TOKEN_BYTES, UserData};
+use crate::cookies::CookieNames;
+use crate::flight::FlightLost;
+use crate::set_cookie::{CookiePolicy, header_value};
+use crate::tokens::{Claims, TokenKeys};
+
+/// The result of a refresh, shared by every request of its flight and grace window.
+#[derive(Debug, PartialEq)]
+pub struct RenewedSession {
+    /// `(name, value)` of every cookie the refresh sets, in the seeds' order.
+    pub cookies: Vec<(String, String)>,
+    /// One line per cookie, appended one header each.
+    pub set_cookie: Vec<HeaderValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    AuthApi(#[from] AuthApiError),
+    #[error("could not mint the new tokens: {0}")]
+    Mint(String),
+    #[error("the refresh task ended without an answer")]
+    Lost,
+}
+
+impl From<FlightLost> for RefreshError {
+    fn from(_: FlightLost) -> Self {
+        RefreshError::Lost
+    }
+}
+
+/// What a refresh needs from the configuration.
+pub struct Minting<'c> {
+    pub keys: &'c TokenKeys,
+    pub names: &'c CookieNames,
+    pub policy: &'c CookiePolicy,
+}
+
+/// Calls the auth API with the session's cookies, then mints the new session.
+pub async fn renew(
+    client: &AuthApiClient,
+    api: &AuthApiSettings,
+    minting: &Minting<'_>,
+    claims: &Claims,
+    api_cookies: &str,
+) -> Result<Arc<RenewedSession>, RefreshError> {
+    let tokens = client.refresh(api, api_cookies).await?;
+    mint_session(minting, claims, tokens, crate::unix_now()).map(Arc::new)
+}
+
+/// Seed 000's minting, with seed 002's user token: new `accessTokenEtls` and
+/// `refreshTokenEtls` carrying the old refresh token's claims, the auth API's tokens as they
+/// came, and `etlsUser` signed from `userData` (or taken as is when it is a string).
+pub fn mint_session(
+    minting: &Minting<'_>,
+    claims: &Claims,
+    api: ApiTokens,
+    now: u64,
+) -> Result<RenewedSession, RefreshError> {
+    let Minting { keys, names, policy } = minting;
+    let mint_err = |e: crate::tokens::MintError| RefreshError::Mint(e.to_string());
+    let mut cookies = vec![
+        (names.access_etls.clone(), keys.mint_access(claims, now).map_err(mint_err)?),
+        (names.refresh_etls.clone(), keys.mint_refresh(claims, now).map_err(mint_err)?),
+        (names.access_api.clone(), api.access_token),
+        (names.refresh_api.clone(), api.refresh_token),
+    ];
+    match api.user {
+        Some(UserData::Record(record)) => {
+            let token = keys.mint_user(&record, now).map_err(mint_err)?;
+            if token.len() > MAX_API_TOKEN_BYTES {
+                return Err(AuthApiError::BadAnswer(format!(
+                    "user record too large for a cookie ({} bytes signed)",
+                    token.len()
+                ))
+                .into());
+            }
+            cookies.push((names.user.clone(), token));
+        }
+        Some(UserData::Token(token)) => cookies.push((names.user.clone(), token)),
+        None => {}
+    }
+    let set_cookie = cookies
+        .iter()
+        .map(|(name, value)| header_value(policy.set_line(name, value)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RefreshError::Mint(e.to_string()))?;
+    Ok(RenewedSession { cookies, set_cookie })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::AccessState;
+    use crate::tokens::tests::{NOW, keys};
+    use serde_json::json;
+
+    fn claims() -> Claims {
+        serde_json::from_value(json!({"username": "ann"})).unwrap()
+    }
+
+    fn api(user: Option<UserData>) -> ApiTokens {
+        ApiTokens {
+            access_token: "api-access".into(),
+            refresh_token: "api-refresh".into(),
+            user,
+        }
+    }
+
+    #[test]
+    fn mints_five_cookies_with_a_signed_user_record() {
+        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
+        let m = Minting { keys: &k, names: &names, policy: &policy };
+        let record: Claims = serde_json::from_value(json!({"id": 1, "role": "admin"})).unwrap();
+        let s = mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap();
+        let names_set: Vec<&str> = s.cookies.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names_set, ["accessTokenEtls", "refreshTokenEtls", "accessToken", "refreshToken", "etlsUser"]);
+        assert_eq!(k.check_access(s.cookies[0].1.as_bytes(), NOW), AccessState::Fresh);
+        assert_eq!(s.cookies[2].1, "api-access");
+        assert_eq!(s.cookies[3].1, "api-refresh");
+        // etlsUser is an access-key JWT of the record.
+        assert_eq!(k.check_access(s.cookies[4].1.as_bytes(), NOW), AccessState::Fresh);
+        assert_eq!(s.set_cookie.len(), 5);
+        for (line, (name, value)) in s.set_cookie.iter().zip(&s.cookies) {
+            let line = line.to_str().unwrap();
+            assert!(line.starts_with(&format!("{name}={value}; ")), "{line}");
+            assert!(line.contains("HttpOnly") && line.contains("Max-Age=43200"), "{line}");
+        }
+    }
+
+    #[test]
+    fn string_user_is_kept_and_no_user_sets_four() {
+        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
+        let m = Minting { keys: &k, names: &names, policy: &policy };
+        let s = mint_session(&m, &claims(), api(Some(UserData::Token("u.t.v".into()))), NOW).unwrap();
+        assert_eq!(s.cookies[4], ("etlsUser".to_string(), "u.t.v".to_string()));
+        let s = mint_session(&m, &claims(), api(None), NOW).unwrap();
+        assert_eq!(s.cookies.len(), 4);
+        assert_eq!(s.set_cookie.len(), 4);
+    }
+
+    #[test]
+    fn oversized_user_record_is_the_auth_apis_fault() {
+        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
+        let m = Minting { keys: &k, names: &names, policy: &policy };
+        let record: Claims = serde_json::from_value(json!({"blob": "x".repeat(5000)})).unwrap();
+        let err = mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap_err();
+        assert!(matches!(err, RefreshError::AuthApi(AuthApiError::BadAnswer(_))), "{err:?}");
+    }
+}

@@ -1,0 +1,264 @@
+//! Which requests the proxy checks, which it answers itself, and where a refused page
+//! navigation is sent.
+
+use std::borrow::Cow;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode, utf8_percent_encode};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routes {
+    pub public: Vec<String>,
+    pub refresh_endpoint: Option<String>,
+    pub logout_endpoint: Option<String>,
+    pub login_redirect: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Public,
+    RefreshEndpoint,
+    LogoutEndpoint,
+    Protected,
+}
+
+impl Routes {
+    /// Public only when both the raw path and its normalised form are public, so neither dot
+    /// segments (`/_next/static/../x`) nor encodings (`%2e%2e`, `%2f`, `\`) can walk out of a
+    /// public prefix, whichever way the app resolves them.
+    pub fn classify(&self, raw_path: &[u8]) -> Route {
+        let normal = normalize_path(raw_path);
+        let normal = normal.as_ref();
+        if self.refresh_endpoint.as_deref().map(str::as_bytes) == Some(normal) {
+            return Route::RefreshEndpoint;
+        }
+        if self.logout_endpoint.as_deref().map(str::as_bytes) == Some(normal) {
+            return Route::LogoutEndpoint;
+        }
+        if self.is_public(raw_path) && self.is_public(normal) {
+            Route::Public
+        } else {
+            Route::Protected
+        }
+    }
+
+    fn is_public(&self, path: &[u8]) -> bool {
+        self.public.iter().any(|p| prefix_matches(p.as_bytes(), path))
+    }
+
+    /// `login_redirect?next=<original path and query>`, or `None` when not configured.
+    pub fn login_location(&self, path_and_query: &str) -> Option<String> {
+        let target = self.login_redirect.as_deref()?;
+        let sep = if target.contains('?') { '&' } else { '?' };
+        let next = utf8_percent_encode(path_and_query, NEXT_PARAM);
+        Some(format!("{target}{sep}next={next}"))
+    }
+}
+
+/// `/a/` matches everything under it; `/a` matches `/a` and `/a/...` but not `/ab`.
+fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"),
+    }
+}
+
+/// Characters kept as they are in the `next` parameter: unreserved ones and `/`.
+const NEXT_PARAM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Percent-decodes, reads `\` as `/` (as WHATWG URL parsing in Node does) and removes dot
+/// segments (RFC 3986 §5.2.4). Borrows when there is nothing to do, the common case.
+pub fn normalize_path(raw: &[u8]) -> Cow<'_, [u8]> {
+    let decoded: Cow<'_, [u8]> = if raw.iter().any(|b| matches!(b, b'%' | b'\\')) {
+        Cow::Owned(
+            percent_decode(raw)
+                .map(|b| if b == b'\\' { b'/' } else { b })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(raw)
+    };
+    if !decoded.split(|b| *b == b'/').any(|s| s == b"." || s == b"..") {
+        return decoded;
+    }
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut parts = decoded.split(|b| *b == b'/').peekable();
+    // A path starts with `/`, so the first piece is empty.
+    if decoded.first() == Some(&b'/') {
+        parts.next();
+    }
+    let mut trailing_slash = false;
+    while let Some(seg) = parts.next() {
+        let last = parts.peek().is_none();
+        match seg {
+            b"." => trailing_slash = last,
+            b".." => {
+                segments.pop();
+                trailing_slash = last;
+            }
+            _ => {
+                segments.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push(b'/');
+    }
+    Cow::Owned(out)
+}
+
+/// A page load in the browser (as opposed to `fetch`, or a Next.js RSC request), which gets the
+/// login redirect instead of a bare 401.
+pub fn is_page_navigation(
+    sec_fetch_mode: Option<&[u8]>,
+    accept: Option<&[u8]>,
+    has_rsc_header: bool,
+) -> bool {
+    if let Some(mode) = sec_fetch_mode {
+        return mode.eq_ignore_ascii_case(b"navigate");
+    }
+    !has_rsc_header
+        && accept.is_some_and(|a| a.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html")))
+}
+
+/// A redirect target must stay on this site: a path, never a scheme or `//host`.
+pub fn is_local_path(target: &str) -> bool {
+    target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.starts_with("/\\")
+        && !target.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        Routes {
+            public: vec![
+                "/_next/static/".into(),
+                "/_next/image".into(),
+                "/favicon.ico".into(),
+                "/login".into(),
+            ],
+            refresh_endpoint: Some("/api/auth/refreshtoken".into()),
+            logout_endpoint: Some("/api/auth/logout".into()),
+            login_redirect: Some("/login".into()),
+        }
+    }
+
+    #[test]
+    fn classify_by_table() {
+        let r = routes();
+        let cases = [
+            ("/_next/static/chunks/app.js", Route::Public),
+            ("/_next/image", Route::Public),
+            ("/_next/image/x", Route::Public),
+            ("/_next/imagex", Route::Protected),
+            ("/favicon.ico", Route::Public),
+            ("/favicon.icox", Route::Protected),
+            ("/login", Route::Public),
+            ("/dashboard", Route::Protected),
+            ("/", Route::Protected),
+            ("/_next/static/../../dashboard", Route::Protected),
+            ("/_next/static/%2e%2e/dashboard", Route::Protected),
+            ("/_next/static/%2E%2E/dashboard", Route::Protected),
+            ("/_next/static/..%2fdashboard", Route::Protected),
+            ("/_next/static/..\\dashboard", Route::Protected),
+            ("/_next/static/..%5cdashboard", Route::Protected),
+            ("/_next/static//../dashboard", Route::Public),
+            ("/_next/static/a/../b.js", Route::Public),
+            ("/dashboard/..%2f_next/static/x", Route::Protected),
+            ("/%5fnext/static/x", Route::Protected),
+            ("/api/auth/refreshtoken", Route::RefreshEndpoint),
+            ("/api/auth/logout", Route::LogoutEndpoint),
+            ("/api/auth/logout/", Route::Protected),
+            ("/api/auth/%6cogout", Route::LogoutEndpoint),
+        ];
+        for (path, want) in cases {
+            assert_eq!(r.classify(path.as_bytes()), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn endpoints_can_be_disabled() {
+        let r = Routes {
+            refresh_endpoint: None,
+            logout_endpoint: None,
+            ..routes()
+        };
+        assert_eq!(r.classify(b"/api/auth/logout"), Route::Protected);
+        assert_eq!(r.classify(b"/api/auth/refreshtoken"), Route::Protected);
+    }
+
+    #[test]
+    fn normalize_by_table() {
+        let cases = [
+            ("/a/b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/a%2fb", "/a/b"),
+            ("/a\\..\\b", "/b"),
+            ("/..", "/"),
+            ("/a.b/c", "/a.b/c"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_path(raw.as_bytes()).as_ref(), want.as_bytes(), "{raw}");
+        }
+        assert!(matches!(normalize_path(b"/plain/path"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn login_location_keeps_path_and_query() {
+        let r = routes();
+        assert_eq!(
+            r.login_location("/dash?tab=2&x=a b").unwrap(),
+            "/login?next=/dash%3Ftab%3D2%26x%3Da%20b"
+        );
+        let r2 = Routes {
+            login_redirect: Some("/auth?lang=uk".into()),
+            ..routes()
+        };
+        assert_eq!(r2.login_location("/").unwrap(), "/auth?lang=uk&next=/");
+        let r3 = Routes {
+            login_redirect: None,
+            ..routes()
+        };
+        assert_eq!(r3.login_location("/x"), None);
+    }
+
+    #[test]
+    fn navigation_detection() {
+        let html = Some(b"text/html,application/xhtml+xml".as_slice());
+        assert!(is_page_navigation(Some(b"navigate"), None, false));
+        assert!(!is_page_navigation(Some(b"cors"), html, false));
+        assert!(is_page_navigation(None, html, false));
+        assert!(!is_page_navigation(None, html, true));
+        assert!(!is_page_navigation(None, Some(b"application/json"), false));
+        assert!(!is_page_navigation(None, None, false));
+    }
+
+    #[test]
+    fn local_paths_only() {
+        for ok in ["/login", "/auth?x=1"] {
+            assert!(is_local_path(ok), "{ok}");
+        }
+        for bad in ["https://evil", "//evil.com", "/\\evil.com", "login", "", "/a\nb", "/a\\b"] {
+            assert!(!is_local_path(bad), "{bad:?}");
+        }
+    }
+}
