@@ -184,14 +184,19 @@ mod tests {
         assert_eq!(h.status.as_u16(), 401);
         assert_eq!(a.body, br#"{"error":"Unauthorized"}"#);
         assert_eq!(set_cookies(&h).len(), 5);
-        assert_eq!(h.headers["content-length"], a.body.len().to_string().as_str());
+        assert_eq!(
+            h.headers["content-length"],
+            a.body.len().to_string().as_str()
+        );
         assert_eq!(h.headers["cache-control"], "no-store");
     }
 
     #[test]
     fn logout_for_a_page_is_a_redirect_that_still_clears() {
         let clear = lines(5);
-        let h = Answer::logout(&clear, Some("/login?next=/x".into())).header().unwrap();
+        let h = Answer::logout(&clear, Some("/login?next=/x".into()))
+            .header()
+            .unwrap();
         assert_eq!(h.status.as_u16(), 302);
         assert_eq!(h.headers["location"], "/login?next=/x");
         assert_eq!(h.headers["content-length"], "0");
@@ -203,7 +208,12 @@ mod tests {
         let timeout = RefreshError::AuthApi(AuthApiError::Timeout(Duration::from_secs(2)));
         let down = RefreshError::AuthApi(AuthApiError::Unreachable("refused".into()));
         let bad = RefreshError::AuthApi(AuthApiError::BadAnswer("HTTP 500".into()));
-        for (err, status) in [(timeout, 504), (down, 502), (bad, 502), (RefreshError::Lost, 502)] {
+        for (err, status) in [
+            (timeout, 504),
+            (down, 502),
+            (bad, 502),
+            (RefreshError::Lost, 502),
+        ] {
             let h = Answer::refresh_failed(&err).header().unwrap();
             assert_eq!(h.status.as_u16(), status, "{err:?}");
             assert!(set_cookies(&h).is_empty());

@@ -128,7 +128,9 @@ impl AuthApiClient {
         let request = build_request(settings, cookie_header)
             .map_err(|e| (Failure::Internal(e.to_string()), false))?;
         let io = |e: Box<PingoraError>| (Failure::from(e), reused);
-        http.write_request_header(Box::new(request)).await.map_err(io)?;
+        http.write_request_header(Box::new(request))
+            .await
+            .map_err(io)?;
         http.write_request_body(Bytes::from_static(b"{}"), true)
             .await
             .map_err(io)?;
@@ -237,8 +239,14 @@ pub fn read_answer(
         None => None,
         Some(name) => Some(match doc.remove(name) {
             Some(Value::Object(record)) => UserData::Record(record),
-            Some(Value::String(s)) if !s.is_empty() => UserData::Token(check_cookie_value(name, s)?),
-            Some(_) => return bad(format!("`{name}` is neither an object nor a non-empty string")),
+            Some(Value::String(s)) if !s.is_empty() => {
+                UserData::Token(check_cookie_value(name, s)?)
+            }
+            Some(_) => {
+                return bad(format!(
+                    "`{name}` is neither an object nor a non-empty string"
+                ));
+            }
             None => return bad(format!("`{name}` is missing")),
         }),
     };
@@ -285,11 +293,14 @@ mod tests {
 
     #[test]
     fn reads_seed_002_answer() {
-        let body = br#"{"accessToken":"a1","refreshToken":"r1","userData":{"id":1,"role":"admin"}}"#;
+        let body =
+            br#"{"accessToken":"a1","refreshToken":"r1","userData":{"id":1,"role":"admin"}}"#;
         let t = read_answer(200, JSON, body, &fields()).unwrap();
         assert_eq!(t.access_token, "a1");
         assert_eq!(t.refresh_token, "r1");
-        let Some(UserData::Record(rec)) = t.user else { panic!("user record expected") };
+        let Some(UserData::Record(rec)) = t.user else {
+            panic!("user record expected")
+        };
         assert_eq!(rec["role"], "admin");
     }
 
@@ -307,7 +318,10 @@ mod tests {
 
     #[test]
     fn user_field_null_means_no_user() {
-        let f = AuthFields { user: None, ..fields() };
+        let f = AuthFields {
+            user: None,
+            ..fields()
+        };
         let t = read_answer(200, JSON, br#"{"accessToken":"a","refreshToken":"r"}"#, &f).unwrap();
         assert_eq!(t.user, None);
     }
@@ -319,27 +333,125 @@ mod tests {
             r#"{{"accessToken":"{}","refreshToken":"r","userData":{{}}}}"#,
             "a".repeat(4097)
         );
-        let cases: Vec<(u16, Option<&[u8]>, &[u8], Result<(), AuthApiError>)> = vec![
+        type Case<'a> = (u16, Option<&'a [u8]>, &'a [u8], Result<(), AuthApiError>);
+        let cases: Vec<Case> = vec![
             (400, JSON, ok, Err(AuthApiError::Rejected(400))),
             (401, None, b"", Err(AuthApiError::Rejected(401))),
-            (403, JSON, br#"{"error":"invalid_grant"}"#, Err(AuthApiError::Rejected(403))),
+            (
+                403,
+                JSON,
+                br#"{"error":"invalid_grant"}"#,
+                Err(AuthApiError::Rejected(403)),
+            ),
             (200, JSON, ok, Ok(())),
-            (404, JSON, ok, Err(AuthApiError::BadAnswer("HTTP 404".into()))),
-            (302, JSON, ok, Err(AuthApiError::BadAnswer("HTTP 302".into()))),
-            (429, JSON, ok, Err(AuthApiError::BadAnswer("HTTP 429".into()))),
-            (500, JSON, ok, Err(AuthApiError::BadAnswer("HTTP 500".into()))),
-            (200, Some(b"text/html"), ok, Err(AuthApiError::BadAnswer("content type is not application/json".into()))),
-            (200, Some(b"text/plain"), ok, Err(AuthApiError::BadAnswer("content type is not application/json".into()))),
-            (200, None, ok, Err(AuthApiError::BadAnswer("content type is not application/json".into()))),
-            (200, JSON, b"", Err(AuthApiError::BadAnswer("body is not a JSON object".into()))),
-            (200, JSON, b"<html>", Err(AuthApiError::BadAnswer("body is not a JSON object".into()))),
-            (200, JSON, b"[1]", Err(AuthApiError::BadAnswer("body is not a JSON object".into()))),
-            (200, JSON, br#"{"refreshToken":"r","userData":{}}"#, Err(AuthApiError::BadAnswer("`accessToken` is missing".into()))),
-            (200, JSON, br#"{"accessToken":"","refreshToken":"r","userData":{}}"#, Err(AuthApiError::BadAnswer("`accessToken` is empty".into()))),
-            (200, JSON, br#"{"accessToken":5,"refreshToken":"r","userData":{}}"#, Err(AuthApiError::BadAnswer("`accessToken` is not a string".into()))),
-            (200, JSON, br#"{"accessToken":"a","refreshToken":"r"}"#, Err(AuthApiError::BadAnswer("`userData` is missing".into()))),
-            (200, JSON, br#"{"accessToken":"a","refreshToken":"r","userData":7}"#, Err(AuthApiError::BadAnswer("`userData` is neither an object nor a non-empty string".into()))),
-            (200, JSON, long.as_bytes(), Err(AuthApiError::BadAnswer("`accessToken` is over 4096 bytes".into()))),
+            (
+                404,
+                JSON,
+                ok,
+                Err(AuthApiError::BadAnswer("HTTP 404".into())),
+            ),
+            (
+                302,
+                JSON,
+                ok,
+                Err(AuthApiError::BadAnswer("HTTP 302".into())),
+            ),
+            (
+                429,
+                JSON,
+                ok,
+                Err(AuthApiError::BadAnswer("HTTP 429".into())),
+            ),
+            (
+                500,
+                JSON,
+                ok,
+                Err(AuthApiError::BadAnswer("HTTP 500".into())),
+            ),
+            (
+                200,
+                Some(b"text/html"),
+                ok,
+                Err(AuthApiError::BadAnswer(
+                    "content type is not application/json".into(),
+                )),
+            ),
+            (
+                200,
+                Some(b"text/plain"),
+                ok,
+                Err(AuthApiError::BadAnswer(
+                    "content type is not application/json".into(),
+                )),
+            ),
+            (
+                200,
+                None,
+                ok,
+                Err(AuthApiError::BadAnswer(
+                    "content type is not application/json".into(),
+                )),
+            ),
+            (
+                200,
+                JSON,
+                b"",
+                Err(AuthApiError::BadAnswer("body is not a JSON object".into())),
+            ),
+            (
+                200,
+                JSON,
+                b"<html>",
+                Err(AuthApiError::BadAnswer("body is not a JSON object".into())),
+            ),
+            (
+                200,
+                JSON,
+                b"[1]",
+                Err(AuthApiError::BadAnswer("body is not a JSON object".into())),
+            ),
+            (
+                200,
+                JSON,
+                br#"{"refreshToken":"r","userData":{}}"#,
+                Err(AuthApiError::BadAnswer("`accessToken` is missing".into())),
+            ),
+            (
+                200,
+                JSON,
+                br#"{"accessToken":"","refreshToken":"r","userData":{}}"#,
+                Err(AuthApiError::BadAnswer("`accessToken` is empty".into())),
+            ),
+            (
+                200,
+                JSON,
+                br#"{"accessToken":5,"refreshToken":"r","userData":{}}"#,
+                Err(AuthApiError::BadAnswer(
+                    "`accessToken` is not a string".into(),
+                )),
+            ),
+            (
+                200,
+                JSON,
+                br#"{"accessToken":"a","refreshToken":"r"}"#,
+                Err(AuthApiError::BadAnswer("`userData` is missing".into())),
+            ),
+            (
+                200,
+                JSON,
+                br#"{"accessToken":"a","refreshToken":"r","userData":7}"#,
+                Err(AuthApiError::BadAnswer(
+                    "`userData` is neither an object nor a non-empty string".into(),
+                )),
+            ),
+            (
+                200,
+                JSON,
+                long.as_bytes(),
+                Err(AuthApiError::BadAnswer(
+                    "`accessToken` is over 4096 bytes".into(),
+                )),
+            ),
         ];
         for (status, ct, body, want) in cases {
             let got = read_answer(status, ct, body, &fields()).map(|_| ());
@@ -349,12 +461,24 @@ mod tests {
 
     #[test]
     fn tokens_that_would_break_a_cookie_are_refused() {
-        for bad in ["a\r\nSet-Cookie: x=1", "a;b", "a,b", "a b", "a\"b", "a\\b", "a\u{1}b"] {
-            let body = serde_json::json!({"accessToken": "ok", "refreshToken": bad, "userData": {}}).to_string();
+        for bad in [
+            "a\r\nSet-Cookie: x=1",
+            "a;b",
+            "a,b",
+            "a b",
+            "a\"b",
+            "a\\b",
+            "a\u{1}b",
+        ] {
+            let body =
+                serde_json::json!({"accessToken": "ok", "refreshToken": bad, "userData": {}})
+                    .to_string();
             let got = read_answer(200, JSON, body.as_bytes(), &fields());
             assert_eq!(
                 got,
-                Err(AuthApiError::BadAnswer("`refreshToken` holds characters not allowed in a cookie".into())),
+                Err(AuthApiError::BadAnswer(
+                    "`refreshToken` holds characters not allowed in a cookie".into()
+                )),
                 "{bad:?}"
             );
         }

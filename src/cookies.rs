@@ -143,7 +143,10 @@ pub fn rewrite<N: AsRef<str>, V: AsRef<str>>(jar: &CookieJar<'_>, updates: &[(N,
         {
             Some(i) if !written[i] => {
                 written[i] = true;
-                push(&mut out, &[crumb.name, b"=", updates[i].1.as_ref().as_bytes()]);
+                push(
+                    &mut out,
+                    &[crumb.name, b"=", updates[i].1.as_ref().as_bytes()],
+                );
             }
             Some(_) => {}
             None => push(&mut out, &[crumb.raw]),
@@ -171,9 +174,9 @@ pub fn is_cookie_octets(value: &[u8]) -> bool {
 /// RFC 6265 cookie-name (an RFC 7230 token).
 pub fn is_cookie_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -221,13 +224,18 @@ mod tests {
 
     #[test]
     fn rewrite_replaces_in_place_keeps_others_and_appends_missing() {
-        let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 &["theme=dark; accessTokenEtls=old; lang=uk"],
                 &[("accessTokenEtls", "new")],
                 "theme=dark; accessTokenEtls=new; lang=uk",
             ),
-            (&["theme=dark"], &[("a", "1"), ("b", "2")], "theme=dark; a=1; b=2"),
+            (
+                &["theme=dark"],
+                &[("a", "1"), ("b", "2")],
+                "theme=dark; a=1; b=2",
+            ),
             (&[], &[("a", "1")], "a=1"),
             (&["a=old; x=1; a=older"], &[("a", "new")], "a=new; x=1"),
             (&["x=1", "a=old", "y=2"], &[("a", "new")], "x=1; a=new; y=2"),
@@ -261,7 +269,9 @@ mod tests {
         for ok in ["abc", "eyJ.a-b_c", "a/b+c=", "!#$%&'()*+-./:<=>?@[]^_`{|}~"] {
             assert!(is_cookie_octets(ok.as_bytes()), "{ok}");
         }
-        for bad in ["a b", "a;b", "a,b", "a\"b", "a\\b", "a\rb", "a\nb", "a\x7fb", "\u{e9}"] {
+        for bad in [
+            "a b", "a;b", "a,b", "a\"b", "a\\b", "a\rb", "a\nb", "a\x7fb", "\u{e9}",
+        ] {
             assert!(!is_cookie_octets(bad.as_bytes()), "{bad:?}");
         }
     }

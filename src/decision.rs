@@ -19,7 +19,9 @@ pub struct SessionPolicy<'c> {
 pub enum Verdict<'a> {
     /// Forward to the app. `keep_access` names the one access token value to forward when the
     /// browser sent several (the app must never see two).
-    Forward { keep_access: Option<&'a [u8]> },
+    Forward {
+        keep_access: Option<&'a [u8]>,
+    },
     Refresh(RefreshPlan<'a>),
     Refuse(Refusal),
 }
@@ -88,18 +90,33 @@ pub fn assess<'a>(
             return Verdict::Refuse(Refusal::NoSession);
         }
         match access {
-            Some(Best { state: AccessState::Fresh, value, duplicated }) => {
+            Some(Best {
+                state: AccessState::Fresh,
+                value,
+                duplicated,
+            }) => {
                 return Verdict::Forward {
                     keep_access: duplicated.then_some(value),
                 };
             }
-            Some(Best { state: AccessState::Invalid(fault), .. }) => {
+            Some(Best {
+                state: AccessState::Invalid(fault),
+                ..
+            }) => {
                 return Verdict::Refuse(Refusal::AccessInvalid(fault));
             }
-            Some(Best { state: AccessState::Due, value, duplicated }) => {
+            Some(Best {
+                state: AccessState::Due,
+                value,
+                duplicated,
+            }) => {
                 fallback = Some(duplicated.then_some(value));
             }
-            Some(Best { state: AccessState::Expired, .. }) | None => {}
+            Some(Best {
+                state: AccessState::Expired,
+                ..
+            })
+            | None => {}
         }
     }
     let refuse = |refusal| match fallback {
@@ -197,10 +214,18 @@ mod tests {
     use serde_json::json;
 
     fn access(exp: u64) -> String {
-        sign(ACCESS, Algorithm::HS256, json!({"username":"ann","exp": exp}))
+        sign(
+            ACCESS,
+            Algorithm::HS256,
+            json!({"username":"ann","exp": exp}),
+        )
     }
     fn refresh(exp: u64) -> String {
-        sign(REFRESH, Algorithm::HS256, json!({"username":"ann","exp": exp}))
+        sign(
+            REFRESH,
+            Algorithm::HS256,
+            json!({"username":"ann","exp": exp}),
+        )
     }
 
     fn run(cookie: &str, purpose: Purpose, ahead: u64) -> Verdict<'static> {
@@ -222,7 +247,9 @@ mod tests {
     fn kind(v: &Verdict<'_>) -> String {
         match v {
             Verdict::Forward { keep_access: None } => "forward".into(),
-            Verdict::Forward { keep_access: Some(_) } => "forward-collapsed".into(),
+            Verdict::Forward {
+                keep_access: Some(_),
+            } => "forward-collapsed".into(),
             Verdict::Refresh(p) if p.fallback.is_some() => "refresh-with-fallback".into(),
             Verdict::Refresh(_) => "refresh".into(),
             Verdict::Refuse(r) => format!("refuse:{}", r.as_str()),
@@ -233,30 +260,83 @@ mod tests {
     fn verdicts_by_table() {
         let fresh = access(NOW + 600);
         let expired = access(NOW - 10);
-        let bad_sig = sign(b"not-our-secret-not-our-secret-00", Algorithm::HS256, json!({"exp": NOW + 600}));
-        let bad_sig_expired = sign(b"not-our-secret-not-our-secret-00", Algorithm::HS256, json!({"exp": NOW - 600}));
+        let bad_sig = sign(
+            b"not-our-secret-not-our-secret-00",
+            Algorithm::HS256,
+            json!({"exp": NOW + 600}),
+        );
+        let bad_sig_expired = sign(
+            b"not-our-secret-not-our-secret-00",
+            Algorithm::HS256,
+            json!({"exp": NOW - 600}),
+        );
         let r_ok = refresh(NOW + 600);
         let r_old = refresh(NOW - 1);
         let r_bad = sign(ACCESS, Algorithm::HS256, json!({"exp": NOW + 600}));
         let cases: Vec<(String, &str)> = vec![
             (format!("accessTokenEtls={fresh}"), "forward"),
-            (format!("accessTokenEtls={fresh}; refreshTokenEtls={r_old}"), "forward"),
-            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
-            (format!("refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
-            (format!("accessTokenEtls={bad_sig}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refuse:access_invalid"),
-            (format!("accessTokenEtls={bad_sig_expired}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refuse:access_invalid"),
+            (
+                format!("accessTokenEtls={fresh}; refreshTokenEtls={r_old}"),
+                "forward",
+            ),
+            (
+                format!("accessTokenEtls={expired}; refreshTokenEtls={r_ok}; refreshToken=rt"),
+                "refresh",
+            ),
+            (
+                format!("refreshTokenEtls={r_ok}; refreshToken=rt"),
+                "refresh",
+            ),
+            (
+                format!("accessTokenEtls={bad_sig}; refreshTokenEtls={r_ok}; refreshToken=rt"),
+                "refuse:access_invalid",
+            ),
+            (
+                format!(
+                    "accessTokenEtls={bad_sig_expired}; refreshTokenEtls={r_ok}; refreshToken=rt"
+                ),
+                "refuse:access_invalid",
+            ),
             ("accessTokenEtls=garbage".into(), "refuse:access_invalid"),
-            (format!("accessTokenEtls={expired}"), "refuse:refresh_missing"),
-            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_old}; refreshToken=rt"), "refuse:refresh_expired"),
-            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_bad}; refreshToken=rt"), "refuse:refresh_invalid"),
-            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_ok}"), "refuse:no_api_session"),
+            (
+                format!("accessTokenEtls={expired}"),
+                "refuse:refresh_missing",
+            ),
+            (
+                format!("accessTokenEtls={expired}; refreshTokenEtls={r_old}; refreshToken=rt"),
+                "refuse:refresh_expired",
+            ),
+            (
+                format!("accessTokenEtls={expired}; refreshTokenEtls={r_bad}; refreshToken=rt"),
+                "refuse:refresh_invalid",
+            ),
+            (
+                format!("accessTokenEtls={expired}; refreshTokenEtls={r_ok}"),
+                "refuse:no_api_session",
+            ),
             ("theme=dark".into(), "refuse:no_session"),
             (String::new(), "refuse:no_session"),
             // Duplicates: the same outcome whatever the order, one value kept.
-            (format!("accessTokenEtls={fresh}; accessTokenEtls=junk"), "forward-collapsed"),
-            (format!("accessTokenEtls=junk; accessTokenEtls={fresh}"), "forward-collapsed"),
-            (format!("accessTokenEtls=junk; accessTokenEtls={expired}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
-            (format!("accessTokenEtls={expired}; refreshTokenEtls={r_bad}; refreshTokenEtls={r_ok}; refreshToken=rt"), "refresh"),
+            (
+                format!("accessTokenEtls={fresh}; accessTokenEtls=junk"),
+                "forward-collapsed",
+            ),
+            (
+                format!("accessTokenEtls=junk; accessTokenEtls={fresh}"),
+                "forward-collapsed",
+            ),
+            (
+                format!(
+                    "accessTokenEtls=junk; accessTokenEtls={expired}; refreshTokenEtls={r_ok}; refreshToken=rt"
+                ),
+                "refresh",
+            ),
+            (
+                format!(
+                    "accessTokenEtls={expired}; refreshTokenEtls={r_bad}; refreshTokenEtls={r_ok}; refreshToken=rt"
+                ),
+                "refresh",
+            ),
         ];
         for (cookie, want) in cases {
             assert_eq!(kind(&run(&cookie, Purpose::Request, 0)), want, "{cookie}");
@@ -270,7 +350,10 @@ mod tests {
             format!("accessTokenEtls={fresh}; accessTokenEtls=junk"),
             format!("accessTokenEtls=junk; accessTokenEtls={fresh}"),
         ] {
-            let Verdict::Forward { keep_access: Some(kept) } = run(&cookie, Purpose::Request, 0) else {
+            let Verdict::Forward {
+                keep_access: Some(kept),
+            } = run(&cookie, Purpose::Request, 0)
+            else {
                 panic!("expected forward for {cookie}");
             };
             assert_eq!(kept, fresh.as_bytes());
@@ -281,7 +364,11 @@ mod tests {
     fn refresh_ahead_falls_back_to_forwarding() {
         let due = access(NOW + 20);
         let r_ok = refresh(NOW + 600);
-        let v = run(&format!("accessTokenEtls={due}; refreshTokenEtls={r_ok}; refreshToken=rt"), Purpose::Request, 60);
+        let v = run(
+            &format!("accessTokenEtls={due}; refreshTokenEtls={r_ok}; refreshToken=rt"),
+            Purpose::Request,
+            60,
+        );
         assert_eq!(kind(&v), "refresh-with-fallback");
         // Without a usable refresh token a due access token still passes.
         let v = run(&format!("accessTokenEtls={due}"), Purpose::Request, 60);
@@ -296,9 +383,16 @@ mod tests {
             format!("accessTokenEtls={fresh}; refreshTokenEtls={r_ok}; refreshToken=rt"),
             format!("accessTokenEtls=junk; refreshTokenEtls={r_ok}; refreshToken=rt"),
         ] {
-            assert_eq!(kind(&run(&cookie, Purpose::RefreshEndpoint, 0)), "refresh", "{cookie}");
+            assert_eq!(
+                kind(&run(&cookie, Purpose::RefreshEndpoint, 0)),
+                "refresh",
+                "{cookie}"
+            );
         }
-        assert_eq!(kind(&run("", Purpose::RefreshEndpoint, 0)), "refuse:refresh_missing");
+        assert_eq!(
+            kind(&run("", Purpose::RefreshEndpoint, 0)),
+            "refuse:refresh_missing"
+        );
     }
 
     #[test]
@@ -313,6 +407,9 @@ mod tests {
         };
         assert_eq!(plan.api_cookies, "refreshToken=rt-1");
         assert_eq!(plan.refresh_token, r_ok.as_bytes());
-        assert_eq!(serde_json::Value::Object(plan.claims), json!({"username":"ann"}));
+        assert_eq!(
+            serde_json::Value::Object(plan.claims),
+            json!({"username":"ann"})
+        );
     }
 }

@@ -327,14 +327,13 @@ impl<T, E> Table<T, E> {
         if self.entries.contains_key(&key) || self.entries.len() < max_entries {
             return true;
         }
-        let victim = self
-            .order
-            .iter()
-            .take(EVICTION_SCAN)
-            .position(|(k, g)| {
-                self.is_current(k, *g)
-                    && matches!(self.entries.get(k).map(|e| &e.slot), Some(Slot::Kept { .. }))
-            });
+        let victim = self.order.iter().take(EVICTION_SCAN).position(|(k, g)| {
+            self.is_current(k, *g)
+                && matches!(
+                    self.entries.get(k).map(|e| &e.slot),
+                    Some(Slot::Kept { .. })
+                )
+        });
         match victim.and_then(|i| self.order.remove(i)) {
             Some((k, _)) => {
                 self.entries.remove(&k);
@@ -468,9 +467,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_panicking_flight_is_reported_lost_and_forgotten() {
         let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
-        let (outcome, _) = flights
-            .run(key(1), || async { panic!("boom") })
-            .await;
+        let (outcome, _) = flights.run(key(1), || async { panic!("boom") }).await;
         assert_eq!(outcome, Err(TestError::Lost));
         assert!(flights.is_empty());
         let (again, joined) = flights.run(key(1), || async { Ok(1) }).await;
@@ -481,7 +478,9 @@ mod tests {
     async fn table_stays_bounded() {
         let flights = Arc::new(Flights::new(Duration::from_secs(30), 10));
         for n in 0..50u8 {
-            let (outcome, _) = flights.run(key(n), move || async move { Ok(n.into()) }).await;
+            let (outcome, _) = flights
+                .run(key(n), move || async move { Ok(n.into()) })
+                .await;
             assert_eq!(outcome, Ok(u32::from(n)));
             assert!(flights.len() <= 10);
         }

@@ -13,7 +13,11 @@ use etls_proxy::proxy::EtlsProxy;
 use etls_proxy::redact::{self, Redactor};
 
 #[derive(Parser, Debug)]
-#[command(name = "etls-proxy", version, about = "Edge auth proxy for eTLS JWT cookies, on Pingora")]
+#[command(
+    name = "etls-proxy",
+    version,
+    about = "Edge auth proxy for eTLS JWT cookies, on Pingora"
+)]
 struct Cli {
     /// The YAML configuration file.
     #[arg(short = 'c', long = "conf", default_value = "conf/etls-proxy.yaml")]
@@ -86,6 +90,10 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
         service.add_tcp(addr);
     }
     server.add_service(service);
-    log::info!("etls-proxy {} listening on {}", env!("CARGO_PKG_VERSION"), listen.join(", "));
+    log::info!(
+        "etls-proxy {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        listen.join(", ")
+    );
     server.run_forever()
 }

@@ -100,7 +100,8 @@ impl EtlsProxy {
             Route::RefreshEndpoint => Purpose::RefreshEndpoint,
             _ => Purpose::Request,
         };
-        let jar = CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+        let jar =
+            CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
         let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
         let plan = match verdict {
             Verdict::Forward { keep_access } => return self.forward(ctx, &jar, keep_access),
@@ -116,7 +117,14 @@ impl EtlsProxy {
         let (outcome, joined) = self
             .flights
             .run(key, move || async move {
-                renew(&client, &config.auth_api, &config.minting(), &claims, &api_cookies).await
+                renew(
+                    &client,
+                    &config.auth_api,
+                    &config.minting(),
+                    &claims,
+                    &api_cookies,
+                )
+                .await
             })
             .await;
         match (outcome, purpose) {
@@ -131,12 +139,17 @@ impl EtlsProxy {
                 Step::Forward
             }
             (Err(RefreshError::AuthApi(AuthApiError::Rejected(status))), _) => {
-                log::info!("session {} refused by the auth API (HTTP {status})", key.short());
+                log::info!(
+                    "session {} refused by the auth API (HTTP {status})",
+                    key.short()
+                );
                 self.refuse(req, ctx, Refusal::AuthApiRejected)
             }
             (Err(error), _) => match plan.fallback {
                 Some(keep_access) => {
-                    log::warn!("refresh ahead failed, forwarding on the still valid token: {error}");
+                    log::warn!(
+                        "refresh ahead failed, forwarding on the still valid token: {error}"
+                    );
                     self.forward(ctx, &jar, keep_access)
                 }
                 None => {
@@ -149,7 +162,12 @@ impl EtlsProxy {
     }
 
     /// Forwards as sent, but as one Cookie header holding one access token.
-    fn forward(&self, ctx: &mut RequestCtx, jar: &CookieJar<'_>, keep_access: Option<&[u8]>) -> Step {
+    fn forward(
+        &self,
+        ctx: &mut RequestCtx,
+        jar: &CookieJar<'_>,
+        keep_access: Option<&[u8]>,
+    ) -> Step {
         if ctx.outcome == Outcome::Pending {
             ctx.outcome = Outcome::Passed;
         }
@@ -168,7 +186,11 @@ impl EtlsProxy {
         let routes = &self.config.routes;
         let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
         let navigation = routes.login_redirect.is_some()
-            && is_page_navigation(header("sec-fetch-mode"), header("accept"), req.headers.contains_key("rsc"));
+            && is_page_navigation(
+                header("sec-fetch-mode"),
+                header("accept"),
+                req.headers.contains_key("rsc"),
+            );
         let location = navigation
             .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
             .flatten();
@@ -202,7 +224,10 @@ fn failure_status(e: &Error) -> u16 {
             ErrorSource::Upstream,
         ) => 504,
         (_, ErrorSource::Upstream) => 502,
-        (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => 0,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
         (_, ErrorSource::Downstream) => 400,
         _ => 500,
     }
@@ -226,7 +251,11 @@ impl ProxyHttp for EtlsProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         Ok(Box::new(self.config.upstream.clone()))
     }
 
@@ -266,7 +295,12 @@ impl ProxyHttp for EtlsProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = failure_status(e);
         if code > 0 && session.response_written().is_none() {
             let answer = Answer::app_failed(code, ctx.renewed.as_deref());

@@ -92,7 +92,10 @@ fn cookie_values(text: &[u8], name: &[u8], spans: &mut Vec<(usize, usize)>) {
         if j < text.len() && text[j] == b'=' {
             j += 1;
             let start = j;
-            while j < text.len() && !ends_value(text[j]) && !matches!(text[j], b';' | b',' | b' ' | b'&') {
+            while j < text.len()
+                && !ends_value(text[j])
+                && !matches!(text[j], b';' | b',' | b' ' | b'&')
+            {
                 j += 1;
             }
             if j > start {
@@ -175,7 +178,8 @@ impl Log for RedactingLogger {
 /// Installs the logger (`RUST_LOG`, default `info`). Idempotent enough for tests: a second call
 /// is a no-op.
 pub fn install(redactor: Redactor) {
-    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let level = inner.filter();
     if log::set_boxed_logger(Box::new(RedactingLogger { inner, redactor })).is_ok() {
         log::set_max_level(level);
@@ -188,9 +192,15 @@ mod tests {
 
     fn r() -> Redactor {
         Redactor::new(
-            ["accessTokenEtls", "refreshTokenEtls", "accessToken", "refreshToken", "etlsUser"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "accessTokenEtls",
+                "refreshTokenEtls",
+                "accessToken",
+                "refreshToken",
+                "etlsUser",
+            ]
+            .map(String::from)
+            .to_vec(),
             vec![b"super-secret-value-0123456789abcd".to_vec()],
         )
     }
@@ -202,16 +212,23 @@ mod tests {
             // RequestHeader's Debug (an http::HeaderMap)
             format!(r#"headers: {{"host": "x", "cookie": "accessTokenEtls={jwt}; theme=dark"}}"#),
             // The raw buffer of a malformed request
-            format!(r#"buf: "GET / HTTP/1.1\r\nCookie: refreshToken=opaque-api-token\r\nHost: x\r\n""#),
-            format!("GET / HTTP/1.1\r\nCOOKIE: refreshToken=opaque-api-token\r\n"),
-            format!(r#"set-cookie": "etlsUser=opaque-user; HttpOnly""#),
-            format!("accessToken=opaque-api-token&x=1"),
+            r#"buf: "GET / HTTP/1.1\r\nCookie: refreshToken=opaque-api-token\r\nHost: x\r\n""#
+                .to_owned(),
+            "GET / HTTP/1.1\r\nCOOKIE: refreshToken=opaque-api-token\r\n".to_owned(),
+            r#"set-cookie": "etlsUser=opaque-user; HttpOnly""#.to_owned(),
+            "accessToken=opaque-api-token&x=1".to_owned(),
             format!("token {jwt} went by"),
-            format!("secret super-secret-value-0123456789abcd leaked"),
+            "secret super-secret-value-0123456789abcd leaked".to_owned(),
         ];
         for line in cases {
             let out = r().redact(&line).into_owned();
-            for leak in [jwt, "opaque-api-token", "opaque-user", "super-secret-value", "theme=dark"] {
+            for leak in [
+                jwt,
+                "opaque-api-token",
+                "opaque-user",
+                "super-secret-value",
+                "theme=dark",
+            ] {
                 assert!(!out.contains(leak), "{leak} survived in {out:?}");
             }
             assert!(out.contains(MASK), "{out}");

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::auth_api::{ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, MAX_API_TOKEN_BYTES, UserData};
+use crate::auth_api::{
+    ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, MAX_API_TOKEN_BYTES, UserData,
+};
 use crate::cookies::CookieNames;
 use crate::flight::FlightLost;
 use crate::set_cookie::{CookiePolicy, header_value};
@@ -65,11 +67,21 @@ pub fn mint_session(
     api: ApiTokens,
     now: u64,
 ) -> Result<RenewedSession, RefreshError> {
-    let Minting { keys, names, policy } = minting;
+    let Minting {
+        keys,
+        names,
+        policy,
+    } = minting;
     let mint_err = |e: crate::tokens::MintError| RefreshError::Mint(e.to_string());
     let mut cookies = vec![
-        (names.access_etls.clone(), keys.mint_access(claims, now).map_err(mint_err)?),
-        (names.refresh_etls.clone(), keys.mint_refresh(claims, now).map_err(mint_err)?),
+        (
+            names.access_etls.clone(),
+            keys.mint_access(claims, now).map_err(mint_err)?,
+        ),
+        (
+            names.refresh_etls.clone(),
+            keys.mint_refresh(claims, now).map_err(mint_err)?,
+        ),
         (names.access_api.clone(), api.access_token),
         (names.refresh_api.clone(), api.refresh_token),
     ];
@@ -93,7 +105,10 @@ pub fn mint_session(
         .map(|(name, value)| header_value(policy.set_line(name, value)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RefreshError::Mint(e.to_string()))?;
-    Ok(RenewedSession { cookies, set_cookie })
+    Ok(RenewedSession {
+        cookies,
+        set_cookie,
+    })
 }
 
 #[cfg(test)]
@@ -118,29 +133,61 @@ mod tests {
     #[test]
     fn mints_five_cookies_with_a_signed_user_record() {
         let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
-        let m = Minting { keys: &k, names: &names, policy: &policy };
+        let m = Minting {
+            keys: &k,
+            names: &names,
+            policy: &policy,
+        };
         let record: Claims = serde_json::from_value(json!({"id": 1, "role": "admin"})).unwrap();
         let s = mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap();
         let names_set: Vec<&str> = s.cookies.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names_set, ["accessTokenEtls", "refreshTokenEtls", "accessToken", "refreshToken", "etlsUser"]);
-        assert_eq!(k.check_access(s.cookies[0].1.as_bytes(), NOW), AccessState::Fresh);
+        assert_eq!(
+            names_set,
+            [
+                "accessTokenEtls",
+                "refreshTokenEtls",
+                "accessToken",
+                "refreshToken",
+                "etlsUser"
+            ]
+        );
+        assert_eq!(
+            k.check_access(s.cookies[0].1.as_bytes(), NOW),
+            AccessState::Fresh
+        );
         assert_eq!(s.cookies[2].1, "api-access");
         assert_eq!(s.cookies[3].1, "api-refresh");
         // etlsUser is an access-key JWT of the record.
-        assert_eq!(k.check_access(s.cookies[4].1.as_bytes(), NOW), AccessState::Fresh);
+        assert_eq!(
+            k.check_access(s.cookies[4].1.as_bytes(), NOW),
+            AccessState::Fresh
+        );
         assert_eq!(s.set_cookie.len(), 5);
         for (line, (name, value)) in s.set_cookie.iter().zip(&s.cookies) {
             let line = line.to_str().unwrap();
             assert!(line.starts_with(&format!("{name}={value}; ")), "{line}");
-            assert!(line.contains("HttpOnly") && line.contains("Max-Age=43200"), "{line}");
+            assert!(
+                line.contains("HttpOnly") && line.contains("Max-Age=43200"),
+                "{line}"
+            );
         }
     }
 
     #[test]
     fn string_user_is_kept_and_no_user_sets_four() {
         let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
-        let m = Minting { keys: &k, names: &names, policy: &policy };
-        let s = mint_session(&m, &claims(), api(Some(UserData::Token("u.t.v".into()))), NOW).unwrap();
+        let m = Minting {
+            keys: &k,
+            names: &names,
+            policy: &policy,
+        };
+        let s = mint_session(
+            &m,
+            &claims(),
+            api(Some(UserData::Token("u.t.v".into()))),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(s.cookies[4], ("etlsUser".to_string(), "u.t.v".to_string()));
         let s = mint_session(&m, &claims(), api(None), NOW).unwrap();
         assert_eq!(s.cookies.len(), 4);
@@ -150,9 +197,17 @@ mod tests {
     #[test]
     fn oversized_user_record_is_the_auth_apis_fault() {
         let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
-        let m = Minting { keys: &k, names: &names, policy: &policy };
+        let m = Minting {
+            keys: &k,
+            names: &names,
+            policy: &policy,
+        };
         let record: Claims = serde_json::from_value(json!({"blob": "x".repeat(5000)})).unwrap();
-        let err = mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap_err();
-        assert!(matches!(err, RefreshError::AuthApi(AuthApiError::BadAnswer(_))), "{err:?}");
+        let err =
+            mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap_err();
+        assert!(
+            matches!(err, RefreshError::AuthApi(AuthApiError::BadAnswer(_))),
+            "{err:?}"
+        );
     }
 }

@@ -42,7 +42,9 @@ impl Routes {
     }
 
     fn is_public(&self, path: &[u8]) -> bool {
-        self.public.iter().any(|p| prefix_matches(p.as_bytes(), path))
+        self.public
+            .iter()
+            .any(|p| prefix_matches(p.as_bytes(), path))
     }
 
     /// `login_redirect?next=<original path and query>`, or `None` when not configured.
@@ -82,7 +84,10 @@ pub fn normalize_path(raw: &[u8]) -> Cow<'_, [u8]> {
     } else {
         Cow::Borrowed(raw)
     };
-    if !decoded.split(|b| *b == b'/').any(|s| s == b"." || s == b"..") {
+    if !decoded
+        .split(|b| *b == b'/')
+        .any(|s| s == b"." || s == b"..")
+    {
         return decoded;
     }
     let mut segments: Vec<&[u8]> = Vec::new();
@@ -136,7 +141,9 @@ pub fn is_local_path(target: &str) -> bool {
     target.starts_with('/')
         && !target.starts_with("//")
         && !target.starts_with("/\\")
-        && !target.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'\\')
+        && !target
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'\\')
 }
 
 #[cfg(test)]
@@ -217,7 +224,11 @@ mod tests {
             ("/a.b/c", "/a.b/c"),
         ];
         for (raw, want) in cases {
-            assert_eq!(normalize_path(raw.as_bytes()).as_ref(), want.as_bytes(), "{raw}");
+            assert_eq!(
+                normalize_path(raw.as_bytes()).as_ref(),
+                want.as_bytes(),
+                "{raw}"
+            );
         }
         assert!(matches!(normalize_path(b"/plain/path"), Cow::Borrowed(_)));
     }
@@ -257,7 +268,15 @@ mod tests {
         for ok in ["/login", "/auth?x=1"] {
             assert!(is_local_path(ok), "{ok}");
         }
-        for bad in ["https://evil", "//evil.com", "/\\evil.com", "login", "", "/a\nb", "/a\\b"] {
+        for bad in [
+            "https://evil",
+            "//evil.com",
+            "/\\evil.com",
+            "login",
+            "",
+            "/a\nb",
+            "/a\\b",
+        ] {
             assert!(!is_local_path(bad), "{bad:?}");
         }
     }

@@ -98,7 +98,9 @@ mod tests {
         let line = policy.set_line("t", "v");
         assert_eq!(
             attrs(&line),
-            attrs("t=v; HttpOnly; Path=/app; Max-Age=60; SameSite=Strict; Secure; Domain=example.com")
+            attrs(
+                "t=v; HttpOnly; Path=/app; Max-Age=60; SameSite=Strict; Secure; Domain=example.com"
+            )
         );
     }
 
@@ -112,9 +114,15 @@ mod tests {
         let line = policy.clear_line("refreshTokenEtls");
         assert!(line.starts_with("refreshTokenEtls=; "), "{line}");
         for want in ["Max-Age=0", "Path=/app", "Domain=example.com", "HttpOnly"] {
-            assert!(line.split("; ").any(|a| a == want), "{want} missing in {line}");
+            assert!(
+                line.split("; ").any(|a| a == want),
+                "{want} missing in {line}"
+            );
         }
-        assert!(line.contains("Expires=Thu, 01 Jan 1970 00:00:00 GMT"), "{line}");
+        assert!(
+            line.contains("Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+            "{line}"
+        );
         assert!(header_value(line).is_ok());
     }
 }

@@ -106,7 +106,10 @@ struct TimeFields {
 
 /// `exp` must be a positive integer; `nbf`, when present, too.
 fn time_claims(exp: Option<&Value>, nbf: Option<&Value>) -> Result<(u64, Option<u64>), TokenFault> {
-    let exp = exp.and_then(Value::as_u64).filter(|e| *e > 0).ok_or(TokenFault::Claims)?;
+    let exp = exp
+        .and_then(Value::as_u64)
+        .filter(|e| *e > 0)
+        .ok_or(TokenFault::Claims)?;
     let nbf = match nbf {
         None => None,
         Some(v) => Some(v.as_u64().ok_or(TokenFault::Claims)?),
@@ -161,7 +164,12 @@ impl TokenKeys {
     }
 
     /// Seconds of validity left (0: expired), leeway included.
-    fn remaining(&self, exp: Option<&Value>, nbf: Option<&Value>, now: u64) -> Result<u64, TokenFault> {
+    fn remaining(
+        &self,
+        exp: Option<&Value>,
+        nbf: Option<&Value>,
+        now: u64,
+    ) -> Result<u64, TokenFault> {
         let (exp, nbf) = time_claims(exp, nbf)?;
         let leeway = self.times.leeway_secs;
         if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
@@ -183,18 +191,28 @@ impl TokenKeys {
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 match e.kind() {
-                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenFault::Signature,
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                        TokenFault::Signature
+                    }
                     _ => TokenFault::Malformed,
                 }
             })
     }
 
     pub fn mint_access(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
-        self.mint(claims, now + self.times.access_ttl_secs, &self.access.encoding)
+        self.mint(
+            claims,
+            now + self.times.access_ttl_secs,
+            &self.access.encoding,
+        )
     }
 
     pub fn mint_refresh(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
-        self.mint(claims, now + self.times.refresh_ttl_secs, &self.refresh.encoding)
+        self.mint(
+            claims,
+            now + self.times.refresh_ttl_secs,
+            &self.refresh.encoding,
+        )
     }
 
     /// Seed 002's user token: the auth API's `userData` fields, signed with the access secret and
@@ -258,9 +276,21 @@ pub(crate) mod tests {
         let k = keys();
         let good = |claims: Value| sign(ACCESS, Algorithm::HS256, claims);
         let cases: Vec<(&str, String, AccessState)> = vec![
-            ("fresh", good(json!({"username":"u","exp": NOW + 60})), AccessState::Fresh),
-            ("expired", good(json!({"exp": NOW - 1})), AccessState::Expired),
-            ("expires now", good(json!({"exp": NOW})), AccessState::Expired),
+            (
+                "fresh",
+                good(json!({"username":"u","exp": NOW + 60})),
+                AccessState::Fresh,
+            ),
+            (
+                "expired",
+                good(json!({"exp": NOW - 1})),
+                AccessState::Expired,
+            ),
+            (
+                "expires now",
+                good(json!({"exp": NOW})),
+                AccessState::Expired,
+            ),
             (
                 "other secret",
                 sign(REFRESH, Algorithm::HS256, json!({"exp": NOW + 60})),
@@ -268,7 +298,11 @@ pub(crate) mod tests {
             ),
             (
                 "expired with bad signature",
-                sign(b"another-secret-another-secret-01", Algorithm::HS256, json!({"exp": NOW - 60})),
+                sign(
+                    b"another-secret-another-secret-01",
+                    Algorithm::HS256,
+                    json!({"exp": NOW - 60}),
+                ),
                 AccessState::Invalid(TokenFault::Signature),
             ),
             (
@@ -281,25 +315,77 @@ pub(crate) mod tests {
                 sign(ACCESS, Algorithm::HS512, json!({"exp": NOW + 60})),
                 AccessState::Invalid(TokenFault::Signature),
             ),
-            ("no exp", good(json!({"username":"u"})), AccessState::Invalid(TokenFault::Claims)),
-            ("exp string", good(json!({"exp": "1900000000"})), AccessState::Invalid(TokenFault::Claims)),
-            ("exp negative", good(json!({"exp": -5})), AccessState::Invalid(TokenFault::Claims)),
-            ("exp float", good(json!({"exp": 1e30})), AccessState::Invalid(TokenFault::Claims)),
+            (
+                "no exp",
+                good(json!({"username":"u"})),
+                AccessState::Invalid(TokenFault::Claims),
+            ),
+            (
+                "exp string",
+                good(json!({"exp": "1900000000"})),
+                AccessState::Invalid(TokenFault::Claims),
+            ),
+            (
+                "exp negative",
+                good(json!({"exp": -5})),
+                AccessState::Invalid(TokenFault::Claims),
+            ),
+            (
+                "exp float",
+                good(json!({"exp": 1e30})),
+                AccessState::Invalid(TokenFault::Claims),
+            ),
             (
                 "nbf future",
                 good(json!({"exp": NOW + 60, "nbf": NOW + 30})),
                 AccessState::Invalid(TokenFault::Claims),
             ),
-            ("nbf past", good(json!({"exp": NOW + 60, "nbf": NOW - 30})), AccessState::Fresh),
-            ("exp zero", good(json!({"exp": 0})), AccessState::Invalid(TokenFault::Claims)),
-            ("nbf string", good(json!({"exp": NOW + 60, "nbf": "x"})), AccessState::Invalid(TokenFault::Claims)),
-            ("garbage", "not-a-jwt".into(), AccessState::Invalid(TokenFault::Malformed)),
-            ("two segments", "eyJhbGciOiJIUzI1NiJ9.e30".into(), AccessState::Invalid(TokenFault::Malformed)),
-            ("four segments", format!("{}.x", good(json!({"exp": NOW + 60}))), AccessState::Invalid(TokenFault::Malformed)),
+            (
+                "nbf past",
+                good(json!({"exp": NOW + 60, "nbf": NOW - 30})),
+                AccessState::Fresh,
+            ),
+            (
+                "exp zero",
+                good(json!({"exp": 0})),
+                AccessState::Invalid(TokenFault::Claims),
+            ),
+            (
+                "nbf string",
+                good(json!({"exp": NOW + 60, "nbf": "x"})),
+                AccessState::Invalid(TokenFault::Claims),
+            ),
+            (
+                "garbage",
+                "not-a-jwt".into(),
+                AccessState::Invalid(TokenFault::Malformed),
+            ),
+            (
+                "two segments",
+                "eyJhbGciOiJIUzI1NiJ9.e30".into(),
+                AccessState::Invalid(TokenFault::Malformed),
+            ),
+            (
+                "four segments",
+                format!("{}.x", good(json!({"exp": NOW + 60}))),
+                AccessState::Invalid(TokenFault::Malformed),
+            ),
             // The signature is checked before the payload is decoded.
-            ("bad base64 payload", "eyJhbGciOiJIUzI1NiJ9.!!!.abc".into(), AccessState::Invalid(TokenFault::Signature)),
-            ("empty", String::new(), AccessState::Invalid(TokenFault::Malformed)),
-            ("huge", "a".repeat(100_000), AccessState::Invalid(TokenFault::TooLarge)),
+            (
+                "bad base64 payload",
+                "eyJhbGciOiJIUzI1NiJ9.!!!.abc".into(),
+                AccessState::Invalid(TokenFault::Signature),
+            ),
+            (
+                "empty",
+                String::new(),
+                AccessState::Invalid(TokenFault::Malformed),
+            ),
+            (
+                "huge",
+                "a".repeat(100_000),
+                AccessState::Invalid(TokenFault::TooLarge),
+            ),
         ];
         for (name, token, want) in cases {
             assert_eq!(k.check_access(token.as_bytes(), NOW), want, "{name}");
@@ -311,13 +397,20 @@ pub(crate) mod tests {
         let k = keys();
         let header = b64(r#"{"alg":"none","typ":"JWT"}"#);
         let payload = b64(&format!(r#"{{"username":"admin","exp":{}}}"#, NOW + 60));
-        for token in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
+        for token in [
+            format!("{header}.{payload}."),
+            format!("{header}.{payload}"),
+        ] {
             assert_eq!(
                 k.check_access(token.as_bytes(), NOW),
                 AccessState::Invalid(TokenFault::Malformed)
             );
         }
-        let real = sign(ACCESS, Algorithm::HS256, json!({"username":"bob","exp": NOW + 60}));
+        let real = sign(
+            ACCESS,
+            Algorithm::HS256,
+            json!({"username":"bob","exp": NOW + 60}),
+        );
         let sig = real.rsplit('.').next().unwrap();
         let head = real.split('.').next().unwrap();
         let forged = format!("{head}.{payload}.{sig}");
@@ -334,9 +427,18 @@ pub(crate) mod tests {
         k.times.refresh_ahead_secs = 30;
         let t = |exp: u64| sign(ACCESS, Algorithm::HS256, json!({"exp": exp}));
         assert_eq!(k.check_access(t(NOW - 1).as_bytes(), NOW), AccessState::Due);
-        assert_eq!(k.check_access(t(NOW - 5).as_bytes(), NOW), AccessState::Expired);
-        assert_eq!(k.check_access(t(NOW + 20).as_bytes(), NOW), AccessState::Due);
-        assert_eq!(k.check_access(t(NOW + 100).as_bytes(), NOW), AccessState::Fresh);
+        assert_eq!(
+            k.check_access(t(NOW - 5).as_bytes(), NOW),
+            AccessState::Expired
+        );
+        assert_eq!(
+            k.check_access(t(NOW + 20).as_bytes(), NOW),
+            AccessState::Due
+        );
+        assert_eq!(
+            k.check_access(t(NOW + 100).as_bytes(), NOW),
+            AccessState::Fresh
+        );
     }
 
     #[test]
@@ -351,8 +453,15 @@ pub(crate) mod tests {
             panic!("valid refresh token refused");
         };
         assert_eq!(Value::Object(claims), json!({"username":"ann","role":"x"}));
-        let expired = sign(REFRESH, Algorithm::HS256, json!({"username":"ann","exp": NOW - 1}));
-        assert_eq!(k.check_refresh(expired.as_bytes(), NOW), RefreshState::Expired);
+        let expired = sign(
+            REFRESH,
+            Algorithm::HS256,
+            json!({"username":"ann","exp": NOW - 1}),
+        );
+        assert_eq!(
+            k.check_refresh(expired.as_bytes(), NOW),
+            RefreshState::Expired
+        );
         let wrong = sign(ACCESS, Algorithm::HS256, json!({"exp": NOW + 60}));
         assert_eq!(
             k.check_refresh(wrong.as_bytes(), NOW),
@@ -372,8 +481,14 @@ pub(crate) mod tests {
         let access = k.mint_access(&claims, NOW).unwrap();
         let refresh = k.mint_refresh(&claims, NOW).unwrap();
         assert_eq!(k.check_access(access.as_bytes(), NOW), AccessState::Fresh);
-        assert_eq!(k.check_access(access.as_bytes(), NOW + 900), AccessState::Expired);
-        assert!(matches!(k.check_access(refresh.as_bytes(), NOW), AccessState::Invalid(_)));
+        assert_eq!(
+            k.check_access(access.as_bytes(), NOW + 900),
+            AccessState::Expired
+        );
+        assert!(matches!(
+            k.check_access(refresh.as_bytes(), NOW),
+            AccessState::Invalid(_)
+        ));
         assert_eq!(
             k.check_refresh(refresh.as_bytes(), NOW + 43_199),
             RefreshState::Valid(claims.clone())

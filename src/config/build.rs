@@ -50,8 +50,14 @@ pub fn build(file: FileConfig, env: Env<'_>) -> Result<Loaded, Vec<Problem>> {
     if file.refresh.max_entries == 0 {
         c.problem("refresh.max_entries", "must be at least 1");
     }
-    let (Some(server), Some(upstream), Some(auth_api), Some((keys, secrets)), Some((names, policy)), Some(routes)) =
-        (server, upstream, auth_api, tokens, cookies, routes)
+    let (
+        Some(server),
+        Some(upstream),
+        Some(auth_api),
+        Some((keys, secrets)),
+        Some((names, policy)),
+        Some(routes),
+    ) = (server, upstream, auth_api, tokens, cookies, routes)
     else {
         return Err(c.problems);
     };
@@ -96,7 +102,10 @@ fn check_listen(c: &mut Checker, listen: Vec<String>) -> Vec<String> {
     for (i, addr) in listen.iter().enumerate() {
         let key = format!("listen[{i}]");
         match addr.parse::<SocketAddr>() {
-            Err(_) => c.problem(key, format!("`{addr}` is not an IP:port address (e.g. 0.0.0.0:8080)")),
+            Err(_) => c.problem(
+                key,
+                format!("`{addr}` is not an IP:port address (e.g. 0.0.0.0:8080)"),
+            ),
             Ok(sa) if sa.port() == 0 => c.problem(key, "port 0 is not a fixed address"),
             Ok(sa) if !seen.insert(sa) => c.problem(key, format!("`{addr}` is listed twice")),
             Ok(_) => {}
@@ -123,7 +132,10 @@ fn check_pingora(c: &mut Checker, section: Option<serde_yaml::Value>) -> Option<
     for key in section.keys() {
         if !known.contains_key(key) {
             let name = key.as_str().unwrap_or("?");
-            c.problem(format!("pingora.{name}"), "not a Pingora server setting (see README: pingora)");
+            c.problem(
+                format!("pingora.{name}"),
+                "not a Pingora server setting (see README: pingora)",
+            );
             ok = false;
         }
     }
@@ -132,7 +144,12 @@ fn check_pingora(c: &mut Checker, section: Option<serde_yaml::Value>) -> Option<
     }
     // Our defaults where Pingora's do not suit a proxy: all cores, and a short drain on SIGTERM.
     let defaults: [(&str, serde_yaml::Value); 3] = [
-        ("threads", std::thread::available_parallelism().map_or(1, |n| n.get()).into()),
+        (
+            "threads",
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .into(),
+        ),
         ("grace_period_seconds", 1u64.into()),
         ("graceful_shutdown_timeout_seconds", 10u64.into()),
     ];
@@ -189,12 +206,19 @@ fn check_upstream(c: &mut Checker, u: &UpstreamFile) -> Option<HttpPeer> {
     let host = match split_host_port(&u.address) {
         Some((host, _)) if !u.address.contains("://") => host,
         _ => {
-            c.problem("upstream.address", format!("`{}` must be host:port (no scheme)", u.address));
+            c.problem(
+                "upstream.address",
+                format!("`{}` must be host:port (no scheme)", u.address),
+            );
             return None;
         }
     };
     let addr = resolve(c, "upstream.address", &u.address)?;
-    let sni = if u.sni.is_empty() { host } else { u.sni.clone() };
+    let sni = if u.sni.is_empty() {
+        host
+    } else {
+        u.sni.clone()
+    };
     let mut peer = HttpPeer::new(addr, u.tls, sni);
     peer.options.connection_timeout = Some(connect);
     peer.options.total_connection_timeout = Some(connect);
@@ -213,20 +237,32 @@ fn split_host_port(addr: &str) -> Option<(String, u16)> {
 fn check_auth_api(c: &mut Checker, a: &AuthApiFile) -> Option<AuthApiSettings> {
     let timeout = check_timeout(c, "auth_api.timeout_ms", a.timeout_ms);
     if a.send_cookies.is_empty() {
-        c.problem("auth_api.send_cookies", "needs at least one cookie name (seed 002 sends refreshToken)");
+        c.problem(
+            "auth_api.send_cookies",
+            "needs at least one cookie name (seed 002 sends refreshToken)",
+        );
     }
     for (i, name) in a.send_cookies.iter().enumerate() {
         if !is_cookie_name(name) {
-            c.problem(format!("auth_api.send_cookies[{i}]"), format!("`{name}` is not a valid cookie name"));
+            c.problem(
+                format!("auth_api.send_cookies[{i}]"),
+                format!("`{name}` is not a valid cookie name"),
+            );
         }
     }
     for (key, value) in [
         ("auth_api.fields.access_token", Some(&a.fields.access_token)),
-        ("auth_api.fields.refresh_token", Some(&a.fields.refresh_token)),
+        (
+            "auth_api.fields.refresh_token",
+            Some(&a.fields.refresh_token),
+        ),
         ("auth_api.fields.user", a.fields.user.as_ref()),
     ] {
         if value.is_some_and(|v| v.is_empty()) {
-            c.problem(key, "must not be empty (use null for `user` when the auth API sends none)");
+            c.problem(
+                key,
+                "must not be empty (use null for `user` when the auth API sends none)",
+            );
         }
     }
     let key = "auth_api.refresh_url";
@@ -241,7 +277,10 @@ fn check_auth_api(c: &mut Checker, a: &AuthApiFile) -> Option<AuthApiSettings> {
         Some("http") => false,
         Some("https") => true,
         _ => {
-            c.problem(key, format!("`{}` must start with http:// or https://", a.refresh_url));
+            c.problem(
+                key,
+                format!("`{}` must start with http:// or https://", a.refresh_url),
+            );
             return None;
         }
     };
@@ -253,7 +292,11 @@ fn check_auth_api(c: &mut Checker, a: &AuthApiFile) -> Option<AuthApiSettings> {
         c.problem(key, "must not carry credentials (user@host)");
         return None;
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let addr = resolve(c, key, &format!("{}:{port}", authority.host()))?;
     let mut peer = HttpPeer::new(addr, tls, host);
@@ -275,26 +318,59 @@ fn check_auth_api(c: &mut Checker, a: &AuthApiFile) -> Option<AuthApiSettings> {
     })
 }
 
-fn check_tokens(c: &mut Checker, t: &TokensFile, env: Env<'_>) -> Option<(TokenKeys, Vec<Vec<u8>>)> {
-    let access = secret(c, "tokens.access_secret_env", &t.access_secret_env, t.allow_short_secrets, env);
-    let refresh = secret(c, "tokens.refresh_secret_env", &t.refresh_secret_env, t.allow_short_secrets, env);
-    let access_ttl = ttl(c, "tokens.access_ttl_env", t.access_ttl_env.as_deref(), "tokens.access_ttl_secs", t.access_ttl_secs, env);
-    let refresh_ttl = ttl(c, "tokens.refresh_ttl_env", t.refresh_ttl_env.as_deref(), "tokens.refresh_ttl_secs", t.refresh_ttl_secs, env);
-    if let (Some(a), Some(r)) = (&access, &refresh) {
-        if a == r {
-            c.problem(
-                "tokens.refresh_secret_env",
-                format!(
-                    "{} and {} hold the same secret: a refresh token would pass as an access token",
-                    t.access_secret_env, t.refresh_secret_env
-                ),
-            );
-        }
+fn check_tokens(
+    c: &mut Checker,
+    t: &TokensFile,
+    env: Env<'_>,
+) -> Option<(TokenKeys, Vec<Vec<u8>>)> {
+    let access = secret(
+        c,
+        "tokens.access_secret_env",
+        &t.access_secret_env,
+        t.allow_short_secrets,
+        env,
+    );
+    let refresh = secret(
+        c,
+        "tokens.refresh_secret_env",
+        &t.refresh_secret_env,
+        t.allow_short_secrets,
+        env,
+    );
+    let access_ttl = ttl(
+        c,
+        "tokens.access_ttl_env",
+        t.access_ttl_env.as_deref(),
+        "tokens.access_ttl_secs",
+        t.access_ttl_secs,
+        env,
+    );
+    let refresh_ttl = ttl(
+        c,
+        "tokens.refresh_ttl_env",
+        t.refresh_ttl_env.as_deref(),
+        "tokens.refresh_ttl_secs",
+        t.refresh_ttl_secs,
+        env,
+    );
+    if let (Some(a), Some(r)) = (&access, &refresh)
+        && a == r
+    {
+        c.problem(
+            "tokens.refresh_secret_env",
+            format!(
+                "{} and {} hold the same secret: a refresh token would pass as an access token",
+                t.access_secret_env, t.refresh_secret_env
+            ),
+        );
     }
-    if let Some(ttl) = access_ttl {
-        if t.refresh_ahead_secs >= ttl {
-            c.problem("tokens.refresh_ahead_secs", format!("must be below the access token lifetime ({ttl} s)"));
-        }
+    if let Some(ttl) = access_ttl
+        && t.refresh_ahead_secs >= ttl
+    {
+        c.problem(
+            "tokens.refresh_ahead_secs",
+            format!("must be below the access token lifetime ({ttl} s)"),
+        );
     }
     let (access, refresh, access_ttl, refresh_ttl) = (access?, refresh?, access_ttl?, refresh_ttl?);
     let times = TokenTimes {
@@ -312,13 +388,24 @@ fn env_bytes(value: OsString) -> Vec<u8> {
     value.into_vec()
 }
 
-fn secret(c: &mut Checker, key: &str, var: &str, allow_short: bool, env: Env<'_>) -> Option<Vec<u8>> {
+fn secret(
+    c: &mut Checker,
+    key: &str,
+    var: &str,
+    allow_short: bool,
+    env: Env<'_>,
+) -> Option<Vec<u8>> {
     if var.is_empty() {
         c.problem(key, "must name an environment variable");
         return None;
     }
     let Some(value) = env(var).map(env_bytes) else {
-        c.problem(key, format!("environment variable {var} is not set (secrets come only from the environment)"));
+        c.problem(
+            key,
+            format!(
+                "environment variable {var} is not set (secrets come only from the environment)"
+            ),
+        );
         return None;
     };
     if value.len() < MIN_SECRET_BYTES {
@@ -342,8 +429,17 @@ fn secret(c: &mut Checker, key: &str, var: &str, allow_short: bool, env: Env<'_>
 }
 
 /// The env var wins when set (the seeds' `.env`), else the YAML value.
-fn ttl(c: &mut Checker, env_key: &str, var: Option<&str>, secs_key: &str, secs: u64, env: Env<'_>) -> Option<u64> {
-    let from_env = var.filter(|v| !v.is_empty()).and_then(|v| env(v).map(|value| (v, value)));
+fn ttl(
+    c: &mut Checker,
+    env_key: &str,
+    var: Option<&str>,
+    secs_key: &str,
+    secs: u64,
+    env: Env<'_>,
+) -> Option<u64> {
+    let from_env = var
+        .filter(|v| !v.is_empty())
+        .and_then(|v| env(v).map(|value| (v, value)));
     let (key, value) = match from_env {
         Some((var, raw)) => {
             let text = raw.to_string_lossy();
@@ -373,15 +469,27 @@ fn check_cookies(c: &mut Checker, k: &CookiesFile) -> Option<(CookieNames, Cooki
         refresh_api: n.refresh_api.clone(),
         user: n.user.clone(),
     };
-    let keys = ["access_etls", "refresh_etls", "access_api", "refresh_api", "user"];
+    let keys = [
+        "access_etls",
+        "refresh_etls",
+        "access_api",
+        "refresh_api",
+        "user",
+    ];
     let mut seen = HashSet::new();
     let mut ok = true;
     for (key, name) in keys.iter().zip(names.all()) {
         if !is_cookie_name(name) {
-            c.problem(format!("cookies.names.{key}"), format!("`{name}` is not a valid cookie name"));
+            c.problem(
+                format!("cookies.names.{key}"),
+                format!("`{name}` is not a valid cookie name"),
+            );
             ok = false;
         } else if !seen.insert(name) {
-            c.problem(format!("cookies.names.{key}"), format!("`{name}` is used for two cookies"));
+            c.problem(
+                format!("cookies.names.{key}"),
+                format!("`{name}` is used for two cookies"),
+            );
             ok = false;
         }
     }
@@ -390,20 +498,34 @@ fn check_cookies(c: &mut Checker, k: &CookiesFile) -> Option<(CookieNames, Cooki
         "lax" => Some(SameSite::Lax),
         "none" => Some(SameSite::None),
         _ => {
-            c.problem("cookies.same_site", format!("`{}` must be Strict, Lax or None", k.same_site));
+            c.problem(
+                "cookies.same_site",
+                format!("`{}` must be Strict, Lax or None", k.same_site),
+            );
             None
         }
     };
     if same_site == Some(SameSite::None) && !k.secure {
-        c.problem("cookies.same_site", "None needs cookies.secure: true (browsers drop it otherwise)");
+        c.problem(
+            "cookies.same_site",
+            "None needs cookies.secure: true (browsers drop it otherwise)",
+        );
     }
     if !k.path.starts_with('/') || !is_attribute_value(&k.path) {
-        c.problem("cookies.path", format!("`{}` must start with / and hold no ; or control characters", k.path));
+        c.problem(
+            "cookies.path",
+            format!(
+                "`{}` must start with / and hold no ; or control characters",
+                k.path
+            ),
+        );
         ok = false;
     }
     if let Some(domain) = &k.domain {
         let valid = !domain.is_empty()
-            && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
         if !valid {
             c.problem("cookies.domain", format!("`{domain}` is not a domain name"));
             ok = false;
@@ -427,20 +549,32 @@ fn check_routes(c: &mut Checker, r: RoutesFile) -> Option<Routes> {
     let mut ok = true;
     for (i, p) in r.public.iter().enumerate() {
         if !p.starts_with('/') {
-            c.problem(format!("routes.public[{i}]"), format!("`{p}` must start with /"));
+            c.problem(
+                format!("routes.public[{i}]"),
+                format!("`{p}` must start with /"),
+            );
             ok = false;
         }
     }
-    for (key, value) in [("routes.refresh_endpoint", &r.refresh_endpoint), ("routes.logout_endpoint", &r.logout_endpoint)] {
-        if let Some(path) = value {
-            if !path.starts_with('/') || path.contains('?') {
-                c.problem(key, format!("`{path}` must be a path starting with / (or null to disable)"));
-                ok = false;
-            }
+    for (key, value) in [
+        ("routes.refresh_endpoint", &r.refresh_endpoint),
+        ("routes.logout_endpoint", &r.logout_endpoint),
+    ] {
+        if let Some(path) = value
+            && (!path.starts_with('/') || path.contains('?'))
+        {
+            c.problem(
+                key,
+                format!("`{path}` must be a path starting with / (or null to disable)"),
+            );
+            ok = false;
         }
     }
     if r.refresh_endpoint.is_some() && r.refresh_endpoint == r.logout_endpoint {
-        c.problem("routes.logout_endpoint", "must differ from routes.refresh_endpoint");
+        c.problem(
+            "routes.logout_endpoint",
+            "must differ from routes.refresh_endpoint",
+        );
         ok = false;
     }
     let routes = Routes {
@@ -452,7 +586,10 @@ fn check_routes(c: &mut Checker, r: RoutesFile) -> Option<Routes> {
     if let Some(target) = &routes.login_redirect {
         let path = target.split('?').next().unwrap_or_default();
         if !is_local_path(target) {
-            c.problem("routes.login_redirect", format!("`{target}` must be a local path (starting with /, no scheme, no //)"));
+            c.problem(
+                "routes.login_redirect",
+                format!("`{target}` must be a local path (starting with /, no scheme, no //)"),
+            );
             ok = false;
         } else if routes.classify(path.as_bytes()) != crate::routes::Route::Public {
             c.problem(
@@ -473,8 +610,14 @@ mod tests {
     const A: &str = "access-secret-access-secret-0123";
     const R: &str = "refresh-secret-refresh-secret-01";
 
-    fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
-        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
+    fn env_with(
+        vars: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<OsString> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
     }
 
     fn problems(yaml: &str, vars: &'static [(&'static str, &'static str)]) -> Vec<String> {
@@ -515,7 +658,10 @@ mod tests {
             ("ETLS_ACCESS_EXPIRE_TIME", "60"),
             ("ETLS_REFRESH_EXPIRE_TIME", " 120 "),
         ]);
-        let rt = build(parse("tokens: {access_ttl_secs: 5}").unwrap(), &env).ok().unwrap().runtime;
+        let rt = build(parse("tokens: {access_ttl_secs: 5}").unwrap(), &env)
+            .ok()
+            .unwrap()
+            .runtime;
         assert_eq!(rt.keys.times.access_ttl_secs, 60);
         assert_eq!(rt.keys.times.refresh_ttl_secs, 120);
     }
@@ -523,7 +669,10 @@ mod tests {
     #[test]
     fn user_field_null_is_kept_as_none() {
         let env = env_with(SECRETS);
-        let rt = build(parse("auth_api: {fields: {user: null}}").unwrap(), &env).ok().unwrap().runtime;
+        let rt = build(parse("auth_api: {fields: {user: null}}").unwrap(), &env)
+            .ok()
+            .unwrap()
+            .runtime;
         assert_eq!(rt.auth_api.fields.user, None);
     }
 
@@ -558,27 +707,55 @@ pingora: {threads: 2, no_such_key: 1}
             "pingora.no_such_key",
         ];
         for key in want_keys {
-            assert!(got.iter().any(|p| p.starts_with(&format!("{key}: "))), "{key} not reported in {got:#?}");
+            assert!(
+                got.iter().any(|p| p.starts_with(&format!("{key}: "))),
+                "{key} not reported in {got:#?}"
+            );
         }
-        let short = got.iter().find(|p| p.starts_with("tokens.access_secret_env")).unwrap();
-        assert!(short.contains("ETLS_ACCESS") && short.contains("32 bytes"), "{short}");
+        let short = got
+            .iter()
+            .find(|p| p.starts_with("tokens.access_secret_env"))
+            .unwrap();
+        assert!(
+            short.contains("ETLS_ACCESS") && short.contains("32 bytes"),
+            "{short}"
+        );
     }
 
     #[test]
     fn missing_and_equal_secrets_are_refused() {
         let got = problems("{}", &[]);
-        assert!(got.iter().any(|p| p.contains("ETLS_ACCESS is not set")), "{got:?}");
-        assert!(got.iter().any(|p| p.contains("ETLS_REFRESH is not set")), "{got:?}");
+        assert!(
+            got.iter().any(|p| p.contains("ETLS_ACCESS is not set")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|p| p.contains("ETLS_REFRESH is not set")),
+            "{got:?}"
+        );
         let got = problems("{}", &[("ETLS_ACCESS", A), ("ETLS_REFRESH", A)]);
         assert!(got.iter().any(|p| p.contains("same secret")), "{got:?}");
-        let got = problems("{}", &[("ETLS_ACCESS", A), ("ETLS_REFRESH", R), ("ETLS_ACCESS_EXPIRE_TIME", "15m")]);
-        assert!(got.iter().any(|p| p.contains("ETLS_ACCESS_EXPIRE_TIME") && p.contains("`15m`")), "{got:?}");
+        let got = problems(
+            "{}",
+            &[
+                ("ETLS_ACCESS", A),
+                ("ETLS_REFRESH", R),
+                ("ETLS_ACCESS_EXPIRE_TIME", "15m"),
+            ],
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.contains("ETLS_ACCESS_EXPIRE_TIME") && p.contains("`15m`")),
+            "{got:?}"
+        );
     }
 
     #[test]
     fn short_secrets_need_the_explicit_switch_and_warn() {
         let env = env_with(&[("ETLS_ACCESS", "short-a"), ("ETLS_REFRESH", "short-r")]);
-        let loaded = build(parse("tokens: {allow_short_secrets: true}").unwrap(), &env).ok().unwrap();
+        let loaded = build(parse("tokens: {allow_short_secrets: true}").unwrap(), &env)
+            .ok()
+            .unwrap();
         assert_eq!(loaded.warnings.len(), 2);
         assert!(loaded.warnings[0].contains("ETLS_ACCESS"));
     }
@@ -586,24 +763,40 @@ pingora: {threads: 2, no_such_key: 1}
     #[test]
     fn login_redirect_must_be_public() {
         let got = problems("routes: {login_redirect: /login}", SECRETS);
-        assert!(got.iter().any(|p| p.starts_with("routes.login_redirect") && p.contains("routes.public")), "{got:?}");
-        let ok = problems("routes: {login_redirect: '/login?x=1', public: [/login]}", SECRETS);
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("routes.login_redirect") && p.contains("routes.public")),
+            "{got:?}"
+        );
+        let ok = problems(
+            "routes: {login_redirect: '/login?x=1', public: [/login]}",
+            SECRETS,
+        );
         assert!(ok.is_empty(), "{ok:?}");
     }
 
     #[test]
     fn same_site_none_needs_secure() {
         let got = problems("cookies: {same_site: None}", SECRETS);
-        assert!(got.iter().any(|p| p.starts_with("cookies.same_site")), "{got:?}");
+        assert!(
+            got.iter().any(|p| p.starts_with("cookies.same_site")),
+            "{got:?}"
+        );
         assert!(problems("cookies: {same_site: none, secure: true}", SECRETS).is_empty());
     }
 
     #[test]
     fn syntax_errors_name_the_key_and_line() {
         let e = parse("auth_api:\n  refresh_url: http://x\n  timeout: 5\n").unwrap_err();
-        assert!(e.contains("auth_api") && e.contains("timeout") && e.contains("line 3"), "{e}");
+        assert!(
+            e.contains("auth_api") && e.contains("timeout") && e.contains("line 3"),
+            "{e}"
+        );
         let e = parse("tokens:\n  leeway_secs: soon\n").unwrap_err();
-        assert!(e.contains("tokens.leeway_secs") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("tokens.leeway_secs") && e.contains("line 2"),
+            "{e}"
+        );
         let e = parse("listen: [\n").unwrap_err();
         assert!(e.contains("line"), "{e}");
     }

@@ -95,7 +95,10 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
     #[error("{path}: {} problem(s):\n{}", problems.len(), list(problems))]
-    Invalid { path: String, problems: Vec<Problem> },
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
 }
 
 fn list(problems: &[Problem]) -> String {

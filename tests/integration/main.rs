@@ -1,0 +1,8 @@
+//! Integration tests: the real proxy binary on loopback, in front of stand-in servers.
+
+mod cli;
+mod concurrency;
+mod endpoints;
+mod flow;
+mod logs;
+mod support;

@@ -1,0 +1,714 @@
+//! Real sockets on loopback: a stand-in app and auth API that record what reached them, the
+//! proxy binary started on a generated config, and a raw HTTP/1.1 client that shows exactly
+//! which headers came back.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ACCESS_SECRET: &str = "test-access-secret-0123456789abcdef";
+pub const REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef";
+
+pub fn now() -> u64 {
+    etls_proxy::unix_now()
+}
+
+pub fn sign(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn access_token(exp_from_now: i64) -> String {
+    sign(
+        ACCESS_SECRET,
+        json!({"username": "ann", "exp": now() as i64 + exp_from_now}),
+    )
+}
+
+pub fn refresh_token(exp_from_now: i64) -> String {
+    sign(
+        REFRESH_SECRET,
+        json!({"username": "ann", "exp": now() as i64 + exp_from_now}),
+    )
+}
+
+/// Decodes a JWT's payload without checking it (the test checks the signature separately).
+pub fn payload(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).expect("three segments");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+pub fn verifies(token: &str, secret: &str) -> bool {
+    let mut v = jsonwebtoken::Validation::new(Algorithm::HS256);
+    v.required_spec_claims.clear();
+    v.validate_aud = false;
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &v,
+    )
+    .is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stand-in servers
+
+#[derive(Debug, Clone)]
+pub struct StubRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl StubRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The value of one cookie in the (single) Cookie header.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let header = self.header("cookie")?;
+        header.split("; ").find_map(|c| {
+            let (n, v) = c.split_once('=')?;
+            (n == name).then(|| v.to_owned())
+        })
+    }
+}
+
+pub enum StubReply {
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        delay: Duration,
+    },
+    /// Close with a TCP reset, answering nothing.
+    Reset,
+    /// Write this much of an answer, then reset.
+    ResetAfter(Vec<u8>),
+    /// Send the head, then one body byte at a time every `every`.
+    Drip {
+        head: Vec<u8>,
+        body: Vec<u8>,
+        every: Duration,
+    },
+}
+
+impl StubReply {
+    pub fn json(status: u16, body: Value) -> Self {
+        Self::raw(status, "application/json", body.to_string().into_bytes())
+    }
+
+    pub fn raw(status: u16, content_type: &str, body: Vec<u8>) -> Self {
+        let mut headers = vec![];
+        if !content_type.is_empty() {
+            headers.push(("Content-Type".to_owned(), content_type.to_owned()));
+        }
+        StubReply::Respond {
+            status,
+            headers,
+            body,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn delayed(self, by: Duration) -> Self {
+        match self {
+            StubReply::Respond {
+                status,
+                headers,
+                body,
+                ..
+            } => StubReply::Respond {
+                status,
+                headers,
+                body,
+                delay: by,
+            },
+            other => other,
+        }
+    }
+}
+
+type Handler = dyn Fn(&StubRequest) -> StubReply + Send + Sync;
+
+pub struct Stub {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<StubRequest>>>,
+    handler: Arc<Mutex<Arc<Handler>>>,
+}
+
+impl Stub {
+    pub async fn start(
+        handler: impl Fn(&StubRequest) -> StubReply + Send + Sync + 'static,
+    ) -> Stub {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(handler)));
+        let (reqs, h) = (requests.clone(), handler.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (reqs, h) = (reqs.clone(), h.clone());
+                tokio::spawn(serve_connection(stream, reqs, h));
+            }
+        });
+        Stub {
+            addr,
+            requests,
+            handler,
+        }
+    }
+
+    /// The stand-in app: answers 200 with what it received.
+    pub async fn app() -> Stub {
+        Stub::start(|req| {
+            StubReply::json(
+                200,
+                json!({"path": req.path, "cookie": req.all("cookie"), "body_len": req.body.len()}),
+            )
+        })
+        .await
+    }
+
+    /// The stand-in auth API of seed 002: fresh tokens derived from the refresh token it got.
+    pub async fn auth_api() -> Stub {
+        Stub::start(|req| {
+            let rt = req.cookie("refreshToken").unwrap_or_default();
+            StubReply::json(200, rotated(&rt))
+        })
+        .await
+    }
+
+    pub fn set_handler(&self, handler: impl Fn(&StubRequest) -> StubReply + Send + Sync + 'static) {
+        *self.handler.lock().unwrap() = Arc::new(handler);
+    }
+
+    pub fn calls(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> Vec<StubRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> StubRequest {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the stub")
+    }
+}
+
+/// The auth API's answer for refresh token `rt`: distinct per session, so tests can tell whose
+/// tokens a request got.
+pub fn rotated(rt: &str) -> Value {
+    json!({
+        "accessToken": format!("api-access-for-{rt}"),
+        "refreshToken": format!("api-refresh-after-{rt}"),
+        "userData": {"id": 7, "role": "admin"},
+    })
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    requests: Arc<Mutex<Vec<StubRequest>>>,
+    handler: Arc<Mutex<Arc<Handler>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(req) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        requests.lock().unwrap().push(req.clone());
+        let h = handler.lock().unwrap().clone();
+        match h(&req) {
+            StubReply::Respond {
+                status,
+                headers,
+                body,
+                delay,
+            } => {
+                tokio::time::sleep(delay).await;
+                let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let mut bytes = out.into_bytes();
+                bytes.extend_from_slice(&body);
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            StubReply::Reset => {
+                let _ = stream.set_zero_linger();
+                return;
+            }
+            StubReply::ResetAfter(partial) => {
+                let _ = stream.write_all(&partial).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = stream.set_zero_linger();
+                return;
+            }
+            StubReply::Drip { head, body, every } => {
+                if stream.write_all(&head).await.is_err() {
+                    return;
+                }
+                for b in body {
+                    tokio::time::sleep(every).await;
+                    if stream.write_all(&[b]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<StubRequest> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(len)) = req.parse(buf) {
+            let method = req.method?.to_owned();
+            let path = req.path?.to_owned();
+            let headers: Vec<(String, String)> = req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            buf.drain(..len);
+            let find = |n: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.clone())
+            };
+            let body = if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                read_chunked(stream, buf).await?
+            } else {
+                let n: usize = find("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < n {
+                    read_more(stream, buf).await?;
+                }
+                buf.drain(..n).collect()
+            };
+            return Some(StubRequest {
+                method,
+                path,
+                headers,
+                body,
+            });
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    let n = stream.read(&mut chunk).await.ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Some(())
+}
+
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            read_more(stream, buf).await?;
+        };
+        let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        buf.drain(..line_end + 2);
+        while buf.len() < size + 2 {
+            read_more(stream, buf).await?;
+        }
+        body.extend(buf.drain(..size));
+        buf.drain(..2);
+        if size == 0 {
+            return Some(body);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy under test
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    child: Child,
+    pub log_path: std::path::PathBuf,
+    _conf: TempFile,
+}
+
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(tag: &str, content: &str) -> TempFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "etls-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&path, content).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn proxy_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_etls-proxy")
+}
+
+/// Merges `over` into `base`, mapping by mapping.
+fn merge(base: &mut serde_yaml::Value, over: serde_yaml::Value) {
+    match (base, over) {
+        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if v.is_mapping() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+pub fn config_yaml(port: u16, app: SocketAddr, auth: SocketAddr, extra: &str) -> String {
+    let mut base: serde_yaml::Value = serde_yaml::from_str(&format!(
+        r#"
+listen: ["127.0.0.1:{port}"]
+pingora: {{threads: 1, pid_file: "/tmp/etls-test-{port}.pid", upgrade_sock: "/tmp/etls-test-{port}.sock"}}
+upstream: {{address: "{app}", connect_timeout_ms: 500}}
+auth_api: {{refresh_url: "http://{auth}/refreshtoken", timeout_ms: 1500}}
+"#
+    ))
+    .unwrap();
+    if !extra.trim().is_empty() {
+        merge(&mut base, serde_yaml::from_str(extra).unwrap());
+    }
+    serde_yaml::to_string(&base).unwrap()
+}
+
+pub struct ProxyBuilder<'a> {
+    app: SocketAddr,
+    auth: SocketAddr,
+    extra: String,
+    rust_log: &'a str,
+    env: Vec<(&'a str, String)>,
+}
+
+impl<'a> ProxyBuilder<'a> {
+    pub fn extra(mut self, yaml: impl Into<String>) -> Self {
+        self.extra = yaml.into();
+        self
+    }
+
+    pub fn rust_log(mut self, level: &'a str) -> Self {
+        self.rust_log = level;
+        self
+    }
+
+    pub fn env(mut self, name: &'a str, value: &str) -> Self {
+        self.env.push((name, value.to_owned()));
+        self
+    }
+
+    pub async fn start(self) -> Proxy {
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = TempFile::new(
+                "conf.yaml",
+                &config_yaml(port, self.app, self.auth, &self.extra),
+            );
+            let log_path =
+                std::env::temp_dir().join(format!("etls-test-{port}-{}.log", std::process::id()));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut cmd = Command::new(proxy_bin());
+            cmd.arg("-c")
+                .arg(&conf.0)
+                .env("ETLS_ACCESS", ACCESS_SECRET)
+                .env("ETLS_REFRESH", REFRESH_SECRET)
+                .env_remove("ETLS_ACCESS_EXPIRE_TIME")
+                .env_remove("ETLS_REFRESH_EXPIRE_TIME")
+                .env("RUST_LOG", self.rust_log)
+                .stdout(Stdio::null())
+                .stderr(log);
+            for (k, v) in &self.env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("proxy binary starts");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken meanwhile, or a config problem: try again or report
+                }
+                if TcpStream::connect(addr).await.is_ok() {
+                    return Proxy {
+                        addr,
+                        child,
+                        log_path,
+                        _conf: conf,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!(
+                "proxy did not start: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        panic!("the proxy did not start after 5 tries");
+    }
+}
+
+impl Proxy {
+    pub fn builder<'a>(app: &Stub, auth: &Stub) -> ProxyBuilder<'a> {
+        ProxyBuilder {
+            app: app.addr,
+            auth: auth.addr,
+            extra: String::new(),
+            rust_log: "warn",
+            env: vec![],
+        }
+    }
+
+    pub async fn start(app: &Stub, auth: &Stub) -> Proxy {
+        Proxy::builder(app, auth).start().await
+    }
+
+    pub async fn get(&self, path: &str, cookie: &str) -> Response {
+        let cookie_line = if cookie.is_empty() {
+            String::new()
+        } else {
+            format!("Cookie: {cookie}\r\n")
+        };
+        self.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: app.test\r\n{cookie_line}\r\n"
+        ))
+        .await
+    }
+
+    pub async fn post(&self, path: &str, cookie: &str, body: &[u8]) -> Response {
+        let mut raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: app.test\r\nCookie: {cookie}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        send_raw(self.addr, &raw).await
+    }
+
+    pub async fn send(&self, raw: &str) -> Response {
+        send_raw(self.addr, raw.as_bytes()).await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stops the proxy and returns everything it logged.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn set_cookies(&self) -> Vec<&str> {
+        self.all("set-cookie")
+    }
+
+    /// The value a Set-Cookie line gives `name`.
+    pub fn set_cookie_value(&self, name: &str) -> Option<String> {
+        self.set_cookies().iter().find_map(|line| {
+            let first = line.split(';').next()?;
+            let (n, v) = first.split_once('=')?;
+            (n == name).then(|| v.to_owned())
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("JSON body: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut conn = Conn::open(addr).await;
+    conn.request(raw).await.expect("a response")
+}
+
+/// One client connection, for keep-alive checks.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        Conn {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends `raw` and reads one response; `None` when the connection was closed first.
+    pub async fn request(&mut self, raw: &[u8]) -> Option<Response> {
+        self.stream.write_all(raw).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(20), self.read_response())
+            .await
+            .ok()?
+    }
+
+    async fn read_response(&mut self) -> Option<Response> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(len)) = resp.parse(&self.buf) {
+                let status = resp.code?;
+                let headers: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                self.buf.drain(..len);
+                let find = |n: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                        .map(|(_, v)| v.clone())
+                };
+                let body = if status == 204 || status == 304 || (100..200).contains(&status) {
+                    Vec::new()
+                } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                    read_chunked(&mut self.stream, &mut self.buf).await?
+                } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok())
+                {
+                    while self.buf.len() < n {
+                        read_more(&mut self.stream, &mut self.buf).await?;
+                    }
+                    self.buf.drain(..n).collect()
+                } else {
+                    while read_more(&mut self.stream, &mut self.buf).await.is_some() {}
+                    std::mem::take(&mut self.buf)
+                };
+                return Some(Response {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            read_more(&mut self.stream, &mut self.buf).await?;
+        }
+    }
+}
