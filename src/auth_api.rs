@@ -460,6 +460,23 @@ mod tests {
     }
 
     #[test]
+    fn transport_failures_by_kind() {
+        let d = Duration::from_millis(300);
+        let kind = |t| Failure::from(PingoraError::new(t)).into_error(d);
+        assert_eq!(kind(ErrorType::ConnectTimedout), AuthApiError::Timeout(d));
+        assert_eq!(kind(ErrorType::ReadTimedout), AuthApiError::Timeout(d));
+        assert_eq!(kind(ErrorType::WriteTimedout), AuthApiError::Timeout(d));
+        assert!(matches!(
+            kind(ErrorType::ConnectRefused),
+            AuthApiError::Unreachable(_)
+        ));
+        assert!(matches!(
+            kind(ErrorType::ConnectionClosed),
+            AuthApiError::Unreachable(_)
+        ));
+    }
+
+    #[test]
     fn tokens_that_would_break_a_cookie_are_refused() {
         for bad in [
             "a\r\nSet-Cookie: x=1",

@@ -18,6 +18,7 @@ use crate::decision::{Purpose, Refusal, Verdict, assess};
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
 use crate::renewal::{RefreshError, RenewedSession, renew};
 use crate::routes::{Route, is_page_navigation};
+use crate::set_cookie::line_name;
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
 
@@ -280,8 +281,21 @@ impl ProxyHttp for EtlsProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(renewed) = &ctx.renewed {
+            // The app's own Set-Cookie for a name wins (it may be logging the user out): ours
+            // for that name is left out rather than appended after it.
+            let app_sets: Vec<Vec<u8>> = response
+                .headers
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| line_name(v.as_bytes()).to_vec())
+                .collect();
             for line in &renewed.set_cookie {
-                response.append_header("set-cookie", line.clone())?;
+                if !app_sets
+                    .iter()
+                    .any(|n| n.as_slice() == line_name(line.as_bytes()))
+                {
+                    response.append_header("Set-Cookie", line.clone())?;
+                }
             }
             // A response carrying session cookies must never sit in a shared cache.
             let private = response.headers.get_all("cache-control").iter().any(|v| {
@@ -289,7 +303,7 @@ impl ProxyHttp for EtlsProxy {
                 contains_ignore_case(v, b"no-store") || contains_ignore_case(v, b"private")
             });
             if !private {
-                response.insert_header("cache-control", "private, no-store")?;
+                response.insert_header("Cache-Control", "private, no-store")?;
             }
         }
         Ok(())

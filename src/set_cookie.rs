@@ -62,6 +62,15 @@ pub fn header_value(line: String) -> Result<HeaderValue, InvalidLine> {
     HeaderValue::try_from(line).map_err(|_| InvalidLine)
 }
 
+/// The cookie name a Set-Cookie line sets.
+pub fn line_name(line: &[u8]) -> &[u8] {
+    let pair = line.split(|b| *b == b';').next().unwrap_or_default();
+    pair.split(|b| *b == b'=')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a Set-Cookie line holds bytes not allowed in a header")]
 pub struct InvalidLine;
@@ -74,6 +83,14 @@ mod tests {
         let mut parts: Vec<String> = line.split("; ").map(str::to_owned).collect();
         parts[1..].sort();
         parts
+    }
+
+    #[test]
+    fn line_name_reads_the_cookie_name() {
+        assert_eq!(line_name(b"a=1; Path=/"), b"a");
+        assert_eq!(line_name(b" b =; Max-Age=0"), b"b");
+        assert_eq!(line_name(b"novalue"), b"novalue");
+        assert_eq!(line_name(b""), b"");
     }
 
     #[test]

@@ -651,3 +651,68 @@ async fn without_a_user_field_etls_user_is_left_alone() {
     assert_eq!(r.set_cookie_value("etlsUser"), None);
     assert_eq!(app.last().cookie("etlsUser").as_deref(), Some("old-user"));
 }
+
+#[tokio::test]
+async fn the_apps_own_set_cookie_for_a_name_wins() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    app.set_handler(|_| StubReply::Respond {
+        status: 200,
+        headers: vec![
+            (
+                "Set-Cookie".into(),
+                "accessTokenEtls=; Path=/; Max-Age=0".into(),
+            ),
+            ("Set-Cookie".into(), "theme=light; Path=/".into()),
+        ],
+        body: b"ok".to_vec(),
+        delay: Duration::ZERO,
+    });
+    let proxy = Proxy::start(&app, &auth).await;
+    let r = proxy.get("/app-logout", &expired_session("rt-app")).await;
+    assert_eq!(r.status, 200);
+    let lines = r.set_cookies();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines[0], "accessTokenEtls=; Path=/; Max-Age=0");
+    assert_eq!(lines[1], "theme=light; Path=/");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("accessTokenEtls="))
+            .count(),
+        1
+    );
+    for name in [
+        "refreshTokenEtls",
+        "accessToken",
+        "refreshToken",
+        "etlsUser",
+    ] {
+        assert!(
+            r.set_cookie_value(name).is_some_and(|v| !v.is_empty()),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn auth_api_connect_timeout_is_504() {
+    // A listener whose accept queue is full: further SYNs go unanswered, so connecting hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let port = full.local_addr().unwrap().port();
+    let _queued = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .extra(format!(
+            "auth_api: {{refresh_url: 'http://127.0.0.1:{port}/refreshtoken', timeout_ms: 300}}"
+        ))
+        .start()
+        .await;
+    let r = proxy.get("/", &expired_session("rt-connect")).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(app.calls(), 0);
+}

@@ -2,6 +2,7 @@
 
 mod cli;
 mod concurrency;
+mod demo;
 mod endpoints;
 mod flow;
 mod logs;

@@ -530,9 +530,13 @@ impl<'a> ProxyBuilder<'a> {
 
 impl Proxy {
     pub fn builder<'a>(app: &Stub, auth: &Stub) -> ProxyBuilder<'a> {
+        Proxy::builder_at(app.addr, auth.addr)
+    }
+
+    pub fn builder_at<'a>(app: SocketAddr, auth: SocketAddr) -> ProxyBuilder<'a> {
         ProxyBuilder {
-            app: app.addr,
-            auth: auth.addr,
+            app,
+            auth,
             extra: String::new(),
             rust_log: "warn",
             env: vec![],
