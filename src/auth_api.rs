@@ -99,7 +99,8 @@ impl AuthApiClient {
         let deadline = settings.timeout;
         let attempt = async {
             match self.exchange(settings, cookie_header).await {
-                // A pooled connection the server closed meanwhile: one fresh try.
+                // A pooled connection the server had closed: the request never got through
+                // whole, so it cannot have been processed; one fresh try.
                 Err((Failure::Io(_), true)) => self.exchange(settings, cookie_header).await,
                 other => other,
             }
@@ -111,8 +112,9 @@ impl AuthApiClient {
         }
     }
 
-    /// `Ok` holds the reading of a complete answer; `Err` a transport failure and whether the
-    /// connection came from the pool.
+    /// `Ok` holds the reading of a complete answer; `Err` a transport failure and whether it is
+    /// safe to try again: only when writing to a pooled connection failed. Once the request is
+    /// written, the auth API may have rotated the token, and a second call would replay it.
     async fn exchange(
         &self,
         settings: &AuthApiSettings,
@@ -127,15 +129,16 @@ impl AuthApiClient {
         http.set_write_timeout(Some(settings.timeout));
         let request = build_request(settings, cookie_header)
             .map_err(|e| (Failure::Internal(e.to_string()), false))?;
-        let io = |e: Box<PingoraError>| (Failure::from(e), reused);
+        let writing = |e: Box<PingoraError>| (Failure::from(e), reused);
         http.write_request_header(Box::new(request))
             .await
-            .map_err(io)?;
+            .map_err(writing)?;
         http.write_request_body(Bytes::from_static(b"{}"), true)
             .await
-            .map_err(io)?;
-        http.finish_request_body().await.map_err(io)?;
-        http.read_response_header().await.map_err(io)?;
+            .map_err(writing)?;
+        http.finish_request_body().await.map_err(writing)?;
+        let reading = |e: Box<PingoraError>| (Failure::from(e), false);
+        http.read_response_header().await.map_err(reading)?;
         let (status, content_type) = match http.response_header() {
             Some(h) => (
                 h.status.as_u16(),
@@ -144,9 +147,7 @@ impl AuthApiClient {
             None => return Err((Failure::Internal("no response header".into()), reused)),
         };
         let mut body = Vec::new();
-        // After the header, failures are the answer's, never a stale pooled connection's.
-        let late = |e: Box<PingoraError>| (Failure::from(e), false);
-        while let Some(chunk) = http.read_response_body().await.map_err(late)? {
+        while let Some(chunk) = http.read_response_body().await.map_err(reading)? {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
                 return Ok(Err(AuthApiError::BadAnswer(format!(
                     "answer body over {MAX_ANSWER_BYTES} bytes"

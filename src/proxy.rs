@@ -18,7 +18,6 @@ use crate::decision::{Purpose, Refusal, Verdict, assess};
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
 use crate::renewal::{RefreshError, RenewedSession, renew};
 use crate::routes::{Route, is_page_navigation};
-use crate::set_cookie::line_name;
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
 
@@ -281,19 +280,17 @@ impl ProxyHttp for EtlsProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(renewed) = &ctx.renewed {
-            // The app's own Set-Cookie for a name wins (it may be logging the user out): ours
-            // for that name is left out rather than appended after it.
-            let app_sets: Vec<Vec<u8>> = response
+            // The app deleting one of our cookies (logging the user out) wins over the refresh;
+            // otherwise ours are appended after the app's, never replacing them.
+            let policy = &self.config.cookie_policy;
+            let deleted: Vec<String> = response
                 .headers
                 .get_all("set-cookie")
                 .iter()
-                .map(|v| line_name(v.as_bytes()).to_vec())
+                .filter_map(|v| policy.deleted_by(v.to_str().ok()?).map(str::to_owned))
                 .collect();
-            for line in &renewed.set_cookie {
-                if !app_sets
-                    .iter()
-                    .any(|n| n.as_slice() == line_name(line.as_bytes()))
-                {
+            for ((name, _), line) in renewed.cookies.iter().zip(&renewed.set_cookie) {
+                if !deleted.iter().any(|d| d == name) {
                     response.append_header("Set-Cookie", line.clone())?;
                 }
             }

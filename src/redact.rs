@@ -57,12 +57,14 @@ impl Redactor {
     }
 }
 
-/// Where a value printed inside a header dump or a debug string ends.
+/// Where a bare value (a cookie's, after `name=`) ends.
 fn ends_value(b: u8) -> bool {
     matches!(b, b'"' | b'\'' | b'\r' | b'\n' | b'\\')
 }
 
-/// `Cookie: ...`, `"cookie": "..."`, `Set-Cookie: ...` in any case: the whole value.
+/// `Cookie: ...`, `"cookie": "..."`, `Set-Cookie: ...` in any case: the whole header value,
+/// however it is printed: raw (up to CRLF), escaped (up to `\r\n`, skipping `\"`), or quoted
+/// (up to the closing `"`). Folded continuation lines belong to the value.
 fn header_values(text: &[u8], spans: &mut Vec<(usize, usize)>) {
     let mut i = 0;
     while let Some(pos) = find_ignore_case(&text[i..], b"cookie") {
@@ -73,15 +75,50 @@ fn header_values(text: &[u8], spans: &mut Vec<(usize, usize)>) {
         }
         if text[sep_start..j].contains(&b':') {
             let start = j;
-            while j < text.len() && !ends_value(text[j]) {
-                j += 1;
-            }
+            j = header_value_end(text, j);
             if j > start {
                 spans.push((start, j));
             }
         }
         i = j.max(i + pos + 1);
     }
+}
+
+fn header_value_end(text: &[u8], mut j: usize) -> usize {
+    let folded = |k: usize| matches!(text.get(k), Some(b' ' | b'\t'));
+    while j < text.len() {
+        match text[j] {
+            b'"' => return j,
+            b'\r' | b'\n' => {
+                let mut k = j;
+                while matches!(text.get(k), Some(b'\r' | b'\n')) {
+                    k += 1;
+                }
+                if !folded(k) {
+                    return j;
+                }
+                j = k;
+            }
+            b'\\' => match text.get(j + 1) {
+                Some(b'r' | b'n') => {
+                    let mut k = j;
+                    while text.get(k) == Some(&b'\\')
+                        && matches!(text.get(k + 1), Some(b'r' | b'n'))
+                    {
+                        k += 2;
+                    }
+                    if !folded(k) {
+                        return j;
+                    }
+                    j = k;
+                }
+                Some(_) => j += 2,
+                None => j += 1,
+            },
+            _ => j += 1,
+        }
+    }
+    text.len()
 }
 
 /// `name=value` of a managed cookie wherever it appears.
@@ -149,11 +186,11 @@ pub struct RedactingLogger {
 
 impl Log for RedactingLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.inner.enabled(metadata)
+        self.inner.enabled(metadata) && !is_pingora_detail(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.inner.matches(record) {
+        if !self.inner.matches(record) || is_pingora_detail(record.metadata()) {
             return;
         }
         let text = record.args().to_string();
@@ -173,6 +210,12 @@ impl Log for RedactingLogger {
     fn flush(&self) {
         self.inner.flush();
     }
+}
+
+/// Pingora's debug and trace records dump request headers and body chunks (one escaped character
+/// at a time, past any pattern): they are never written, whatever `RUST_LOG` says.
+fn is_pingora_detail(metadata: &Metadata<'_>) -> bool {
+    metadata.level() > log::Level::Info && metadata.target().starts_with("pingora")
 }
 
 /// Installs the logger (`RUST_LOG`, default `info`). Idempotent enough for tests: a second call
@@ -219,6 +262,11 @@ mod tests {
             "accessToken=opaque-api-token&x=1".to_owned(),
             format!("token {jwt} went by"),
             "secret super-secret-value-0123456789abcd leaked".to_owned(),
+            // Escaped quotes and folded lines do not end the header value.
+            r#"buf: "GET / HTTP/1.1\r\nCookie: a=\"x\"; sid=opaque-api-token\r\nHost: x""#
+                .to_owned(),
+            r#"buf: GET / HTTP/1.1\r\nCookie: a=1\r\n sid=opaque-api-token\r\nHost: x"#.to_owned(),
+            "GET / HTTP/1.1\r\nCookie: a=1\r\n\tsid=opaque-api-token\r\nHost: x\r\n".to_owned(),
         ];
         for line in cases {
             let out = r().redact(&line).into_owned();
@@ -233,6 +281,36 @@ mod tests {
             }
             assert!(out.contains(MASK), "{out}");
         }
+    }
+
+    #[test]
+    fn header_value_stops_at_the_next_header() {
+        let out = r()
+            .redact("buf: GET / HTTP/1.1\\r\\nCookie: a=1\\r\\nHost: example\\r\\n")
+            .into_owned();
+        assert!(out.contains("Host: example"), "{out}");
+        let out = r()
+            .redact(r#"{"cookie": "a=1", "host": "example"}"#)
+            .into_owned();
+        assert!(out.contains(r#""host": "example""#), "{out}");
+    }
+
+    #[test]
+    fn pingora_detail_is_dropped_whatever_the_level() {
+        let meta = |level, target| Metadata::builder().level(level).target(target).build();
+        assert!(is_pingora_detail(&meta(
+            log::Level::Debug,
+            "pingora_core::protocols"
+        )));
+        assert!(is_pingora_detail(&meta(log::Level::Trace, "pingora_proxy")));
+        assert!(!is_pingora_detail(&meta(
+            log::Level::Error,
+            "pingora_proxy"
+        )));
+        assert!(!is_pingora_detail(&meta(
+            log::Level::Debug,
+            "etls_proxy::proxy"
+        )));
     }
 
     #[test]

@@ -62,13 +62,21 @@ pub fn header_value(line: String) -> Result<HeaderValue, InvalidLine> {
     HeaderValue::try_from(line).map_err(|_| InvalidLine)
 }
 
-/// The cookie name a Set-Cookie line sets.
-pub fn line_name(line: &[u8]) -> &[u8] {
-    let pair = line.split(|b| *b == b';').next().unwrap_or_default();
-    pair.split(|b| *b == b'=')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii()
+impl CookiePolicy {
+    /// The name of the cookie a Set-Cookie line deletes where this policy sets it (same Path
+    /// and Domain), if that is what the line does. The app logging a user out this way must win
+    /// over a refresh that happened on the same request.
+    pub fn deleted_by<'l>(&self, line: &'l str) -> Option<&'l str> {
+        let c = Cookie::parse(line).ok()?;
+        let expired = c.max_age().is_some_and(|m| m <= Duration::ZERO)
+            || c.expires_datetime()
+                .is_some_and(|t| t <= OffsetDateTime::now_utc());
+        let same_path = c.path().is_none_or(|p| p == self.path);
+        let domain = |d: Option<&str>| d.map(|d| d.trim_start_matches('.').to_ascii_lowercase());
+        let same_domain = domain(c.domain()) == domain(self.domain.as_deref());
+        let name = c.name_raw()?;
+        (expired && same_path && same_domain).then_some(name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,11 +94,32 @@ mod tests {
     }
 
     #[test]
-    fn line_name_reads_the_cookie_name() {
-        assert_eq!(line_name(b"a=1; Path=/"), b"a");
-        assert_eq!(line_name(b" b =; Max-Age=0"), b"b");
-        assert_eq!(line_name(b"novalue"), b"novalue");
-        assert_eq!(line_name(b""), b"");
+    fn deletions_at_our_path_and_domain_are_recognised() {
+        let policy = CookiePolicy::default();
+        let cases = [
+            ("a=; Path=/; Max-Age=0", Some("a")),
+            ("a=; Max-Age=0", Some("a")),
+            (
+                "a=x; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+                Some("a"),
+            ),
+            ("a=new; Path=/; Max-Age=60", None),
+            ("a=new; Path=/", None),
+            ("a=; Path=/api; Max-Age=0", None),
+            ("a=; Path=/; Domain=example.com; Max-Age=0", None),
+            ("not a cookie", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(policy.deleted_by(line), want, "{line}");
+        }
+        let scoped = CookiePolicy {
+            domain: Some("example.com".into()),
+            ..CookiePolicy::default()
+        };
+        assert_eq!(
+            scoped.deleted_by("a=; Domain=.example.com; Max-Age=0"),
+            Some("a")
+        );
     }
 
     #[test]

@@ -653,7 +653,7 @@ async fn without_a_user_field_etls_user_is_left_alone() {
 }
 
 #[tokio::test]
-async fn the_apps_own_set_cookie_for_a_name_wins() {
+async fn the_app_deleting_a_cookie_wins_other_app_cookies_are_kept_beside_ours() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     app.set_handler(|_| StubReply::Respond {
         status: 200,
@@ -662,6 +662,7 @@ async fn the_apps_own_set_cookie_for_a_name_wins() {
                 "Set-Cookie".into(),
                 "accessTokenEtls=; Path=/; Max-Age=0".into(),
             ),
+            ("Set-Cookie".into(), "refreshToken=scoped; Path=/api".into()),
             ("Set-Cookie".into(), "theme=light; Path=/".into()),
         ],
         body: b"ok".to_vec(),
@@ -671,9 +672,16 @@ async fn the_apps_own_set_cookie_for_a_name_wins() {
     let r = proxy.get("/app-logout", &expired_session("rt-app")).await;
     assert_eq!(r.status, 200);
     let lines = r.set_cookies();
-    assert_eq!(lines.len(), 6, "{lines:?}");
-    assert_eq!(lines[0], "accessTokenEtls=; Path=/; Max-Age=0");
-    assert_eq!(lines[1], "theme=light; Path=/");
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    assert_eq!(
+        &lines[..3],
+        [
+            "accessTokenEtls=; Path=/; Max-Age=0",
+            "refreshToken=scoped; Path=/api",
+            "theme=light; Path=/"
+        ]
+    );
+    // The app's deletion stands: no new accessTokenEtls after it.
     assert_eq!(
         lines
             .iter()
@@ -681,14 +689,18 @@ async fn the_apps_own_set_cookie_for_a_name_wins() {
             .count(),
         1
     );
-    for name in [
-        "refreshTokenEtls",
-        "accessToken",
-        "refreshToken",
-        "etlsUser",
-    ] {
+    // The rotated refresh token is still delivered at Path=/.
+    assert!(
+        lines[3..]
+            .iter()
+            .any(|l| l.starts_with("refreshToken=api-refresh-after-rt-app;")),
+        "{lines:?}"
+    );
+    for name in ["refreshTokenEtls", "accessToken", "etlsUser"] {
         assert!(
-            r.set_cookie_value(name).is_some_and(|v| !v.is_empty()),
+            lines[3..]
+                .iter()
+                .any(|l| l.starts_with(&format!("{name}="))),
             "{name}"
         );
     }

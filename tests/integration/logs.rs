@@ -6,6 +6,15 @@ use crate::support::*;
 #[tokio::test]
 async fn trace_logs_carry_no_token_and_no_secret() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    // A chunked answer: Pingora traces body chunks one escaped character at a time.
+    auth.set_handler(|req| {
+        let body = rotated(&req.cookie("refreshToken").unwrap()).to_string();
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        StubReply::Raw(raw.into_bytes())
+    });
     let proxy = Proxy::builder(&app, &auth).rust_log("trace").start().await;
     let valid = access_token(600);
     let expired = access_token(-5);
@@ -14,7 +23,7 @@ async fn trace_logs_carry_no_token_and_no_secret() {
     let tampered = format!("{}x", &valid[..valid.len() - 1]);
 
     let refreshed = proxy
-        .get("/a", &format!("accessTokenEtls={expired}; refreshTokenEtls={refresh}; refreshToken={api_rt}; etlsUser=opaque-user-value"))
+        .get("/a", &format!("sid=opaque-app-session; accessTokenEtls={expired}; refreshTokenEtls={refresh}; refreshToken={api_rt}; etlsUser=opaque-user-value"))
         .await;
     assert_eq!(refreshed.status, 200);
     assert_eq!(
@@ -45,15 +54,14 @@ async fn trace_logs_carry_no_token_and_no_secret() {
 
     let log = proxy.stop();
     assert!(
-        log.contains("TRACE") || log.contains("DEBUG"),
+        log.contains("DEBUG etls_proxy::proxy"),
         "trace logging was on: {log}"
     );
-    // Pingora printed the raw buffer of the malformed request, and the cookie in it was scrubbed.
+    // Pingora's own header and body dumps are held back whatever the level.
     assert!(
-        log.contains("buf: \"GET /d HTTP/1.1"),
-        "the malformed request was logged: {log}"
+        !log.contains("DEBUG pingora") && !log.contains("TRACE pingora"),
+        "{log}"
     );
-    assert!(log.contains("[redacted]"), "{log}");
     let mut secrets: Vec<String> = vec![
         valid.clone(),
         expired,
@@ -61,6 +69,7 @@ async fn trace_logs_carry_no_token_and_no_secret() {
         tampered,
         api_rt.into(),
         "opaque-user-value".into(),
+        "opaque-app-session".into(),
         ACCESS_SECRET.into(),
         REFRESH_SECRET.into(),
     ];

@@ -115,6 +115,8 @@ pub enum StubReply {
     Reset,
     /// Write this much of an answer, then reset.
     ResetAfter(Vec<u8>),
+    /// These bytes, verbatim, keeping the connection (a chunked answer, interim responses).
+    Raw(Vec<u8>),
     /// Send the head, then one body byte at a time every `every`.
     Drip {
         head: Vec<u8>,
@@ -268,6 +270,11 @@ async fn serve_connection(
                 out.push_str("\r\n");
                 let mut bytes = out.into_bytes();
                 bytes.extend_from_slice(&body);
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            StubReply::Raw(bytes) => {
                 if stream.write_all(&bytes).await.is_err() {
                     return;
                 }
