@@ -142,6 +142,16 @@ async fn drain_request_body(session: &mut Session) {
     if session.is_body_done() {
         return;
     }
+    // A client waiting for `100 Continue` sends no body: answer now and close instead.
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && session.body_bytes_read() == 0 {
+        session.set_keepalive(None);
+        return;
+    }
     let mut read = 0;
     let drained = tokio::time::timeout(DRAIN_TIME, async {
         while let Ok(Some(chunk)) = session.read_request_body().await {

@@ -4,7 +4,7 @@
 //! verdict. The signature of the access token is checked before anything else, so only a token
 //! we issued ever leads to a refresh.
 
-use crate::cookies::{CookieJar, CookieNames};
+use crate::cookies::{CookieJar, CookieNames, is_cookie_octets};
 use crate::tokens::{AccessState, Claims, RefreshState, TokenFault, TokenKeys};
 
 /// What the decision needs from the configuration.
@@ -30,10 +30,9 @@ pub enum Verdict<'a> {
 pub struct RefreshPlan<'a> {
     /// The verified refresh token's own claims, carried into the new tokens.
     pub claims: Claims,
-    /// `name=value; ...` of `send_cookies`, as seed 002 sends them to the auth API.
+    /// `name=value; ...` of `send_cookies`, as seed 002 sends them to the auth API: what
+    /// identifies the session there, so also what the session key is derived from.
     pub api_cookies: String,
-    /// The refresh token as sent, hashed into the session key with `api_cookies`.
-    pub refresh_token: &'a [u8],
     /// Refresh-ahead: the access token still passes, so a failing auth API must not fail the
     /// request. Holds what `Forward` would have held.
     pub fallback: Option<Option<&'a [u8]>>,
@@ -123,7 +122,7 @@ pub fn assess<'a>(
         Some(keep_access) => Verdict::Forward { keep_access },
         None => Verdict::Refuse(refusal),
     };
-    let (refresh_token, claims) = match valid_refresh(jar, policy, now) {
+    let claims = match valid_refresh(jar, policy, now) {
         Ok(found) => found,
         Err(refusal) => return refuse(refusal),
     };
@@ -134,7 +133,6 @@ pub fn assess<'a>(
     Verdict::Refresh(RefreshPlan {
         claims,
         api_cookies,
-        refresh_token,
         fallback,
     })
 }
@@ -172,16 +170,16 @@ fn best_access<'a>(jar: &CookieJar<'a>, policy: &SessionPolicy<'_>, now: u64) ->
     best
 }
 
-/// The first refresh token that verifies; otherwise why the first one does not.
-fn valid_refresh<'a>(
-    jar: &CookieJar<'a>,
+/// The claims of the first refresh token that verifies; otherwise why the first one does not.
+fn valid_refresh(
+    jar: &CookieJar<'_>,
     policy: &SessionPolicy<'_>,
     now: u64,
-) -> Result<(&'a [u8], Claims), Refusal> {
+) -> Result<Claims, Refusal> {
     let mut first_problem = None;
     for value in jar.values(&policy.names.refresh_etls) {
         let problem = match policy.keys.check_refresh(value, now) {
-            RefreshState::Valid(claims) => return Ok((value, claims)),
+            RefreshState::Valid(claims) => return Ok(claims),
             RefreshState::Expired => Refusal::RefreshExpired,
             RefreshState::Invalid(fault) => Refusal::RefreshInvalid(fault),
         };
@@ -190,17 +188,22 @@ fn valid_refresh<'a>(
     Err(first_problem.unwrap_or(Refusal::RefreshMissing))
 }
 
-/// `refreshToken=<value>` (seed 002), first value of each configured cookie that is present.
+/// `refreshToken=<value>` (seed 002): the first value of each configured cookie that is present
+/// and a valid cookie value (anything else cannot be sent on faithfully, so it counts as absent).
 fn api_cookie_header(jar: &CookieJar<'_>, send_cookies: &[String]) -> String {
     let mut out = String::new();
     for name in send_cookies {
-        if let Some(value) = jar.get(name) {
+        let value = jar
+            .get(name)
+            .filter(|v| is_cookie_octets(v))
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if let Some(value) = value {
             if !out.is_empty() {
                 out.push_str("; ");
             }
             out.push_str(name);
             out.push('=');
-            out.push_str(&String::from_utf8_lossy(value));
+            out.push_str(value);
         }
     }
     out
@@ -406,7 +409,6 @@ mod tests {
             panic!("expected a refresh");
         };
         assert_eq!(plan.api_cookies, "refreshToken=rt-1");
-        assert_eq!(plan.refresh_token, r_ok.as_bytes());
         assert_eq!(
             serde_json::Value::Object(plan.claims),
             json!({"username":"ann"})

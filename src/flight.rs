@@ -75,8 +75,6 @@ pub enum Joined {
     Waited,
     /// Took a result kept for the grace window.
     Grace,
-    /// The table was full of running flights: ran alone, unshared.
-    Untracked,
 }
 
 /// The flight's task ended without an outcome (it panicked).
@@ -97,8 +95,9 @@ struct Entry<T, E> {
 
 struct Table<T, E> {
     entries: HashMap<SessionKey, Entry<T, E>>,
-    /// Insertion order, for expiry and eviction; stale pairs are skipped.
-    order: VecDeque<(SessionKey, u64)>,
+    /// Kept results in the order they were stored, which is the order they expire in (the grace
+    /// window is the same for all); pairs whose entry has been replaced are skipped.
+    kept: VecDeque<(SessionKey, u64)>,
     next_generation: u64,
 }
 
@@ -113,9 +112,6 @@ enum Step<T, E> {
     Wait(watch::Receiver<Option<Outcome<T, E>>>, Joined),
 }
 
-/// How many entries a full table looks at to find one to evict.
-const EVICTION_SCAN: usize = 64;
-
 impl<T, E> RefreshFlights<T, E>
 where
     T: Clone + Send + Sync + 'static,
@@ -125,7 +121,7 @@ where
         RefreshFlights {
             table: Mutex::new(Table {
                 entries: HashMap::new(),
-                order: VecDeque::new(),
+                kept: VecDeque::new(),
                 next_generation: 0,
             }),
             grace,
@@ -170,34 +166,26 @@ where
             Some(Slot::Running(rx)) => return Step::Wait(rx.clone(), Joined::Waited),
             _ => {}
         }
+        // Running flights are always tracked, so one session never makes two calls; room is made
+        // by dropping the oldest kept results.
+        table.make_room(self.max_entries, 1);
         let (tx, rx) = watch::channel(None);
-        let generation = if table.make_room(key, self.max_entries) {
-            Some(table.insert(key, Slot::Running(rx.clone())))
-        } else {
-            None
-        };
+        let generation = table.insert(key, Slot::Running(rx.clone()));
         drop(table);
         let flights = Arc::clone(self);
         let flight = start();
         tokio::spawn(async move {
-            let mut guard = generation.map(|generation| SettleGuard {
+            let mut guard = SettleGuard {
                 flights: &flights,
                 key,
                 generation,
                 settled: false,
-            });
+            };
             let outcome = flight.await;
-            if let Some(guard) = guard.as_mut() {
-                guard.settle(&outcome);
-            }
+            guard.settle(&outcome);
             let _ = tx.send(Some(outcome));
         });
-        let joined = if generation.is_some() {
-            Joined::Led
-        } else {
-            Joined::Untracked
-        };
-        Step::Wait(rx, joined)
+        Step::Wait(rx, Joined::Led)
     }
 
     fn lock(&self) -> MutexGuard<'_, Table<T, E>> {
@@ -253,6 +241,8 @@ where
                             until,
                         };
                     }
+                    table.kept.push_back((self.key, self.generation));
+                    table.make_room(self.flights.max_entries, 0);
                 }
                 _ => {
                     table.entries.remove(&self.key);
@@ -287,62 +277,57 @@ impl<T, E> Table<T, E> {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.entries.insert(key, Entry { slot, generation });
-        self.order.push_back((key, generation));
         generation
     }
 
-    fn is_current(&self, key: &SessionKey, generation: u64) -> bool {
+    /// Whether `(key, generation)` still names a kept result.
+    fn holds_kept(&self, key: &SessionKey, generation: u64) -> bool {
         self.entries
             .get(key)
-            .is_some_and(|e| e.generation == generation)
+            .is_some_and(|e| e.generation == generation && matches!(e.slot, Slot::Kept { .. }))
     }
 
-    /// Drops expired results from the front of the order; results expire in about the order
-    /// they were stored, so this stops at the first live one.
+    /// Drops expired results; they sit at the front of `kept`.
     fn purge(&mut self, now: Instant) {
-        while let Some(&(key, generation)) = self.order.front() {
-            match self.entries.get(&key) {
-                Some(e) if e.generation == generation => match e.slot {
-                    Slot::Kept { until, .. } if until <= now => {
+        while let Some(&(key, generation)) = self.kept.front() {
+            if self.holds_kept(&key, generation) {
+                match self.entries.get(&key).map(|e| &e.slot) {
+                    Some(Slot::Kept { until, .. }) if *until <= now => {
                         self.entries.remove(&key);
                     }
                     _ => break,
-                },
-                _ => {}
+                }
             }
-            self.order.pop_front();
+            self.kept.pop_front();
         }
-        // Failed flights leave stale pairs behind a live front entry; keep the deque in
-        // proportion to the table.
-        if self.order.len() > 2 * self.entries.len() + 1024 {
+        // Replaced results leave stale pairs behind a live front; keep the deque in proportion.
+        if self.kept.len() > 2 * self.entries.len() + 1024 {
             let entries = &self.entries;
-            self.order
-                .retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
+            self.kept.retain(|(k, g)| {
+                entries
+                    .get(k)
+                    .is_some_and(|e| e.generation == *g && matches!(e.slot, Slot::Kept { .. }))
+            });
         }
     }
 
-    /// Makes room for one more entry by evicting the oldest kept result; false when the table
-    /// is full of running flights.
-    fn make_room(&mut self, key: SessionKey, max_entries: usize) -> bool {
-        if self.entries.contains_key(&key) || self.entries.len() < max_entries {
-            return true;
-        }
-        let victim = self.order.iter().take(EVICTION_SCAN).position(|(k, g)| {
-            self.is_current(k, *g)
-                && matches!(
-                    self.entries.get(k).map(|e| &e.slot),
-                    Some(Slot::Kept { .. })
-                )
-        });
-        match victim.and_then(|i| self.order.remove(i)) {
-            Some((k, _)) => {
-                self.entries.remove(&k);
-                log::warn!(
-                    "refresh table full ({max_entries} entries): evicted a kept result early; raise refresh.max_entries"
-                );
-                true
+    /// Evicts the oldest kept results until `more` further entries fit in `max_entries`.
+    /// Running flights are never evicted: the auth API timeout bounds how long they stay.
+    fn make_room(&mut self, max_entries: usize, more: usize) {
+        let mut evicted = 0usize;
+        while self.entries.len() + more > max_entries {
+            let Some((key, generation)) = self.kept.pop_front() else {
+                break;
+            };
+            if self.holds_kept(&key, generation) {
+                self.entries.remove(&key);
+                evicted += 1;
             }
-            None => false,
+        }
+        if evicted > 0 {
+            log::warn!(
+                "refresh table full ({max_entries} entries): dropped {evicted} kept result(s) before their grace window ended; raise refresh.max_entries"
+            );
         }
     }
 }
@@ -493,19 +478,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_table_full_of_running_flights_runs_new_ones_untracked() {
+    async fn running_flights_are_tracked_even_past_the_bound() {
         let flights = Arc::new(Flights::new(Duration::from_secs(30), 1));
-        let f1 = flights.clone();
-        let slow = tokio::spawn(async move {
-            f1.run(key(1), || async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok(1)
-            })
-            .await
-        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for n in 1..=2u8 {
+            for _ in 0..5 {
+                let (f, c) = (flights.clone(), calls.clone());
+                tasks.push(tokio::spawn(async move {
+                    f.run(key(n), move || async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Ok(n.into())
+                    })
+                    .await
+                }));
+            }
+        }
         tokio::task::yield_now().await;
-        let (outcome, joined) = flights.run(key(2), || async { Ok(2) }).await;
-        assert_eq!((outcome, joined), (Ok(2), Joined::Untracked));
-        assert_eq!(slow.await.unwrap(), (Ok(1), Joined::Led));
+        assert_eq!(flights.len(), 2);
+        for t in tasks {
+            assert!(t.await.unwrap().0.is_ok());
+        }
+        // One call per session, though the table only keeps one result.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(flights.len(), 1);
     }
 }

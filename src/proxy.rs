@@ -108,9 +108,7 @@ impl EtlsProxy {
             Verdict::Refuse(refusal) => return self.refuse(req, ctx, refusal),
             Verdict::Refresh(plan) => plan,
         };
-        let key = self
-            .keyer
-            .key(&[plan.api_cookies.as_bytes(), plan.refresh_token]);
+        let key = self.keyer.key(&[plan.api_cookies.as_bytes()]);
         ctx.session = Some(key);
         let (client, config) = (Arc::clone(&self.client), Arc::clone(&self.config));
         let (claims, api_cookies) = (plan.claims, plan.api_cookies);
@@ -279,6 +277,10 @@ impl ProxyHttp for EtlsProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Interim responses (100, 103) carry no cookies a browser keeps.
+        if response.status.is_informational() {
+            return Ok(());
+        }
         if let Some(renewed) = &ctx.renewed {
             // The app deleting one of our cookies (logging the user out) wins over the refresh;
             // otherwise ours are appended after the app's, never replacing them.
@@ -313,7 +315,10 @@ impl ProxyHttp for EtlsProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = failure_status(e);
-        if code > 0 && session.response_written().is_none() {
+        let final_written = session
+            .response_written()
+            .is_some_and(|h| !h.status.is_informational());
+        if code > 0 && !final_written {
             let answer = Answer::app_failed(code, ctx.renewed.as_deref());
             if let Err(write_error) = answer.send(session).await {
                 log::debug!("could not send the error answer: {write_error}");

@@ -22,19 +22,24 @@ pub enum Route {
 }
 
 impl Routes {
-    /// Public only when both the raw path and its normalised form are public, so neither dot
-    /// segments (`/_next/static/../x`) nor encodings (`%2e%2e`, `%2f`, `\`) can walk out of a
-    /// public prefix, whichever way the app resolves them.
+    /// The path is percent-decoded (and `\` read as `/`, as Node's URL parser does) before it
+    /// is matched. A path that could resolve differently in the app than here (dot segments,
+    /// `//`, including encoded ones) is never public: browsers resolve those before sending, so
+    /// only a crafted request carries them, and it gets the token check. Otherwise both the raw
+    /// and the decoded path must be public.
     pub fn classify(&self, raw_path: &[u8]) -> Route {
-        let normal = normalize_path(raw_path);
-        let normal = normal.as_ref();
-        if self.refresh_endpoint.as_deref().map(str::as_bytes) == Some(normal) {
-            return Route::RefreshEndpoint;
+        let decoded = decode_path(raw_path);
+        let decoded = decoded.as_ref();
+        let ambiguous = is_ambiguous(decoded);
+        if !ambiguous {
+            if self.refresh_endpoint.as_deref().map(str::as_bytes) == Some(decoded) {
+                return Route::RefreshEndpoint;
+            }
+            if self.logout_endpoint.as_deref().map(str::as_bytes) == Some(decoded) {
+                return Route::LogoutEndpoint;
+            }
         }
-        if self.logout_endpoint.as_deref().map(str::as_bytes) == Some(normal) {
-            return Route::LogoutEndpoint;
-        }
-        if self.is_public(raw_path) && self.is_public(normal) {
+        if !ambiguous && self.is_public(raw_path) && self.is_public(decoded) {
             Route::Public
         } else {
             Route::Protected
@@ -72,10 +77,10 @@ const NEXT_PARAM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
-/// Percent-decodes, reads `\` as `/` (as WHATWG URL parsing in Node does) and removes dot
-/// segments (RFC 3986 §5.2.4). Borrows when there is nothing to do, the common case.
-pub fn normalize_path(raw: &[u8]) -> Cow<'_, [u8]> {
-    let decoded: Cow<'_, [u8]> = if raw.iter().any(|b| matches!(b, b'%' | b'\\')) {
+/// Percent-decodes and reads `\` as `/`; borrows when there is nothing to decode, the common
+/// case.
+pub fn decode_path(raw: &[u8]) -> Cow<'_, [u8]> {
+    if raw.iter().any(|b| matches!(b, b'%' | b'\\')) {
         Cow::Owned(
             percent_decode(raw)
                 .map(|b| if b == b'\\' { b'/' } else { b })
@@ -83,43 +88,15 @@ pub fn normalize_path(raw: &[u8]) -> Cow<'_, [u8]> {
         )
     } else {
         Cow::Borrowed(raw)
-    };
-    if !decoded
-        .split(|b| *b == b'/')
-        .any(|s| s == b"." || s == b"..")
-    {
-        return decoded;
     }
-    let mut segments: Vec<&[u8]> = Vec::new();
-    let mut parts = decoded.split(|b| *b == b'/').peekable();
-    // A path starts with `/`, so the first piece is empty.
-    if decoded.first() == Some(&b'/') {
-        parts.next();
-    }
-    let mut trailing_slash = false;
-    while let Some(seg) = parts.next() {
-        let last = parts.peek().is_none();
-        match seg {
-            b"." => trailing_slash = last,
-            b".." => {
-                segments.pop();
-                trailing_slash = last;
-            }
-            _ => {
-                segments.push(seg);
-                trailing_slash = false;
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(decoded.len());
-    for seg in &segments {
-        out.push(b'/');
-        out.extend_from_slice(seg);
-    }
-    if trailing_slash || out.is_empty() {
-        out.push(b'/');
-    }
-    Cow::Owned(out)
+}
+
+/// Dot segments or an empty segment (`//`): the app may resolve such a path to another one.
+pub fn is_ambiguous(decoded: &[u8]) -> bool {
+    decoded.windows(2).any(|w| w == b"//")
+        || decoded
+            .split(|b| *b == b'/')
+            .any(|seg| seg == b"." || seg == b"..")
 }
 
 /// A page load in the browser (as opposed to `fetch`, or a Next.js RSC request), which gets the
@@ -129,11 +106,10 @@ pub fn is_page_navigation(
     accept: Option<&[u8]>,
     has_rsc_header: bool,
 ) -> bool {
-    if let Some(mode) = sec_fetch_mode {
-        return mode.eq_ignore_ascii_case(b"navigate");
-    }
-    !has_rsc_header
-        && accept.is_some_and(|a| a.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html")))
+    let navigate = sec_fetch_mode.is_some_and(|m| m.eq_ignore_ascii_case(b"navigate"));
+    let wants_html =
+        accept.is_some_and(|a| a.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html")));
+    navigate || (wants_html && !has_rsc_header)
 }
 
 /// A redirect target must stay on this site: a path, never a scheme or `//host`.
@@ -183,13 +159,18 @@ mod tests {
             ("/_next/static/..%2fdashboard", Route::Protected),
             ("/_next/static/..\\dashboard", Route::Protected),
             ("/_next/static/..%5cdashboard", Route::Protected),
-            ("/_next/static//../dashboard", Route::Public),
-            ("/_next/static/a/../b.js", Route::Public),
+            ("/_next/static//../dashboard", Route::Protected),
+            ("/_next/static///../../dashboard", Route::Protected),
+            ("/_next/static//x.js", Route::Protected),
+            ("/_next/static/a/../b.js", Route::Protected),
+            ("/_next/static/./x.js", Route::Protected),
+            ("/_next/static/a.b/c..d.js", Route::Public),
             ("/dashboard/..%2f_next/static/x", Route::Protected),
             ("/%5fnext/static/x", Route::Protected),
             ("/api/auth/refreshtoken", Route::RefreshEndpoint),
             ("/api/auth/logout", Route::LogoutEndpoint),
             ("/api/auth/logout/", Route::Protected),
+            ("/x/../api/auth/logout", Route::Protected),
             ("/api/auth/%6cogout", Route::LogoutEndpoint),
         ];
         for (path, want) in cases {
@@ -209,28 +190,27 @@ mod tests {
     }
 
     #[test]
-    fn normalize_by_table() {
+    fn decode_and_ambiguity_by_table() {
         let cases = [
-            ("/a/b", "/a/b"),
-            ("/a/./b", "/a/b"),
-            ("/a/../b", "/b"),
-            ("/../../b", "/b"),
-            ("/a/b/..", "/a/"),
-            ("/a/b/.", "/a/b/"),
-            ("/a/%2e%2E/b", "/b"),
-            ("/a%2fb", "/a/b"),
-            ("/a\\..\\b", "/b"),
-            ("/..", "/"),
-            ("/a.b/c", "/a.b/c"),
+            ("/a/b", "/a/b", false),
+            ("/a/./b", "/a/./b", true),
+            ("/a/../b", "/a/../b", true),
+            ("/a/%2e%2E/b", "/a/../b", true),
+            ("/a%2fb", "/a/b", false),
+            ("/a%2f%2fb", "/a//b", true),
+            ("/a\\..\\b", "/a/../b", true),
+            ("/a//b", "/a//b", true),
+            ("/a/", "/a/", false),
+            ("/", "/", false),
+            ("/a.b/c", "/a.b/c", false),
+            ("/..", "/..", true),
         ];
-        for (raw, want) in cases {
-            assert_eq!(
-                normalize_path(raw.as_bytes()).as_ref(),
-                want.as_bytes(),
-                "{raw}"
-            );
+        for (raw, decoded, ambiguous) in cases {
+            let d = decode_path(raw.as_bytes());
+            assert_eq!(d.as_ref(), decoded.as_bytes(), "{raw}");
+            assert_eq!(is_ambiguous(&d), ambiguous, "{raw}");
         }
-        assert!(matches!(normalize_path(b"/plain/path"), Cow::Borrowed(_)));
+        assert!(matches!(decode_path(b"/plain/path.js"), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -256,7 +236,9 @@ mod tests {
     fn navigation_detection() {
         let html = Some(b"text/html,application/xhtml+xml".as_slice());
         assert!(is_page_navigation(Some(b"navigate"), None, false));
-        assert!(!is_page_navigation(Some(b"cors"), html, false));
+        assert!(is_page_navigation(Some(b"navigate"), html, true));
+        assert!(is_page_navigation(Some(b"cors"), html, false));
+        assert!(!is_page_navigation(Some(b"cors"), Some(b"*/*"), false));
         assert!(is_page_navigation(None, html, false));
         assert!(!is_page_navigation(None, html, true));
         assert!(!is_page_navigation(None, Some(b"application/json"), false));

@@ -202,7 +202,7 @@ impl TokenKeys {
     pub fn mint_access(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
         self.mint(
             claims,
-            now + self.times.access_ttl_secs,
+            now.saturating_add(self.times.access_ttl_secs),
             &self.access.encoding,
         )
     }
@@ -210,7 +210,7 @@ impl TokenKeys {
     pub fn mint_refresh(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
         self.mint(
             claims,
-            now + self.times.refresh_ttl_secs,
+            now.saturating_add(self.times.refresh_ttl_secs),
             &self.refresh.encoding,
         )
     }

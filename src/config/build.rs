@@ -22,6 +22,9 @@ use crate::tokens::{TokenKeys, TokenTimes};
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
 pub const MIN_SECRET_BYTES: usize = 32;
 const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Ten years: longer lifetimes are typos (and `now + ttl` must not overflow).
+const MAX_TTL_SECS: u64 = 315_360_000;
+const MAX_WINDOW_SECS: u64 = 86_400;
 
 #[derive(Default)]
 struct Checker {
@@ -49,6 +52,12 @@ pub fn build(file: FileConfig, env: Env<'_>) -> Result<Loaded, Vec<Problem>> {
     let routes = check_routes(&mut c, file.routes);
     if file.refresh.max_entries == 0 {
         c.problem("refresh.max_entries", "must be at least 1");
+    }
+    if file.refresh.grace_secs > MAX_WINDOW_SECS {
+        c.problem(
+            "refresh.grace_secs",
+            format!("must be at most {MAX_WINDOW_SECS} seconds"),
+        );
     }
     let (
         Some(server),
@@ -372,6 +381,12 @@ fn check_tokens(
             format!("must be below the access token lifetime ({ttl} s)"),
         );
     }
+    if t.leeway_secs > MAX_WINDOW_SECS {
+        c.problem(
+            "tokens.leeway_secs",
+            format!("must be at most {MAX_WINDOW_SECS} seconds"),
+        );
+    }
     let (access, refresh, access_ttl, refresh_ttl) = (access?, refresh?, access_ttl?, refresh_ttl?);
     let times = TokenTimes {
         access_ttl_secs: access_ttl,
@@ -453,8 +468,11 @@ fn ttl(
         }
         None => (secs_key.to_owned(), secs),
     };
-    if value == 0 {
-        c.problem(key, "must be at least 1 second");
+    if value == 0 || value > MAX_TTL_SECS {
+        c.problem(
+            key,
+            format!("must be between 1 and {MAX_TTL_SECS} seconds (ten years), got {value}"),
+        );
         return None;
     }
     Some(value)
@@ -773,6 +791,22 @@ pingora: {threads: 2, no_such_key: 1}
             SECRETS,
         );
         assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn every_pingora_server_setting_is_accepted() {
+        let all = serde_yaml::to_value(ServerConf::default()).unwrap();
+        let yaml =
+            serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("pingora".into(), all)]))
+                .unwrap();
+        let env = env_with(SECRETS);
+        let loaded = build(parse(&yaml).unwrap(), &env).unwrap_or_else(|p| panic!("{p:?}"));
+        // Given explicitly, Pingora's own values are kept over etls-proxy's defaults.
+        assert_eq!(loaded.server.threads, ServerConf::default().threads);
+        assert_eq!(
+            loaded.server.grace_period_seconds,
+            ServerConf::default().grace_period_seconds
+        );
     }
 
     #[test]

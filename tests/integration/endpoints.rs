@@ -162,3 +162,24 @@ async fn early_answers_keep_the_connection_alive_even_with_a_body() {
     assert_eq!(conn.request(valid.as_bytes()).await.unwrap().status, 200);
     assert_eq!(app.calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_refresh_endpoint_and_page_requests_share_one_flight() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    auth.set_handler(|req| {
+        StubReply::json(200, rotated(&req.cookie("refreshToken").unwrap()))
+            .delayed(Duration::from_millis(300))
+    });
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("pingora: {threads: 2}")
+        .start()
+        .await;
+    let cookie = session(&access_token(-5), "rt-shared");
+    let (page, endpoint) = tokio::join!(
+        proxy.get("/", &cookie),
+        proxy.post("/api/auth/refreshtoken", &cookie, b"")
+    );
+    assert_eq!((page.status, endpoint.status), (200, 200));
+    assert_eq!(auth.calls(), 1);
+    assert_eq!(page.set_cookies(), endpoint.set_cookies());
+}

@@ -676,6 +676,13 @@ impl Conn {
             .ok()?
     }
 
+    /// Reads the next response without sending anything (after an interim 1xx).
+    pub async fn next_response(&mut self) -> Option<Response> {
+        tokio::time::timeout(Duration::from_secs(20), self.read_response())
+            .await
+            .ok()?
+    }
+
     async fn read_response(&mut self) -> Option<Response> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
