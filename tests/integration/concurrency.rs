@@ -16,30 +16,16 @@ fn session(refresh_etls: &str, rt: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_requests_share_one_auth_api_call() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    auth.set_handler(|req| {
-        StubReply::json(200, rotated(&req.cookie("refreshToken").unwrap()))
-            .delayed(Duration::from_millis(300))
-    });
+    let app = Stub::app().await;
+    let auth = Stub::slow_auth_api(Duration::from_millis(300)).await;
     let proxy = Proxy::builder(&app, &auth)
         .extra("pingora: {threads: 2}")
         .start()
         .await;
     let cookie = session(&refresh_token(3600), "rt-herd");
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (addr, cookie) = (proxy.addr, cookie.clone());
-        tasks.push(tokio::spawn(async move {
-            send_raw(
-                addr,
-                format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
-            )
-            .await
-        }));
-    }
+    let responses = fan_out(proxy.addr, &cookie, 50).await;
     let mut set_cookie_sets = HashSet::new();
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in responses {
         assert_eq!(r.status, 200, "{}", r.text());
         set_cookie_sets.insert(r.set_cookies().join("\n"));
     }
@@ -93,19 +79,9 @@ async fn waiters_share_a_failure_but_the_next_request_tries_again() {
     auth.set_handler(|_| StubReply::json(500, json!({})).delayed(Duration::from_millis(300)));
     let proxy = Proxy::start(&app, &auth).await;
     let cookie = session(&refresh_token(3600), "rt-fail");
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let (addr, cookie) = (proxy.addr, cookie.clone());
-        tasks.push(tokio::spawn(async move {
-            send_raw(
-                addr,
-                format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
-            )
-            .await
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap().status, 502);
+    let responses = fan_out(proxy.addr, &cookie, 10).await;
+    for r in responses {
+        assert_eq!(r.status, 502);
     }
     assert_eq!(auth.calls(), 1);
     auth.set_handler(|req| StubReply::json(200, rotated(&req.cookie("refreshToken").unwrap())));
@@ -115,11 +91,8 @@ async fn waiters_share_a_failure_but_the_next_request_tries_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_devices_with_the_same_etls_token_never_share_a_flight() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    auth.set_handler(|req| {
-        StubReply::json(200, rotated(&req.cookie("refreshToken").unwrap()))
-            .delayed(Duration::from_millis(200))
-    });
+    let app = Stub::app().await;
+    let auth = Stub::slow_auth_api(Duration::from_millis(200)).await;
     let proxy = Proxy::start(&app, &auth).await;
     // Same username, same second: byte-identical refreshTokenEtls on both devices.
     let shared = refresh_token(3600);

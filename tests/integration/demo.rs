@@ -10,6 +10,30 @@ use crate::support::*;
 
 struct Demo(Child);
 
+impl Demo {
+    /// `etls-demo serve` on these ports, once both accept connections.
+    async fn serve(app_port: u16, auth_port: u16) -> (Demo, SocketAddr, SocketAddr) {
+        let app: SocketAddr = format!("127.0.0.1:{app_port}").parse().unwrap();
+        let auth: SocketAddr = format!("127.0.0.1:{auth_port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_etls-demo"))
+            .args([
+                "serve",
+                "--app",
+                &app.to_string(),
+                "--auth",
+                &auth.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let demo = Demo(child);
+        wait_for(app).await;
+        wait_for(auth).await;
+        (demo, app, auth)
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -44,25 +68,7 @@ fn cookies_of(lines: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_three_curl_lines_show_pass_refresh_and_refusal() {
-    let (app_port, auth_port) = (free_port(), free_port());
-    let demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_etls-demo"))
-            .args([
-                "serve",
-                "--app",
-                &format!("127.0.0.1:{app_port}"),
-                "--auth",
-                &format!("127.0.0.1:{auth_port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let app: SocketAddr = format!("127.0.0.1:{app_port}").parse().unwrap();
-    let auth: SocketAddr = format!("127.0.0.1:{auth_port}").parse().unwrap();
-    wait_for(app).await;
-    wait_for(auth).await;
+    let (demo, app, auth) = Demo::serve(free_port(), free_port()).await;
     let proxy = Proxy::builder_at(app, auth).start().await;
     let out = Command::new(env!("CARGO_BIN_EXE_etls-demo"))
         .args(["curl-lines", "--proxy", &proxy.addr.to_string()])
@@ -101,23 +107,7 @@ async fn the_three_curl_lines_show_pass_refresh_and_refusal() {
 
 #[tokio::test]
 async fn the_demo_auth_api_rotates_and_refuses_reuse() {
-    let auth_port = free_port();
-    let _demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_etls-demo"))
-            .args([
-                "serve",
-                "--app",
-                &format!("127.0.0.1:{}", free_port()),
-                "--auth",
-                &format!("127.0.0.1:{auth_port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let auth: SocketAddr = format!("127.0.0.1:{auth_port}").parse().unwrap();
-    wait_for(auth).await;
+    let (_demo, _, auth) = Demo::serve(free_port(), free_port()).await;
     let call = |cookie: &str| {
         format!(
             "POST /refreshtoken HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{cookie}Content-Length: 2\r\n\r\n{{}}"

@@ -165,11 +165,8 @@ async fn early_answers_keep_the_connection_alive_even_with_a_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_refresh_endpoint_and_page_requests_share_one_flight() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    auth.set_handler(|req| {
-        StubReply::json(200, rotated(&req.cookie("refreshToken").unwrap()))
-            .delayed(Duration::from_millis(300))
-    });
+    let app = Stub::app().await;
+    let auth = Stub::slow_auth_api(Duration::from_millis(300)).await;
     let proxy = Proxy::builder(&app, &auth)
         .extra("pingora: {threads: 2}")
         .start()

@@ -78,22 +78,30 @@ pub struct StubRequest {
     pub body: Vec<u8>,
 }
 
-impl StubRequest {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+/// Header lookups shared by what the stubs received and what the client got back.
+pub trait Headers {
+    fn header_list(&self) -> &[(String, String)];
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.all(name).into_iter().next()
     }
 
-    pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.header_list()
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
             .collect()
     }
+}
 
+impl Headers for StubRequest {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
+    }
+}
+
+impl StubRequest {
     /// The value of one cookie in the (single) Cookie header.
     pub fn cookie(&self, name: &str) -> Option<String> {
         let header = self.header("cookie")?;
@@ -211,6 +219,15 @@ impl Stub {
         .await
     }
 
+    /// The stand-in auth API, answering after `delay`: long enough for requests to pile up.
+    pub async fn slow_auth_api(delay: Duration) -> Stub {
+        Stub::start(move |req| {
+            let rt = req.cookie("refreshToken").unwrap_or_default();
+            StubReply::json(200, rotated(&rt)).delayed(delay)
+        })
+        .await
+    }
+
     pub fn set_handler(&self, handler: impl Fn(&StubRequest) -> StubReply + Send + Sync + 'static) {
         *self.handler.lock().unwrap() = Arc::new(handler);
     }
@@ -310,36 +327,11 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<StubR
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         if let Ok(httparse::Status::Complete(len)) = req.parse(buf) {
-            let method = req.method?.to_owned();
-            let path = req.path?.to_owned();
-            let headers: Vec<(String, String)> = req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let (method, path) = (req.method?.to_owned(), req.path?.to_owned());
+            let headers = owned_headers(req.headers);
             buf.drain(..len);
-            let find = |n: &str| {
-                headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                    .map(|(_, v)| v.clone())
-            };
-            let body = if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                read_chunked(stream, buf).await?
-            } else {
-                let n: usize = find("content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < n {
-                    read_more(stream, buf).await?;
-                }
-                buf.drain(..n).collect()
-            };
+            // A request without framing has no body.
+            let body = read_body(stream, buf, &headers, Some(0)).await?;
             return Some(StubRequest {
                 method,
                 path,
@@ -348,6 +340,52 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<StubR
             });
         }
         read_more(stream, buf).await?;
+    }
+}
+
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The body after a header: chunked, `Content-Length`, or else `unframed` bytes (`None`: until
+/// the connection closes).
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    headers: &[(String, String)],
+    unframed: Option<usize>,
+) -> Option<Vec<u8>> {
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
+    if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return read_chunked(stream, buf).await;
+    }
+    match find("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .or(unframed)
+    {
+        Some(n) => {
+            while buf.len() < n {
+                read_more(stream, buf).await?;
+            }
+            Some(buf.drain(..n).collect())
+        }
+        None => {
+            while read_more(stream, buf).await.is_some() {}
+            Some(std::mem::take(buf))
+        }
     }
 }
 
@@ -610,22 +648,13 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+impl Headers for Response {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
+    }
+}
+
 impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
     pub fn set_cookies(&self) -> Vec<&str> {
         self.all("set-cookie")
     }
@@ -647,6 +676,22 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// `n` concurrent GETs carrying `cookie`, each on its own connection.
+pub async fn fan_out(addr: SocketAddr, cookie: &str, n: usize) -> Vec<Response> {
+    let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let raw = raw.clone();
+            tokio::spawn(async move { send_raw(addr, raw.as_bytes()).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }
 
 pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Response {
@@ -689,36 +734,12 @@ impl Conn {
             let mut resp = httparse::Response::new(&mut headers);
             if let Ok(httparse::Status::Complete(len)) = resp.parse(&self.buf) {
                 let status = resp.code?;
-                let headers: Vec<(String, String)> = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_owned(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = owned_headers(resp.headers);
                 self.buf.drain(..len);
-                let find = |n: &str| {
-                    headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                        .map(|(_, v)| v.clone())
-                };
                 let body = if status == 204 || status == 304 || (100..200).contains(&status) {
                     Vec::new()
-                } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                    read_chunked(&mut self.stream, &mut self.buf).await?
-                } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok())
-                {
-                    while self.buf.len() < n {
-                        read_more(&mut self.stream, &mut self.buf).await?;
-                    }
-                    self.buf.drain(..n).collect()
                 } else {
-                    while read_more(&mut self.stream, &mut self.buf).await.is_some() {}
-                    std::mem::take(&mut self.buf)
+                    read_body(&mut self.stream, &mut self.buf, &headers, None).await?
                 };
                 return Some(Response {
                     status,
