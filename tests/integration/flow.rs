@@ -587,14 +587,14 @@ async fn post_body_is_forwarded_intact_after_a_refresh() {
 async fn several_cookie_headers_reach_the_app_as_one() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     let proxy = Proxy::start(&app, &auth).await;
+    let valid = access_token(600);
     let raw = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\nCookie: accessTokenEtls={}\r\nCookie: b=2\r\n\r\n",
-        access_token(600)
+        "GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\nCookie: accessTokenEtls={valid}\r\nCookie: b=2\r\n\r\n"
     );
     assert_eq!(proxy.send(&raw).await.status, 200);
     assert_eq!(
         app.last().all("cookie"),
-        vec![format!("a=1; accessTokenEtls={}; b=2", access_token(600))]
+        vec![format!("a=1; accessTokenEtls={valid}; b=2")]
     );
     // And after a refresh.
     let raw = format!(

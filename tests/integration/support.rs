@@ -453,12 +453,18 @@ impl Drop for TempFile {
     }
 }
 
+/// A port for a process the test starts. Taken below Linux's ephemeral range (32768 and up),
+/// where the stand-ins' `bind(0)` never lands, so a stand-in cannot grab a port between the
+/// moment it is picked and the moment the proxy binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = (std::process::id() as usize % 600) * 20;
+    loop {
+        let port = (20_000 + (offset + NEXT.fetch_add(1, Ordering::SeqCst)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn proxy_bin() -> &'static str {
