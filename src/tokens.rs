@@ -1,15 +1,28 @@
 //! The eTLS JWTs: HS256 only, verified against keys built once at start.
 //!
-//! Time checks are done here, not by `jsonwebtoken`, so one injected `now` drives `exp`, `nbf`,
-//! leeway and refresh-ahead the same way in tests and in production, and so an expired token is
-//! only ever reported as such after its signature has been checked.
+//! Verification is the hot path of every request, so it is done here without a heap
+//! allocation: the segments are decoded into stack buffers, the HMAC state of the key is
+//! precomputed and cloned, and only `exp`/`nbf` are read from the payload. The order is the
+//! safe one: structure, `alg` pinned to HS256, signature (constant time), then claims, so an
+//! expired token is only ever reported as such once its signature has been checked. Minting,
+//! once per refresh, uses `jsonwebtoken`, which the tests also use to cross-check verification.
+//!
+//! Time checks take an injected `now`, so `exp`, `nbf`, leeway and refresh-ahead behave the same
+//! way in tests and in production.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sha2::Sha256;
 
 /// Larger values are refused before any decoding: browsers cap a cookie near 4 KiB.
 pub const MAX_TOKEN_BYTES: usize = 8192;
+/// Decoded header and payload must fit these stack buffers (base64 is 4 chars per 3 bytes).
+const MAX_HEADER_BYTES: usize = 512;
+const MAX_PAYLOAD_BYTES: usize = MAX_TOKEN_BYTES / 4 * 3;
 
 /// JWT claims defined by RFC 7519 §4.1; everything else is the session's own and is carried over
 /// on refresh.
@@ -17,19 +30,80 @@ const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", 
 
 pub type Claims = Map<String, Value>;
 
-/// Keys and lifetimes for one token kind.
+/// One secret, ready to sign and to verify.
 struct HmacKey {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The HMAC state after the key block, cloned per verification.
+    mac: Hmac<Sha256>,
 }
 
 impl HmacKey {
     fn new(secret: &[u8]) -> Self {
         HmacKey {
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length"),
         }
     }
+
+    /// Checks structure, `alg` and signature, and decodes the payload into `buf`.
+    fn verify<'b>(
+        &self,
+        token: &[u8],
+        buf: &'b mut [u8; MAX_PAYLOAD_BYTES],
+    ) -> Result<&'b [u8], TokenFault> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenFault::TooLarge);
+        }
+        let mut parts = token.split(|b| *b == b'.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenFault::Malformed);
+        };
+        let mut header_buf = [0u8; MAX_HEADER_BYTES];
+        let header = decode_segment(header, &mut header_buf)?;
+        let JwtHeader { alg } =
+            serde_json::from_slice(header).map_err(|_| TokenFault::Malformed)?;
+        if alg != "HS256" {
+            return Err(TokenFault::Signature);
+        }
+        let mut sig_buf = [0u8; 48];
+        let signature =
+            decode_segment(signature, &mut sig_buf).map_err(|_| TokenFault::Signature)?;
+        let mut mac = self.mac.clone();
+        mac.update(&token[..token.len() - signature_len(token)]);
+        mac.verify_slice(signature)
+            .map_err(|_| TokenFault::Signature)?;
+        decode_segment(payload, buf)
+    }
+}
+
+/// `{"alg": "..."}`; other header fields (`typ`, `kid`) do not change how HS256 verifies.
+#[derive(Deserialize)]
+struct JwtHeader<'a> {
+    #[serde(borrow)]
+    alg: &'a str,
+}
+
+/// Length of `.signature` at the end of a three-segment token.
+fn signature_len(token: &[u8]) -> usize {
+    token
+        .iter()
+        .rev()
+        .position(|b| *b == b'.')
+        .map_or(0, |p| p + 1)
+}
+
+/// Strict base64url without padding (non-canonical trailing bits are refused, so a signature has
+/// exactly one encoding).
+fn decode_segment<'b>(segment: &[u8], buf: &'b mut [u8]) -> Result<&'b [u8], TokenFault> {
+    if segment.is_empty() || segment.len() / 4 * 3 > buf.len() {
+        return Err(TokenFault::Malformed);
+    }
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(segment, buf)
+        .map_err(|_| TokenFault::Malformed)?;
+    Ok(&buf[..n])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +117,6 @@ pub struct TokenTimes {
 pub struct TokenKeys {
     access: HmacKey,
     refresh: HmacKey,
-    validation: Validation,
     pub times: TokenTimes,
 }
 
@@ -95,13 +168,64 @@ pub enum TokenFault {
 #[error("could not sign a token: {0}")]
 pub struct MintError(String);
 
-/// `exp` and `nbf` read loosely, so a wrongly typed claim is reported as such.
-#[derive(Deserialize)]
+/// `exp` and `nbf` read loosely, so a wrongly typed claim is reported as such. Only a JSON
+/// object is accepted (a derived struct would also take an array), and the other claims are
+/// skipped without being stored.
 struct TimeFields {
-    #[serde(default)]
     exp: Option<Value>,
-    #[serde(default)]
     nbf: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for TimeFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Exp,
+            Nbf,
+            #[serde(other)]
+            Other,
+        }
+
+        struct ClaimsVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
+            type Value = TimeFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TimeFields, A::Error> {
+                let mut fields = TimeFields {
+                    exp: None,
+                    nbf: None,
+                };
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        // A claim given twice is ambiguous: refused, as jsonwebtoken does.
+                        Field::Exp if fields.exp.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("exp"));
+                        }
+                        Field::Nbf if fields.nbf.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("nbf"));
+                        }
+                        Field::Exp => fields.exp = Some(map.next_value()?),
+                        Field::Nbf => fields.nbf = Some(map.next_value()?),
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(fields)
+            }
+        }
+
+        deserializer.deserialize_map(ClaimsVisitor)
+    }
 }
 
 /// `exp` must be a positive integer; `nbf`, when present, too.
@@ -119,48 +243,48 @@ fn time_claims(exp: Option<&Value>, nbf: Option<&Value>) -> Result<(u64, Option<
 
 impl TokenKeys {
     pub fn new(access_secret: &[u8], refresh_secret: &[u8], times: TokenTimes) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.required_spec_claims.clear();
-        validation.leeway = 0;
-        validation.reject_tokens_expiring_in_less_than = 0;
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.aud = None;
-        validation.iss = None;
-        validation.sub = None;
         TokenKeys {
             access: HmacKey::new(access_secret),
             refresh: HmacKey::new(refresh_secret),
-            validation,
             times,
         }
     }
 
     pub fn check_access(&self, token: &[u8], now: u64) -> AccessState {
-        let fields: TimeFields = match self.decode(token, &self.access.decoding) {
-            Ok(c) => c,
-            Err(fault) => return AccessState::Invalid(fault),
-        };
-        match self.remaining(fields.exp.as_ref(), fields.nbf.as_ref(), now) {
+        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
+        match self.verify_times(&self.access, token, &mut buf, now) {
             Err(fault) => AccessState::Invalid(fault),
-            Ok(0) => AccessState::Expired,
-            Ok(left) if left <= self.times.refresh_ahead_secs => AccessState::Due,
+            Ok((0, _)) => AccessState::Expired,
+            Ok((left, _)) if left <= self.times.refresh_ahead_secs => AccessState::Due,
             Ok(_) => AccessState::Fresh,
         }
     }
 
     pub fn check_refresh(&self, token: &[u8], now: u64) -> RefreshState {
-        let claims: Claims = match self.decode(token, &self.refresh.decoding) {
-            Ok(c) => c,
-            Err(fault) => return RefreshState::Invalid(fault),
-        };
-        match self.remaining(claims.get("exp"), claims.get("nbf"), now) {
+        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
+        match self.verify_times(&self.refresh, token, &mut buf, now) {
             Err(fault) => RefreshState::Invalid(fault),
-            Ok(0) => RefreshState::Expired,
-            Ok(_) => RefreshState::Valid(session_claims(claims)),
+            Ok((0, _)) => RefreshState::Expired,
+            Ok((_, payload)) => match serde_json::from_slice::<Claims>(payload) {
+                Ok(claims) => RefreshState::Valid(session_claims(claims)),
+                Err(_) => RefreshState::Invalid(TokenFault::Claims),
+            },
         }
+    }
+
+    /// Verifies `token` with `key` and reads its time claims: the seconds it has left, and its
+    /// payload for whoever needs more of it.
+    fn verify_times<'b>(
+        &self,
+        key: &HmacKey,
+        token: &[u8],
+        buf: &'b mut [u8; MAX_PAYLOAD_BYTES],
+        now: u64,
+    ) -> Result<(u64, &'b [u8]), TokenFault> {
+        let payload = key.verify(token, buf)?;
+        let fields: TimeFields = serde_json::from_slice(payload).map_err(|_| TokenFault::Claims)?;
+        let left = self.remaining(fields.exp.as_ref(), fields.nbf.as_ref(), now)?;
+        Ok((left, payload))
     }
 
     /// Seconds of validity left (0: expired), leeway included.
@@ -176,27 +300,6 @@ impl TokenKeys {
             return Err(TokenFault::Claims);
         }
         Ok(exp.saturating_add(leeway).saturating_sub(now))
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(
-        &self,
-        token: &[u8],
-        key: &DecodingKey,
-    ) -> Result<T, TokenFault> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenFault::TooLarge);
-        }
-        jsonwebtoken::decode::<T>(token, key, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                        TokenFault::Signature
-                    }
-                    _ => TokenFault::Malformed,
-                }
-            })
     }
 
     pub fn mint_access(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
@@ -264,6 +367,21 @@ pub(crate) mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap()
+    }
+
+    /// An HS256 token over a payload written by hand (escapes, duplicates, trailing bytes).
+    pub fn sign_raw(secret: &[u8], payload_json: &str) -> String {
+        let message = format!(
+            "{}.{}",
+            b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(payload_json)
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(message.as_bytes());
+        format!(
+            "{message}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
     }
 
     pub fn b64(s: &str) -> String {
@@ -397,13 +515,22 @@ pub(crate) mod tests {
         let k = keys();
         let header = b64(r#"{"alg":"none","typ":"JWT"}"#);
         let payload = b64(&format!(r#"{{"username":"admin","exp":{}}}"#, NOW + 60));
-        for token in [
-            format!("{header}.{payload}."),
-            format!("{header}.{payload}"),
+        for (token, fault) in [
+            (format!("{header}.{payload}."), TokenFault::Signature),
+            (format!("{header}.{payload}"), TokenFault::Malformed),
+            (
+                format!("{}.{payload}.", b64(r#"{"typ":"JWT"}"#)),
+                TokenFault::Malformed,
+            ),
+            (
+                format!("{}.{payload}.", b64(r#"{"alg":"HS256""#)),
+                TokenFault::Malformed,
+            ),
         ] {
             assert_eq!(
                 k.check_access(token.as_bytes(), NOW),
-                AccessState::Invalid(TokenFault::Malformed)
+                AccessState::Invalid(fault),
+                "{token}"
             );
         }
         let real = sign(
@@ -495,5 +622,79 @@ pub(crate) mod tests {
         );
         let header = jsonwebtoken::decode_header(&access).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
+    }
+
+    /// The hand-written verifier agrees with `jsonwebtoken` on every token, well formed or not.
+    #[test]
+    fn verification_agrees_with_jsonwebtoken() {
+        let k = keys();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let reference = |t: &str| {
+            jsonwebtoken::decode::<Value>(
+                t,
+                &jsonwebtoken::DecodingKey::from_secret(ACCESS),
+                &validation,
+            )
+            .is_ok_and(|d| {
+                d.claims
+                    .get("exp")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|e| e > 0)
+            })
+        };
+        let good = sign(
+            ACCESS,
+            Algorithm::HS256,
+            json!({"username":"ann","exp": NOW + 60}),
+        );
+        let (h, rest) = good.split_once('.').unwrap();
+        let (p, sig) = rest.split_once('.').unwrap();
+        let mut tokens = vec![
+            good.clone(),
+            sign(
+                ACCESS,
+                Algorithm::HS256,
+                json!({"exp": NOW - 60, "nested": {"a": [1, 2, "x\"y"]}}),
+            ),
+            sign(ACCESS, Algorithm::HS256, json!({"exp": "soon"})),
+            sign(ACCESS, Algorithm::HS256, json!([1, 2])),
+            sign(ACCESS, Algorithm::HS384, json!({"exp": NOW + 60})),
+            sign(REFRESH, Algorithm::HS256, json!({"exp": NOW + 60})),
+            format!("{h}.{p}.{sig}="),
+            format!("{h}.{p}.{sig}.{sig}"),
+            format!("{h}..{sig}"),
+            format!(".{p}.{sig}"),
+            format!("{h}.{p}."),
+            format!("{h}.{p}"),
+            format!("{h}.{p}.{}", &sig[..sig.len() - 1]),
+            format!("{h} .{p}.{sig}"),
+            format!(
+                "{}.{p}.{sig}",
+                b64(r#"{"alg":"HS256","typ":"JWT","kid":"x"}"#)
+            ),
+            sign_raw(ACCESS, &format!(r#"{{"\u0065xp":{}}}"#, NOW + 60)),
+            sign_raw(ACCESS, &format!(r#"{{"exp":1,"exp":{}}}"#, NOW + 60)),
+            sign_raw(ACCESS, &format!(r#"{{"exp":{}}} "#, NOW + 60)),
+            sign_raw(ACCESS, &format!(r#"{{"exp":{}}}x"#, NOW + 60)),
+            sign_raw(ACCESS, "null"),
+            "".into(),
+            "...".into(),
+        ];
+        // Every single-character change to the signature and payload.
+        for i in 0..good.len() {
+            let mut bytes = good.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            tokens.push(String::from_utf8(bytes).unwrap());
+        }
+        for t in &tokens {
+            let ours = matches!(
+                k.check_access(t.as_bytes(), NOW),
+                AccessState::Fresh | AccessState::Expired
+            );
+            assert_eq!(ours, reference(t), "{t}");
+        }
     }
 }

@@ -1,0 +1,101 @@
+//! The hot path, a request with a valid access token, allocates nothing on the heap: routing,
+//! reading the Cookie header, verifying the token and deciding to forward.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use etls_proxy::cookies::{CookieJar, CookieNames};
+use etls_proxy::decision::{Purpose, SessionPolicy, Verdict, assess};
+use etls_proxy::proxy::RequestCtx;
+use etls_proxy::routes::{Route, Routes};
+use etls_proxy::tokens::{TokenKeys, TokenTimes};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations_in(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn a_valid_request_allocates_nothing() {
+    let access = b"access-secret-access-secret-0123";
+    let keys = TokenKeys::new(
+        access,
+        b"refresh-secret-refresh-secret-01",
+        TokenTimes {
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 43_200,
+            leeway_secs: 0,
+            refresh_ahead_secs: 0,
+        },
+    );
+    let now = etls_proxy::unix_now();
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"username": "ann", "role": "admin", "exp": now + 600}),
+        &EncodingKey::from_secret(access),
+    )
+    .unwrap();
+    let cookie =
+        format!("theme=dark; accessTokenEtls={token}; refreshTokenEtls=x; lang=uk; _ga=GA1.2.3");
+    let names = CookieNames::default();
+    let send = vec!["refreshToken".to_owned()];
+    let routes = Routes {
+        public: vec![
+            "/_next/static/".into(),
+            "/_next/image".into(),
+            "/favicon.ico".into(),
+        ],
+        refresh_endpoint: Some("/api/auth/refreshtoken".into()),
+        logout_endpoint: Some("/api/auth/logout".into()),
+        login_redirect: None,
+    };
+    let policy = SessionPolicy {
+        names: &names,
+        keys: &keys,
+        send_cookies: &send,
+    };
+    let decide = || {
+        let ctx = RequestCtx::default();
+        assert_eq!(routes.classify(b"/dashboard/settings"), Route::Protected);
+        let jar = CookieJar::from_headers([cookie.as_bytes()]);
+        let verdict = assess(&jar, &policy, now, Purpose::Request);
+        assert_eq!(verdict, Verdict::Forward { keep_access: None });
+        drop(ctx);
+    };
+    decide(); // warm-up: lazily initialised statics, if any
+    assert_eq!(allocations_in(decide), 0);
+    // The counter does count: a refresh-path rewrite allocates.
+    assert!(
+        allocations_in(|| drop(etls_proxy::cookies::rewrite(
+            &CookieJar::from_headers([cookie.as_bytes()]),
+            &[("a", "b")]
+        ))) > 0
+    );
+}
