@@ -1,7 +1,7 @@
 # The two commands: `make run` (the demo) and `make test` (the whole suite).
 CARGO ?= cargo
 
-.PHONY: run test deps build check lint clean
+.PHONY: run test deps build check lint clean bench bench-micro
 
 deps:
 	@scripts/deps.sh
@@ -20,6 +20,17 @@ test: deps lint
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+## Side by side with the floor (bare Pingora), nginx and nginx + njs: see bench/RESULTS.md.
+## BENCH_ARGS="--duration 5 --rounds 2 --soak 0" for a quicker run.
+bench:
+	@scripts/deps.sh bench
+	$(CARGO) build --release --bins
+	ulimit -n 65536 2>/dev/null || true; python3 bench/run.py $(BENCH_ARGS)
+
+## Criterion micro-benchmarks of the pure hot-path pieces (ns per operation).
+bench-micro: deps
+	$(CARGO) bench --bench hot_path
 
 ## Check the shipped configuration against the environment (needs ETLS_ACCESS/ETLS_REFRESH).
 check: build

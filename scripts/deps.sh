@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the build needs on a fresh Debian machine that has the Rust toolchain:
-# cmake for Pingora's zlib-ng (and a C compiler, normally already there).
+# cmake for Pingora's zlib-ng (and a C compiler, normally already there); with `bench`, also
+# wrk, nginx and nginx's njs module for `make bench`.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+if [ "${1:-}" = bench ]; then
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  [ -e /usr/lib/nginx/modules/ngx_http_js_module.so ] || need+=(libnginx-mod-http-js)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+fi
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -58,7 +58,7 @@ impl<'a> Answer<'a> {
 
     pub fn refreshed(session: &'a RenewedSession) -> Self {
         Answer {
-            set_cookie: &session.set_cookie,
+            set_cookie: session.set_cookie(),
             ..Answer::json(200, br#"{"message":"Tokens refreshed"}"#)
         }
     }
@@ -96,7 +96,7 @@ impl<'a> Answer<'a> {
             _ => br#"{"error":"Internal Server Error"}"#,
         };
         Answer {
-            set_cookie: renewed.map_or(&[], |r| r.set_cookie.as_slice()),
+            set_cookie: renewed.map_or(&[], |r| r.set_cookie()),
             ..Answer::json(status, body)
         }
     }
@@ -232,10 +232,8 @@ mod tests {
 
     #[test]
     fn app_failure_after_refresh_still_carries_the_new_cookies() {
-        let renewed = RenewedSession {
-            cookies: vec![],
-            set_cookie: lines(5),
-        };
+        let lines: Vec<String> = (0..5).map(|i| format!("c{i}=v; Path=/")).collect();
+        let renewed = RenewedSession::from_lines(&lines).unwrap();
         let h = Answer::app_failed(502, Some(&renewed)).header().unwrap();
         assert_eq!(h.status.as_u16(), 502);
         assert_eq!(set_cookies(&h).len(), 5);

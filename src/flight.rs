@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -325,17 +326,35 @@ impl<T, E> Table<T, E> {
             }
         }
         if evicted > 0 {
-            log::warn!(
-                "refresh table full ({max_entries} entries): dropped {evicted} kept result(s) before their grace window ended; raise refresh.max_entries"
-            );
+            warn_table_full(max_entries, evicted);
         }
+    }
+}
+
+/// Once every ten seconds at most, with the count since the last warning: a full table under
+/// load would otherwise write one line per request.
+fn warn_table_full(max_entries: usize, evicted: usize) {
+    static EVICTED: AtomicU64 = AtomicU64::new(0);
+    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+    let total = EVICTED.fetch_add(evicted as u64, Ordering::Relaxed) + evicted as u64;
+    let now = crate::unix_now();
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        EVICTED.fetch_sub(total, Ordering::Relaxed);
+        log::warn!(
+            "refresh table full ({max_entries} entries): {total} kept result(s) dropped before their grace window ended; raise refresh.max_entries"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum TestError {

@@ -132,7 +132,8 @@ impl EtlsProxy {
             }
             (Ok(renewed), Purpose::Request) => {
                 ctx.outcome = Outcome::Refreshed(joined);
-                ctx.forward_cookie = header_value(rewrite(&jar, &renewed.cookies));
+                let updates: Vec<(&str, &str)> = renewed.cookies().collect();
+                ctx.forward_cookie = header_value(rewrite(&jar, &updates));
                 ctx.renewed = Some(renewed);
                 Step::Forward
             }
@@ -291,7 +292,7 @@ impl ProxyHttp for EtlsProxy {
                 .iter()
                 .filter_map(|v| policy.deleted_by(v.to_str().ok()?).map(str::to_owned))
                 .collect();
-            for ((name, _), line) in renewed.cookies.iter().zip(&renewed.set_cookie) {
+            for ((name, _), line) in renewed.cookies().zip(renewed.set_cookie()) {
                 if !deleted.iter().any(|d| d == name) {
                     response.append_header("Set-Cookie", line.clone())?;
                 }

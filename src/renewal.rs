@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::auth_api::{
@@ -11,16 +12,45 @@ use crate::auth_api::{
 };
 use crate::cookies::CookieNames;
 use crate::flight::FlightLost;
-use crate::set_cookie::{CookiePolicy, header_value};
+use crate::set_cookie::{CookiePolicy, InvalidLine};
 use crate::tokens::{Claims, TokenKeys};
 
-/// The result of a refresh, shared by every request of its flight and grace window.
+/// The result of a refresh, shared by every request of its flight and grace window, and kept
+/// for the grace window: so it is stored compactly, as its Set-Cookie lines only, all slices of
+/// one buffer. The cookie values are read back from the lines.
 #[derive(Debug, PartialEq)]
 pub struct RenewedSession {
+    set_cookie: Vec<HeaderValue>,
+}
+
+impl RenewedSession {
+    /// One line per cookie, in the seeds' order, appended one header each.
+    pub fn set_cookie(&self) -> &[HeaderValue] {
+        &self.set_cookie
+    }
+
     /// `(name, value)` of every cookie the refresh sets, in the seeds' order.
-    pub cookies: Vec<(String, String)>,
-    /// One line per cookie, appended one header each.
-    pub set_cookie: Vec<HeaderValue>,
+    pub fn cookies(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.set_cookie.iter().filter_map(|line| {
+            let pair = line.to_str().ok()?.split(';').next()?;
+            pair.split_once('=')
+        })
+    }
+
+    /// Builds the lines into one allocation.
+    pub fn from_lines(lines: &[String]) -> Result<Self, InvalidLine> {
+        let buffer = Bytes::from(lines.concat());
+        let mut at = 0;
+        let set_cookie = lines
+            .iter()
+            .map(|line| {
+                let slice = buffer.slice(at..at + line.len());
+                at += line.len();
+                HeaderValue::from_maybe_shared(slice).map_err(|_| InvalidLine)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RenewedSession { set_cookie })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,15 +130,11 @@ pub fn mint_session(
         Some(UserData::Token(token)) => cookies.push((names.user.clone(), token)),
         None => {}
     }
-    let set_cookie = cookies
+    let lines: Vec<String> = cookies
         .iter()
-        .map(|(name, value)| header_value(policy.set_line(name, value)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RefreshError::Mint(e.to_string()))?;
-    Ok(RenewedSession {
-        cookies,
-        set_cookie,
-    })
+        .map(|(name, value)| policy.set_line(name, value))
+        .collect();
+    RenewedSession::from_lines(&lines).map_err(|e| RefreshError::Mint(e.to_string()))
 }
 
 #[cfg(test)]
@@ -140,7 +166,8 @@ mod tests {
         };
         let record: Claims = serde_json::from_value(json!({"id": 1, "role": "admin"})).unwrap();
         let s = mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap();
-        let names_set: Vec<&str> = s.cookies.iter().map(|(n, _)| n.as_str()).collect();
+        let cookies: Vec<(&str, &str)> = s.cookies().collect();
+        let names_set: Vec<&str> = cookies.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names_set,
             [
@@ -152,18 +179,18 @@ mod tests {
             ]
         );
         assert_eq!(
-            k.check_access(s.cookies[0].1.as_bytes(), NOW),
+            k.check_access(cookies[0].1.as_bytes(), NOW),
             AccessState::Fresh
         );
-        assert_eq!(s.cookies[2].1, "api-access");
-        assert_eq!(s.cookies[3].1, "api-refresh");
+        assert_eq!(cookies[2].1, "api-access");
+        assert_eq!(cookies[3].1, "api-refresh");
         // etlsUser is an access-key JWT of the record.
         assert_eq!(
-            k.check_access(s.cookies[4].1.as_bytes(), NOW),
+            k.check_access(cookies[4].1.as_bytes(), NOW),
             AccessState::Fresh
         );
-        assert_eq!(s.set_cookie.len(), 5);
-        for (line, (name, value)) in s.set_cookie.iter().zip(&s.cookies) {
+        assert_eq!(s.set_cookie().len(), 5);
+        for (line, (name, value)) in s.set_cookie().iter().zip(&cookies) {
             let line = line.to_str().unwrap();
             assert!(line.starts_with(&format!("{name}={value}; ")), "{line}");
             assert!(
@@ -188,10 +215,10 @@ mod tests {
             NOW,
         )
         .unwrap();
-        assert_eq!(s.cookies[4], ("etlsUser".to_string(), "u.t.v".to_string()));
+        assert_eq!(s.cookies().nth(4), Some(("etlsUser", "u.t.v")));
         let s = mint_session(&m, &claims(), api(None), NOW).unwrap();
-        assert_eq!(s.cookies.len(), 4);
-        assert_eq!(s.set_cookie.len(), 4);
+        assert_eq!(s.cookies().count(), 4);
+        assert_eq!(s.set_cookie().len(), 4);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::{Parser, Subcommand};
@@ -40,7 +41,12 @@ enum Command {
         app: String,
         #[arg(long, default_value = "127.0.0.1:3001")]
         auth: String,
+        /// Make the auth API answer this much later (for load tests of the single flight).
+        #[arg(long, default_value_t = 0)]
+        auth_delay_ms: u64,
     },
+    /// Print a valid access token, an expired one and a refresh token as JSON (for load tests).
+    Tokens,
     /// Print curl lines for a valid, an expired and a tampered session (needs ETLS_ACCESS and
     /// ETLS_REFRESH, as the proxy does).
     CurlLines {
@@ -51,7 +57,21 @@ enum Command {
 
 fn main() {
     match Cli::parse().command {
-        Command::Serve { app, auth } => serve(&app, &auth),
+        Command::Serve {
+            app,
+            auth,
+            auth_delay_ms,
+        } => serve(&app, &auth, Duration::from_millis(auth_delay_ms)),
+        Command::Tokens => match demo_tokens() {
+            Ok(t) => println!(
+                "{}",
+                json!({"valid": t.valid, "expired": t.expired, "refresh": t.refresh, "tampered": t.tampered})
+            ),
+            Err(e) => {
+                eprintln!("etls-demo: {e}");
+                std::process::exit(2);
+            }
+        },
         Command::CurlLines { proxy } => {
             if let Err(e) = curl_lines(&proxy) {
                 eprintln!("etls-demo: {e}");
@@ -61,12 +81,16 @@ fn main() {
     }
 }
 
-fn serve(app_addr: &str, auth_addr: &str) {
+fn serve(app_addr: &str, auth_addr: &str, auth_delay: Duration) {
     let mut server = Server::new(None).expect("default server configuration");
     server.bootstrap();
     let mut app = Service::new("demo app".into(), DemoApp);
     app.add_tcp(app_addr);
-    let mut auth = Service::new("demo auth API".into(), DemoAuthApi::default());
+    let auth_api = DemoAuthApi {
+        delay: auth_delay,
+        ..DemoAuthApi::default()
+    };
+    let mut auth = Service::new("demo auth API".into(), auth_api);
     auth.add_tcp(auth_addr);
     server.add_service(app);
     server.add_service(auth);
@@ -125,6 +149,7 @@ impl ServeHttp for DemoApp {
 struct DemoAuthApi {
     used: Mutex<HashSet<String>>,
     serial: AtomicU64,
+    delay: Duration,
 }
 
 #[async_trait]
@@ -132,6 +157,10 @@ impl ServeHttp for DemoAuthApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         read_body(session).await;
         let req = session.req_header();
+        if req.method == http::Method::GET && req.uri.path() == "/calls" {
+            let calls = self.serial.load(Ordering::Relaxed);
+            return json_response(200, json!({ "calls": calls }));
+        }
         if req.method != http::Method::POST || req.uri.path() != "/refreshtoken" {
             return json_response(404, json!({"error": "Not found"}));
         }
@@ -155,7 +184,12 @@ impl ServeHttp for DemoAuthApi {
             return json_response(403, json!({"error": "Invalid refresh token"}));
         }
         let n = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
-        println!("etls-demo auth API: refresh #{n}, refresh token rotated");
+        if n <= 10 || n.is_power_of_two() {
+            println!("etls-demo auth API: refresh #{n}, refresh token rotated");
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         json_response(
             200,
             json!({
@@ -180,7 +214,16 @@ fn secret(name: &str) -> Result<Vec<u8>, String> {
         .ok_or_else(|| format!("{name} is not set"))
 }
 
-fn curl_lines(proxy: &str) -> Result<(), String> {
+/// Tokens signed with the secrets in the environment, as the proxy will see them.
+struct DemoTokens {
+    valid: String,
+    expired: String,
+    refresh: String,
+    /// The valid token with an admin payload under its old signature.
+    tampered: String,
+}
+
+fn demo_tokens() -> Result<DemoTokens, String> {
     let times = TokenTimes {
         access_ttl_secs: 900,
         refresh_ttl_secs: 43_200,
@@ -188,21 +231,30 @@ fn curl_lines(proxy: &str) -> Result<(), String> {
         refresh_ahead_secs: 0,
     };
     let keys = TokenKeys::new(&secret("ETLS_ACCESS")?, &secret("ETLS_REFRESH")?, times);
-    let claims: Claims =
-        serde_json::from_value(json!({"username": "demo"})).map_err(|e| e.to_string())?;
+    let claims = |name: &str| -> Result<Claims, String> {
+        serde_json::from_value(json!({ "username": name })).map_err(|e| e.to_string())
+    };
     let now = etls_proxy::unix_now();
     let mint = |r: Result<String, etls_proxy::tokens::MintError>| r.map_err(|e| e.to_string());
-    let valid = mint(keys.mint_access(&claims, now))?;
-    let expired = mint(keys.mint_access(&claims, now - times.access_ttl_secs - 60))?;
-    let refresh = mint(keys.mint_refresh(&claims, now))?;
-    let tampered = {
-        let admin =
-            serde_json::from_value(json!({"username": "admin"})).map_err(|e| e.to_string())?;
-        let forged = mint(keys.mint_access(&admin, now))?;
-        let mut parts: Vec<&str> = valid.split('.').collect();
-        parts[1] = forged.split('.').nth(1).unwrap_or_default();
-        parts.join(".")
-    };
+    let valid = mint(keys.mint_access(&claims("demo")?, now))?;
+    let forged = mint(keys.mint_access(&claims("admin")?, now))?;
+    let mut parts: Vec<&str> = valid.split('.').collect();
+    parts[1] = forged.split('.').nth(1).unwrap_or_default();
+    Ok(DemoTokens {
+        tampered: parts.join("."),
+        expired: mint(keys.mint_access(&claims("demo")?, now - times.access_ttl_secs - 60))?,
+        refresh: mint(keys.mint_refresh(&claims("demo")?, now))?,
+        valid,
+    })
+}
+
+fn curl_lines(proxy: &str) -> Result<(), String> {
+    let DemoTokens {
+        valid,
+        expired,
+        refresh,
+        tampered,
+    } = demo_tokens()?;
     let url = format!("http://{proxy}/dashboard");
     let api = format!("{DEMO_PREFIX}{}", random_hex());
     println!("# 1. a valid access token passes; the app gets the Cookie header untouched:");
