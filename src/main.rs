@@ -4,6 +4,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
 use pingora::server::configuration::Opt;
@@ -11,6 +13,10 @@ use pingora::server::configuration::Opt;
 use etls_proxy::config::{self, Loaded};
 use etls_proxy::proxy::EtlsProxy;
 use etls_proxy::redact::{self, Redactor};
+
+/// See bench/RESULTS.md for the allocators tried.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,9 +91,11 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     server.bootstrap();
     let runtime = Arc::new(runtime);
     let listen = runtime.listen.clone();
+    let read_buffer = runtime.read_buffer_bytes;
     let mut service = http_proxy_service(&server.configuration, EtlsProxy::new(runtime));
     for addr in &listen {
-        service.add_tcp(addr);
+        let buffers = L4BufferSettings::default().read(read_buffer);
+        service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
     server.add_service(service);
     log::info!(

@@ -331,6 +331,16 @@ impl ProxyHttp for EtlsProxy {
         }
     }
 
+    /// A browser that goes away mid-answer is not the proxy's error: keep it out of the error
+    /// log (the per-request debug line still records it).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        *error.esource() == ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+            )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
         log::debug!(

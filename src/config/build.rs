@@ -50,6 +50,13 @@ pub fn build(file: FileConfig, env: Env<'_>) -> Result<Loaded, Vec<Problem>> {
     let tokens = check_tokens(&mut c, &file.tokens, env);
     let cookies = check_cookies(&mut c, &file.cookies);
     let routes = check_routes(&mut c, file.routes);
+    let read_buffer_bytes = file.downstream.read_buffer_bytes;
+    if !(1024..=1024 * 1024).contains(&read_buffer_bytes) {
+        c.problem(
+            "downstream.read_buffer_bytes",
+            "must be between 1024 and 1048576",
+        );
+    }
     if file.refresh.max_entries == 0 {
         c.problem("refresh.max_entries", "must be at least 1");
     }
@@ -87,6 +94,7 @@ pub fn build(file: FileConfig, env: Env<'_>) -> Result<Loaded, Vec<Problem>> {
     Ok(Loaded {
         runtime: RuntimeConfig {
             listen,
+            read_buffer_bytes,
             upstream,
             auth_api,
             keys,

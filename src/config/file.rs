@@ -11,6 +11,8 @@ use serde::Deserialize;
 pub struct FileConfig {
     #[serde(default = "default_listen")]
     pub listen: OneOrMany,
+    #[serde(default)]
+    pub downstream: DownstreamFile,
     /// Pingora's own `ServerConf` keys, checked against the keys Pingora knows.
     #[serde(default)]
     pub pingora: Option<serde_yaml::Value>,
@@ -47,6 +49,23 @@ impl OneOrMany {
 
 fn default_listen() -> OneOrMany {
     OneOrMany::Many(vec!["0.0.0.0:8080".into()])
+}
+
+/// Browser-side connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamFile {
+    /// Per connection; Pingora's default is 64 KiB, sized for TLS records. Request headers fit
+    /// in far less, and bodies stream.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for DownstreamFile {
+    fn default() -> Self {
+        DownstreamFile {
+            read_buffer_bytes: 16 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,6 +33,7 @@ pub fn process_env(name: &str) -> Option<OsString> {
 /// Everything the proxy needs at run time, checked and built once.
 pub struct RuntimeConfig {
     pub listen: Vec<String>,
+    pub read_buffer_bytes: usize,
     pub upstream: HttpPeer,
     pub auth_api: AuthApiSettings,
     pub keys: TokenKeys,
