@@ -231,7 +231,8 @@ def run(args, workdir, procs):
 
     report = [f"# etls-proxy bench, {time.strftime('%Y-%m-%d %H:%M')}",
               f"\nMachine: {os.cpu_count()} cores, {platform_line()}. wrk -t{args.wrk_threads} -c{args.connections} "
-              f"-d{args.duration}s, {args.rounds} rounds alternating, {w} worker(s) per proxy and app."]
+              f"-d{args.duration}s, {args.rounds} rounds alternating, {w} worker(s) per proxy and app; floor and etls-proxy "
+              f"with the same Pingora settings (threads {w}, work_stealing off)."]
     names = {"floor": "floor (bare Pingora)", "etls": "etls-proxy", "nginx": "nginx proxy_pass", "njs": "nginx + njs"}
 
     print("\n== valid: every request carries a valid access token", flush=True)

@@ -5,7 +5,7 @@
 //! we issued ever leads to a refresh.
 
 use crate::cookies::{CookieJar, CookieNames, is_cookie_octets};
-use crate::tokens::{AccessState, Claims, RefreshState, TokenFault, TokenKeys};
+use crate::tokens::{AccessState, RefreshState, TokenFault, TokenKeys};
 
 /// What the decision needs from the configuration.
 pub struct SessionPolicy<'c> {
@@ -28,8 +28,8 @@ pub enum Verdict<'a> {
 
 #[derive(Debug, PartialEq)]
 pub struct RefreshPlan<'a> {
-    /// The verified refresh token's own claims, carried into the new tokens.
-    pub claims: Claims,
+    /// The verified refresh token; its claims are carried into the new tokens.
+    pub refresh_token: &'a [u8],
     /// `name=value; ...` of `send_cookies`, as seed 002 sends them to the auth API: what
     /// identifies the session there, so also what the session key is derived from.
     pub api_cookies: String,
@@ -122,7 +122,7 @@ pub fn assess<'a>(
         Some(keep_access) => Verdict::Forward { keep_access },
         None => Verdict::Refuse(refusal),
     };
-    let claims = match valid_refresh(jar, policy, now) {
+    let refresh_token = match valid_refresh(jar, policy, now) {
         Ok(found) => found,
         Err(refusal) => return refuse(refusal),
     };
@@ -131,7 +131,7 @@ pub fn assess<'a>(
         return refuse(Refusal::NoApiSession);
     }
     Verdict::Refresh(RefreshPlan {
-        claims,
+        refresh_token,
         api_cookies,
         fallback,
     })
@@ -170,16 +170,16 @@ fn best_access<'a>(jar: &CookieJar<'a>, policy: &SessionPolicy<'_>, now: u64) ->
     best
 }
 
-/// The claims of the first refresh token that verifies; otherwise why the first one does not.
-fn valid_refresh(
-    jar: &CookieJar<'_>,
+/// The first refresh token that verifies; otherwise why the first one does not.
+fn valid_refresh<'a>(
+    jar: &CookieJar<'a>,
     policy: &SessionPolicy<'_>,
     now: u64,
-) -> Result<Claims, Refusal> {
+) -> Result<&'a [u8], Refusal> {
     let mut first_problem = None;
     for value in jar.values(&policy.names.refresh_etls) {
         let problem = match policy.keys.check_refresh(value, now) {
-            RefreshState::Valid(claims) => return Ok(claims),
+            RefreshState::Valid => return Ok(value),
             RefreshState::Expired => Refusal::RefreshExpired,
             RefreshState::Invalid(fault) => Refusal::RefreshInvalid(fault),
         };
@@ -409,9 +409,6 @@ mod tests {
             panic!("expected a refresh");
         };
         assert_eq!(plan.api_cookies, "refreshToken=rt-1");
-        assert_eq!(
-            serde_json::Value::Object(plan.claims),
-            json!({"username":"ann"})
-        );
+        assert_eq!(plan.refresh_token, r_ok.as_bytes());
     }
 }

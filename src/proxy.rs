@@ -111,20 +111,23 @@ impl EtlsProxy {
         let key = self.keyer.key(&[plan.api_cookies.as_bytes()]);
         ctx.session = Some(key);
         let (client, config) = (Arc::clone(&self.client), Arc::clone(&self.config));
-        let (claims, api_cookies) = (plan.claims, plan.api_cookies);
-        let (outcome, joined) = self
-            .flights
-            .run(key, move || async move {
+        let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
+        // Only the request that starts the flight copies what the flight needs.
+        let start = move || {
+            let refresh_token = refresh_token.to_vec();
+            async move {
+                let minting = config.minting();
                 renew(
                     &client,
                     &config.auth_api,
-                    &config.minting(),
-                    &claims,
+                    &minting,
+                    &refresh_token,
                     &api_cookies,
                 )
                 .await
-            })
-            .await;
+            }
+        };
+        let (outcome, joined) = self.flights.run(key, start).await;
         match (outcome, purpose) {
             (Ok(renewed), Purpose::RefreshEndpoint) => {
                 ctx.outcome = Outcome::RefreshEndpoint(joined);

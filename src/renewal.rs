@@ -76,16 +76,21 @@ pub struct Minting<'c> {
     pub policy: &'c CookiePolicy,
 }
 
-/// Calls the auth API with the session's cookies, then mints the new session.
+/// Calls the auth API with the session's cookies, then mints the new session carrying the
+/// claims of `refresh_token` (already verified by the decision).
 pub async fn renew(
     client: &AuthApiClient,
     api: &AuthApiSettings,
     minting: &Minting<'_>,
-    claims: &Claims,
+    refresh_token: &[u8],
     api_cookies: &str,
 ) -> Result<Arc<RenewedSession>, RefreshError> {
+    let claims = minting
+        .keys
+        .refresh_claims(refresh_token)
+        .map_err(|fault| RefreshError::Mint(format!("refresh token claims: {fault:?}")))?;
     let tokens = client.refresh(api, api_cookies).await?;
-    mint_session(minting, claims, tokens, crate::unix_now()).map(Arc::new)
+    mint_session(minting, &claims, tokens, crate::unix_now()).map(Arc::new)
 }
 
 /// Seed 000's minting, with seed 002's user token: new `accessTokenEtls` and

@@ -144,9 +144,11 @@ impl AccessState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// What the refresh token says. Its claims are only read (`refresh_claims`) by the request that
+/// actually calls the auth API: the others of the flight and of the grace window need not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshState {
-    Valid(Claims),
+    Valid,
     Expired,
     Invalid(TokenFault),
 }
@@ -265,11 +267,18 @@ impl TokenKeys {
         match self.verify_times(&self.refresh, token, &mut buf, now) {
             Err(fault) => RefreshState::Invalid(fault),
             Ok((0, _)) => RefreshState::Expired,
-            Ok((_, payload)) => match serde_json::from_slice::<Claims>(payload) {
-                Ok(claims) => RefreshState::Valid(session_claims(claims)),
-                Err(_) => RefreshState::Invalid(TokenFault::Claims),
-            },
+            Ok(_) => RefreshState::Valid,
         }
+    }
+
+    /// The session claims of a refresh token `check_refresh` found valid, to carry into the new
+    /// tokens.
+    pub fn refresh_claims(&self, token: &[u8]) -> Result<Claims, TokenFault> {
+        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
+        let payload = self.refresh.verify(token, &mut buf)?;
+        serde_json::from_slice::<Claims>(payload)
+            .map(session_claims)
+            .map_err(|_| TokenFault::Claims)
     }
 
     /// Verifies `token` with `key` and reads its time claims: the seconds it has left, and its
@@ -576,9 +585,8 @@ pub(crate) mod tests {
             Algorithm::HS256,
             json!({"username":"ann","role":"x","exp": NOW + 60,"iat": NOW - 5,"sub":"s"}),
         );
-        let RefreshState::Valid(claims) = k.check_refresh(token.as_bytes(), NOW) else {
-            panic!("valid refresh token refused");
-        };
+        assert_eq!(k.check_refresh(token.as_bytes(), NOW), RefreshState::Valid);
+        let claims = k.refresh_claims(token.as_bytes()).unwrap();
         assert_eq!(Value::Object(claims), json!({"username":"ann","role":"x"}));
         let expired = sign(
             REFRESH,
@@ -618,8 +626,9 @@ pub(crate) mod tests {
         ));
         assert_eq!(
             k.check_refresh(refresh.as_bytes(), NOW + 43_199),
-            RefreshState::Valid(claims.clone())
+            RefreshState::Valid
         );
+        assert_eq!(k.refresh_claims(refresh.as_bytes()), Ok(claims.clone()));
         let header = jsonwebtoken::decode_header(&access).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
     }

@@ -21,6 +21,9 @@ struct Cli {
     upstream: String,
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Pingora's work stealing; off to match etls-proxy's default server settings.
+    #[arg(long)]
+    work_stealing: bool,
 }
 
 struct PassThrough {
@@ -46,6 +49,7 @@ fn main() {
     let cli = Cli::parse();
     let conf = ServerConf {
         threads: cli.threads,
+        work_stealing: cli.work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -159,8 +159,11 @@ fn check_pingora(c: &mut Checker, section: Option<serde_yaml::Value>) -> Option<
     if !ok {
         return None;
     }
-    // Our defaults where Pingora's do not suit a proxy: all cores, and a short drain on SIGTERM.
-    let defaults: [(&str, serde_yaml::Value); 3] = [
+    // Our defaults where Pingora's do not suit this proxy: all cores, one single-threaded
+    // runtime per core (measured faster than work stealing, bench/RESULTS.md), and a short drain
+    // on SIGTERM.
+    let defaults: [(&str, serde_yaml::Value); 4] = [
+        ("work_stealing", false.into()),
         (
             "threads",
             std::thread::available_parallelism()
