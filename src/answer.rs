@@ -63,6 +63,11 @@ impl<'a> Answer<'a> {
         }
     }
 
+    /// Cookie headers over `downstream.max_cookie_bytes`: refused before any token is read.
+    pub fn cookies_too_large() -> Self {
+        Answer::json(431, br#"{"error":"Request Header Fields Too Large"}"#)
+    }
+
     pub fn method_not_allowed() -> Self {
         Answer {
             allow: Some("POST"),

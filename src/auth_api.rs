@@ -48,6 +48,17 @@ pub struct AuthFields {
     pub user: Option<String>,
 }
 
+/// Seed 002's names.
+impl Default for AuthFields {
+    fn default() -> Self {
+        AuthFields {
+            access_token: "accessToken".into(),
+            refresh_token: "refreshToken".into(),
+            user: Some("userData".into()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiTokens {
     pub access_token: String,
@@ -283,11 +294,7 @@ mod tests {
     use super::*;
 
     fn fields() -> AuthFields {
-        AuthFields {
-            access_token: "accessToken".into(),
-            refresh_token: "refreshToken".into(),
-            user: Some("userData".into()),
-        }
+        AuthFields::default()
     }
 
     const JSON: Option<&[u8]> = Some(b"application/json; charset=utf-8");

@@ -284,4 +284,84 @@ mod tests {
             assert!(!is_cookie_name(bad), "{bad:?}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        const MANAGED: [&str; 5] = [
+            "accessTokenEtls",
+            "refreshTokenEtls",
+            "accessToken",
+            "refreshToken",
+            "etlsUser",
+        ];
+
+        /// Bytes a browser may put in a header value, `;` excluded (it separates crumbs).
+        fn text(max: usize) -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(
+                    b" \t!\"#$%&'()*+,-./0123456789:<=>?@AZaz[]^_`{|}~"
+                        .iter()
+                        .map(|b| *b as char)
+                        .chain(['\u{e9}', 'x', 'y'])
+                        .collect::<Vec<_>>(),
+                ),
+                0..max,
+            )
+            .prop_map(|chars| chars.into_iter().collect())
+        }
+
+        fn octets() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(b"abcXYZ019-_.~!#$%&'()*+/:<=>?@[]^`{|}".to_vec()),
+                0..24,
+            )
+            .prop_map(|b| String::from_utf8(b).unwrap())
+        }
+
+        fn crumb() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                prop::sample::select(MANAGED.to_vec()).prop_map(str::to_owned),
+                text(10),
+            ];
+            (name, prop::option::of(text(20)), text(2), text(2)).prop_map(|(n, v, pre, post)| {
+                match v {
+                    Some(v) => format!("{pre}{n}={v}{post}"),
+                    None => format!("{pre}{n}{post}"),
+                }
+            })
+        }
+
+        proptest! {
+            /// Parsing a rewritten Cookie header gives back exactly the input cookies with the
+            /// five values replaced (`fuzzing::check_rewrite` holds the model).
+            #[test]
+            fn rewrite_keeps_every_cookie_and_replaces_the_five(
+                crumbs in prop::collection::vec(crumb(), 0..12),
+                splits in prop::collection::vec(any::<bool>(), 12),
+                values in prop::collection::vec(octets(), 5),
+                take in 0usize..=5,
+            ) {
+                let mut headers = vec![String::new()];
+                for (i, c) in crumbs.iter().enumerate() {
+                    let last = headers.last_mut().unwrap();
+                    if !last.is_empty() {
+                        last.push(';');
+                    }
+                    last.push_str(c);
+                    if splits[i] {
+                        headers.push(String::new());
+                    }
+                }
+                let headers: Vec<&[u8]> = headers.iter().map(|h| h.as_bytes()).collect();
+                let updates: Vec<(&str, &str)> = MANAGED
+                    .iter()
+                    .copied()
+                    .zip(values.iter().map(String::as_str))
+                    .take(take)
+                    .collect();
+                crate::fuzzing::check_rewrite(&headers, &updates);
+            }
+        }
+    }
 }

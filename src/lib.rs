@@ -9,6 +9,8 @@ pub mod config;
 pub mod cookies;
 pub mod decision;
 pub mod flight;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proxy;
 pub mod redact;
 pub mod renewal;

@@ -41,7 +41,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match config::load_file(&cli.conf, &config::process_env) {
+    let loaded = match config::load_file(&cli.conf, config::Outside::process()) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("etls-proxy: configuration refused: {e}");

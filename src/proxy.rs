@@ -53,6 +53,7 @@ pub enum Outcome {
     Refused(Refusal),
     AuthApiFailed,
     MethodNotAllowed,
+    CookiesTooLarge,
 }
 
 #[derive(Default)]
@@ -76,6 +77,7 @@ enum Reply {
     Logout(Option<String>),
     LoggedOut,
     MethodNotAllowed,
+    CookiesTooLarge,
     Refreshed(Arc<RenewedSession>),
     RefreshFailed(RefreshError),
 }
@@ -84,6 +86,12 @@ impl EtlsProxy {
     async fn decide(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Step {
         let config = &self.config;
         let post = req.method == http::Method::POST;
+        let cookies = req.headers.get_all("cookie");
+        let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
+        if cookie_bytes > config.max_cookie_bytes + 2 {
+            ctx.outcome = Outcome::CookiesTooLarge;
+            return Step::Reply(Reply::CookiesTooLarge);
+        }
         let purpose = match config.routes.classify(req.uri.path().as_bytes()) {
             Route::Public => {
                 ctx.outcome = Outcome::Public;
@@ -100,8 +108,7 @@ impl EtlsProxy {
             Route::RefreshEndpoint => Purpose::RefreshEndpoint,
             _ => Purpose::Request,
         };
-        let jar =
-            CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+        let jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
         let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
         let plan = match verdict {
             Verdict::Forward { keep_access } => return self.forward(ctx, &jar, keep_access),
@@ -205,6 +212,7 @@ impl EtlsProxy {
             Reply::Logout(location) => Answer::logout(clear, location.clone()),
             Reply::LoggedOut => Answer::logged_out(clear),
             Reply::MethodNotAllowed => Answer::method_not_allowed(),
+            Reply::CookiesTooLarge => Answer::cookies_too_large(),
             Reply::Refreshed(renewed) => Answer::refreshed(renewed),
             Reply::RefreshFailed(error) => Answer::refresh_failed(error),
         };

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use cookie::SameSite;
@@ -12,7 +12,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::file::{AuthApiFile, CookiesFile, FileConfig, RoutesFile, TokensFile, UpstreamFile};
-use super::{Env, Loaded, Problem, RuntimeConfig};
+use super::{Env, Loaded, Outside, Problem, Resolve, RuntimeConfig};
 use crate::auth_api::{AuthApiSettings, AuthFields};
 use crate::cookies::{CookieNames, is_cookie_name};
 use crate::routes::{Routes, is_local_path};
@@ -41,19 +41,26 @@ impl Checker {
     }
 }
 
-pub fn build(file: FileConfig, env: Env<'_>) -> Result<Loaded, Vec<Problem>> {
+pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Problem>> {
     let mut c = Checker::default();
     let listen = check_listen(&mut c, file.listen.into_vec());
     let server = check_pingora(&mut c, file.pingora);
-    let upstream = check_upstream(&mut c, &file.upstream);
-    let auth_api = check_auth_api(&mut c, &file.auth_api);
-    let tokens = check_tokens(&mut c, &file.tokens, env);
+    let upstream = check_upstream(&mut c, &file.upstream, outside.resolve);
+    let auth_api = check_auth_api(&mut c, &file.auth_api, outside.resolve);
+    let tokens = check_tokens(&mut c, &file.tokens, outside.env);
     let cookies = check_cookies(&mut c, &file.cookies);
     let routes = check_routes(&mut c, file.routes);
     let read_buffer_bytes = file.downstream.read_buffer_bytes;
     if !(1024..=1024 * 1024).contains(&read_buffer_bytes) {
         c.problem(
             "downstream.read_buffer_bytes",
+            "must be between 1024 and 1048576",
+        );
+    }
+    let max_cookie_bytes = file.downstream.max_cookie_bytes;
+    if !(1024..=1024 * 1024).contains(&max_cookie_bytes) {
+        c.problem(
+            "downstream.max_cookie_bytes",
             "must be between 1024 and 1048576",
         );
     }
@@ -95,6 +102,7 @@ pub fn build(file: FileConfig, env: Env<'_>) -> Result<Loaded, Vec<Problem>> {
         runtime: RuntimeConfig {
             listen,
             read_buffer_bytes,
+            max_cookie_bytes,
             upstream,
             auth_api,
             keys,
@@ -203,9 +211,14 @@ fn check_timeout(c: &mut Checker, key: &str, ms: u64) -> Duration {
 }
 
 /// DNS is resolved once, at start (Pingora's `HttpPeer::new` would panic on failure).
-fn resolve(c: &mut Checker, key: &str, host_port: &str) -> Option<SocketAddr> {
-    match host_port.to_socket_addrs() {
-        Ok(mut addrs) => match addrs.next() {
+fn resolve(
+    c: &mut Checker,
+    resolver: Resolve<'_>,
+    key: &str,
+    host_port: &str,
+) -> Option<SocketAddr> {
+    match resolver(host_port) {
+        Ok(addrs) => match addrs.first().copied() {
             Some(a) => Some(a),
             None => {
                 c.problem(key, format!("`{host_port}` resolves to no address"));
@@ -219,7 +232,7 @@ fn resolve(c: &mut Checker, key: &str, host_port: &str) -> Option<SocketAddr> {
     }
 }
 
-fn check_upstream(c: &mut Checker, u: &UpstreamFile) -> Option<HttpPeer> {
+fn check_upstream(c: &mut Checker, u: &UpstreamFile, resolver: Resolve<'_>) -> Option<HttpPeer> {
     let connect = check_timeout(c, "upstream.connect_timeout_ms", u.connect_timeout_ms);
     let read = check_timeout(c, "upstream.read_timeout_ms", u.read_timeout_ms);
     let write = check_timeout(c, "upstream.write_timeout_ms", u.write_timeout_ms);
@@ -233,7 +246,7 @@ fn check_upstream(c: &mut Checker, u: &UpstreamFile) -> Option<HttpPeer> {
             return None;
         }
     };
-    let addr = resolve(c, "upstream.address", &u.address)?;
+    let addr = resolve(c, resolver, "upstream.address", &u.address)?;
     let sni = if u.sni.is_empty() {
         host
     } else {
@@ -254,7 +267,11 @@ fn split_host_port(addr: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port.parse().ok()?))
 }
 
-fn check_auth_api(c: &mut Checker, a: &AuthApiFile) -> Option<AuthApiSettings> {
+fn check_auth_api(
+    c: &mut Checker,
+    a: &AuthApiFile,
+    resolver: Resolve<'_>,
+) -> Option<AuthApiSettings> {
     let timeout = check_timeout(c, "auth_api.timeout_ms", a.timeout_ms);
     if a.send_cookies.is_empty() {
         c.problem(
@@ -318,7 +335,7 @@ fn check_auth_api(c: &mut Checker, a: &AuthApiFile) -> Option<AuthApiSettings> {
         .trim_end_matches(']')
         .to_owned();
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addr = resolve(c, key, &format!("{}:{port}", authority.host()))?;
+    let addr = resolve(c, resolver, key, &format!("{}:{port}", authority.host()))?;
     let mut peer = HttpPeer::new(addr, tls, host);
     peer.options.connection_timeout = Some(timeout);
     peer.options.total_connection_timeout = Some(timeout);
@@ -649,9 +666,16 @@ mod tests {
         }
     }
 
+    fn outside(env: &dyn Fn(&str) -> Option<OsString>) -> Outside<'_> {
+        Outside {
+            env,
+            resolve: &crate::config::system_resolve,
+        }
+    }
+
     fn problems(yaml: &str, vars: &'static [(&'static str, &'static str)]) -> Vec<String> {
         let env = env_with(vars);
-        match build(parse(yaml).expect("parses"), &env) {
+        match build(parse(yaml).expect("parses"), outside(&env)) {
             Ok(_) => vec![],
             Err(p) => p.iter().map(|p| p.to_string()).collect(),
         }
@@ -662,7 +686,8 @@ mod tests {
     #[test]
     fn empty_file_with_secrets_builds_with_seed_defaults() {
         let env = env_with(SECRETS);
-        let loaded = build(parse("# nothing\n").unwrap(), &env).unwrap_or_else(|p| panic!("{p:?}"));
+        let loaded =
+            build(parse("# nothing\n").unwrap(), outside(&env)).unwrap_or_else(|p| panic!("{p:?}"));
         let rt = loaded.runtime;
         assert_eq!(rt.listen, vec!["0.0.0.0:8080"]);
         assert_eq!(rt.names, CookieNames::default());
@@ -687,10 +712,13 @@ mod tests {
             ("ETLS_ACCESS_EXPIRE_TIME", "60"),
             ("ETLS_REFRESH_EXPIRE_TIME", " 120 "),
         ]);
-        let rt = build(parse("tokens: {access_ttl_secs: 5}").unwrap(), &env)
-            .ok()
-            .unwrap()
-            .runtime;
+        let rt = build(
+            parse("tokens: {access_ttl_secs: 5}").unwrap(),
+            outside(&env),
+        )
+        .ok()
+        .unwrap()
+        .runtime;
         assert_eq!(rt.keys.times.access_ttl_secs, 60);
         assert_eq!(rt.keys.times.refresh_ttl_secs, 120);
     }
@@ -698,10 +726,13 @@ mod tests {
     #[test]
     fn user_field_null_is_kept_as_none() {
         let env = env_with(SECRETS);
-        let rt = build(parse("auth_api: {fields: {user: null}}").unwrap(), &env)
-            .ok()
-            .unwrap()
-            .runtime;
+        let rt = build(
+            parse("auth_api: {fields: {user: null}}").unwrap(),
+            outside(&env),
+        )
+        .ok()
+        .unwrap()
+        .runtime;
         assert_eq!(rt.auth_api.fields.user, None);
     }
 
@@ -782,9 +813,12 @@ pingora: {threads: 2, no_such_key: 1}
     #[test]
     fn short_secrets_need_the_explicit_switch_and_warn() {
         let env = env_with(&[("ETLS_ACCESS", "short-a"), ("ETLS_REFRESH", "short-r")]);
-        let loaded = build(parse("tokens: {allow_short_secrets: true}").unwrap(), &env)
-            .ok()
-            .unwrap();
+        let loaded = build(
+            parse("tokens: {allow_short_secrets: true}").unwrap(),
+            outside(&env),
+        )
+        .ok()
+        .unwrap();
         assert_eq!(loaded.warnings.len(), 2);
         assert!(loaded.warnings[0].contains("ETLS_ACCESS"));
     }
@@ -811,7 +845,8 @@ pingora: {threads: 2, no_such_key: 1}
             serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("pingora".into(), all)]))
                 .unwrap();
         let env = env_with(SECRETS);
-        let loaded = build(parse(&yaml).unwrap(), &env).unwrap_or_else(|p| panic!("{p:?}"));
+        let loaded =
+            build(parse(&yaml).unwrap(), outside(&env)).unwrap_or_else(|p| panic!("{p:?}"));
         // Given explicitly, Pingora's own values are kept over etls-proxy's defaults.
         assert_eq!(loaded.server.threads, ServerConf::default().threads);
         assert_eq!(

@@ -58,12 +58,16 @@ pub struct DownstreamFile {
     /// Per connection; Pingora's default is 64 KiB, sized for TLS records. Request headers fit
     /// in far less, and bodies stream.
     pub read_buffer_bytes: usize,
+    /// All Cookie headers of a request together; more is answered 431 before any check.
+    /// Node.js (so Next.js) refuses request headers over 16 KiB by default.
+    pub max_cookie_bytes: usize,
 }
 
 impl Default for DownstreamFile {
     fn default() -> Self {
         DownstreamFile {
             read_buffer_bytes: 16 * 1024,
+            max_cookie_bytes: 16 * 1024,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod file;
 
 use std::ffi::OsString;
 use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -22,18 +23,43 @@ use crate::tokens::TokenKeys;
 
 pub use build::build;
 
-/// Reads one environment variable; injected so tests need not touch the process environment.
+/// Reads one environment variable.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
-/// The process environment.
+/// Resolves `host:port` to addresses.
+pub type Resolve<'a> = &'a dyn Fn(&str) -> std::io::Result<Vec<SocketAddr>>;
+
+/// What a configuration reads besides its file: environment variables and DNS. Injected, so
+/// tests and the fuzzer touch neither the process environment nor the network.
+#[derive(Clone, Copy)]
+pub struct Outside<'a> {
+    pub env: Env<'a>,
+    pub resolve: Resolve<'a>,
+}
+
+impl Outside<'static> {
+    /// The process environment and the system resolver.
+    pub fn process() -> Self {
+        Outside {
+            env: &process_env,
+            resolve: &system_resolve,
+        }
+    }
+}
+
 pub fn process_env(name: &str) -> Option<OsString> {
     std::env::var_os(name)
+}
+
+pub fn system_resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+    host_port.to_socket_addrs().map(Iterator::collect)
 }
 
 /// Everything the proxy needs at run time, checked and built once.
 pub struct RuntimeConfig {
     pub listen: Vec<String>,
     pub read_buffer_bytes: usize,
+    pub max_cookie_bytes: usize,
     pub upstream: HttpPeer,
     pub auth_api: AuthApiSettings,
     pub keys: TokenKeys,
@@ -110,20 +136,20 @@ fn list(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-pub fn load_file(path: &str, env: Env<'_>) -> Result<Loaded, ConfigError> {
+pub fn load_file(path: &str, outside: Outside<'_>) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    load_str(&text, path, env)
+    load_str(&text, path, outside)
 }
 
-pub fn load_str(text: &str, path: &str, env: Env<'_>) -> Result<Loaded, ConfigError> {
+pub fn load_str(text: &str, path: &str, outside: Outside<'_>) -> Result<Loaded, ConfigError> {
     let parsed = file::parse(text).map_err(|message| ConfigError::Syntax {
         path: path.to_owned(),
         message,
     })?;
-    build(parsed, env).map_err(|problems| ConfigError::Invalid {
+    build(parsed, outside).map_err(|problems| ConfigError::Invalid {
         path: path.to_owned(),
         problems,
     })

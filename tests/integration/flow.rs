@@ -6,36 +6,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-const CLEARED: [&str; 5] = [
-    "accessTokenEtls",
-    "refreshTokenEtls",
-    "accessToken",
-    "refreshToken",
-    "etlsUser",
-];
-
-fn assert_logout(r: &Response) {
-    assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(r.json(), json!({"error": "Unauthorized"}));
-    let lines = r.set_cookies();
-    assert_eq!(lines.len(), 5, "{lines:?}");
-    for (line, name) in lines.iter().zip(CLEARED) {
-        assert!(line.starts_with(&format!("{name}=;")), "{line}");
-        assert!(
-            line.contains("Max-Age=0") && line.contains("Path=/"),
-            "{line}"
-        );
-    }
-}
-
-fn expired_session(rt: &str) -> String {
-    format!(
-        "theme=dark; accessTokenEtls={}; refreshTokenEtls={}; accessToken=old-api-access; refreshToken={rt}; etlsUser=old-user; lang=uk",
-        access_token(-30),
-        refresh_token(3600)
-    )
-}
-
 #[tokio::test]
 async fn public_paths_are_forwarded_untouched() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);

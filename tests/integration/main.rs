@@ -6,4 +6,5 @@ mod demo;
 mod endpoints;
 mod flow;
 mod logs;
+mod matrix;
 mod support;

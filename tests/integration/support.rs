@@ -68,6 +68,42 @@ pub fn verifies(token: &str, secret: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sessions and answers shared by the tests
+
+pub const CLEARED: [&str; 5] = [
+    "accessTokenEtls",
+    "refreshTokenEtls",
+    "accessToken",
+    "refreshToken",
+    "etlsUser",
+];
+
+/// Seed 000's logout response: 401 and the five cookies cleared.
+pub fn assert_logout(r: &Response) {
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json(), json!({"error": "Unauthorized"}));
+    let lines = r.set_cookies();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for (line, name) in lines.iter().zip(CLEARED) {
+        assert!(line.starts_with(&format!("{name}=;")), "{line}");
+        assert!(
+            line.contains("Max-Age=0") && line.contains("Path=/"),
+            "{line}"
+        );
+    }
+}
+
+/// A session whose access token has expired and whose refresh token is good; `rt` is the auth
+/// API's refresh token, which the stand-in auth API derives the new tokens from.
+pub fn expired_session(rt: &str) -> String {
+    format!(
+        "theme=dark; accessTokenEtls={}; refreshTokenEtls={}; accessToken=old-api-access; refreshToken={rt}; etlsUser=old-user; lang=uk",
+        access_token(-30),
+        refresh_token(3600)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
 // Stand-in servers
 
 #[derive(Debug, Clone)]
@@ -589,7 +625,9 @@ impl Proxy {
             app,
             auth,
             extra: String::new(),
-            rust_log: "warn",
+            // Every test runs the proxy at its most verbose, and `Drop` checks that nothing
+            // secret reached the log (`assert_no_secrets`).
+            rust_log: "trace",
             env: vec![],
         }
     }
@@ -640,7 +678,30 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            assert_no_secrets(&self.log());
+        }
         let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// What must never appear in a log, whatever a test sent: any JWT (their header always
+/// encodes to `eyJ`), the secrets, the stand-in auth API's tokens, and values tests mark with
+/// `opaque-`. Checked on every proxy a test starts, at `RUST_LOG=trace` unless a test lowers it.
+pub fn assert_no_secrets(log: &str) {
+    for needle in [
+        "eyJ",
+        ACCESS_SECRET,
+        REFRESH_SECRET,
+        "api-access-for-",
+        "api-refresh-after-",
+        "opaque-",
+    ] {
+        if let Some(at) = log.find(needle) {
+            let line = log[..at].rfind('\n').map_or(0, |n| n + 1);
+            let end = log[at..].find('\n').map_or(log.len(), |n| at + n);
+            panic!("`{needle}` reached the proxy's log: {}", &log[line..end]);
+        }
     }
 }
 
