@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 and every load loop has a fixed duration.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -35,8 +36,13 @@ class Processes:
         self.procs = []
 
     def start(self, name, cmd, env=None):
-        log = open(os.path.join(self.workdir, f"{name}.log"), "w")
+        """Starts `cmd` logging to `<name>.log` (appended to, so a restarted process keeps one log)."""
+        log = open(os.path.join(self.workdir, f"{name}.log"), "a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        return self.track(name, proc)
+
+    def track(self, name, proc):
+        """Adds a process started elsewhere, to be stopped with the others."""
         self.procs.append((name, proc))
         return proc
 
@@ -52,6 +58,18 @@ class Processes:
     def stop_all(self):
         for _, proc in reversed(self.procs):
             self.stop(proc)
+
+
+@contextlib.contextmanager
+def harness(prefix):
+    """A fresh work dir and its Processes, all stopped however the run ends (an exception,
+    Ctrl-C or SIGTERM)."""
+    procs = Processes(tempfile.mkdtemp(prefix=prefix))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
 
 
 def free_port():
@@ -94,15 +112,27 @@ def rss_kib(pid):
     return fields
 
 
-def wrk(port, script, args, duration, connections, env, path="/"):
-    cmd = ["wrk", "-t", str(args.wrk_threads), "-c", str(connections), "-d", f"{duration}s",
+def wrk(port, script, args, duration, connections, env, path="/", threads=None, procs=None):
+    """One wrk run: the JSON lines the script prints (bench/report.lua's, and any it adds) merged
+    into one dict. With `procs`, wrk is tracked there, so an interrupted run stops it too."""
+    cmd = ["wrk", "-t", str(threads or args.wrk_threads), "-c", str(connections), "-d", f"{duration}s",
            "--timeout", "10s", "-s", os.path.join(BENCH, script), f"http://127.0.0.1:{port}{path}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60,
-                         env={**os.environ, "BENCH_DIR": BENCH, **env})
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-    if out.returncode != 0 or not lines:
-        sys.exit(f"bench: wrk failed: {out.stdout}\n{out.stderr}")
-    return json.loads(lines[-1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "BENCH_DIR": BENCH, **env})
+    if procs:
+        procs.track("wrk", proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    result = {}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            result.update(json.loads(line))
+    if proc.returncode != 0 or not result:
+        sys.exit(f"bench: wrk failed: {stdout}\n{stderr}")
+    return result
 
 
 def median(results, key):
@@ -154,16 +184,33 @@ def render(template, workdir, name, values):
     return path
 
 
-def etls_config(workdir, name, port, app, auth, threads):
+def etls_config(workdir, name, port, app, auth, threads, **sections):
+    """The proxy's config file; each of `sections` (`refresh={...}`) is merged into that
+    section of the config. Written as JSON, which is YAML."""
+    conf = {
+        "listen": [f"127.0.0.1:{port}"],
+        "pingora": {"threads": threads, "pid_file": f"{workdir}/{name}.pid", "upgrade_sock": f"{workdir}/{name}.sock"},
+        "upstream": {"address": f"127.0.0.1:{app}"},
+        "auth_api": {"refresh_url": f"http://127.0.0.1:{auth}/refreshtoken", "timeout_ms": 10000},
+        "refresh": {"grace_secs": 3600, "max_entries": 100000},
+    }
+    for section, values in sections.items():
+        conf.setdefault(section, {}).update(values)
     path = os.path.join(workdir, f"{name}.yaml")
     with open(path, "w") as f:
-        f.write(f"""listen: ["127.0.0.1:{port}"]
-pingora: {{threads: {threads}, pid_file: "{workdir}/{name}.pid", upgrade_sock: "{workdir}/{name}.sock"}}
-upstream: {{address: "127.0.0.1:{app}"}}
-auth_api: {{refresh_url: "http://127.0.0.1:{auth}/refreshtoken", timeout_ms: 10000}}
-refresh: {{grace_secs: 3600, max_entries: 100000}}
-""")
+        json.dump(conf, f, indent=2)
     return path
+
+
+def demo_tokens(bin_dir=RELEASE):
+    """Tokens signed with SECRETS by etls-demo: `valid`, `expired`, `refresh`, `tampered`."""
+    return json.loads(subprocess.run([os.path.join(bin_dir, "etls-demo"), "tokens"], capture_output=True,
+                                     text=True, check=True, env={**os.environ, **SECRETS}).stdout)
+
+
+def session_cookie(tokens, access):
+    """`accessTokenEtls` (one of `tokens`' names) with the valid refresh token."""
+    return f"accessTokenEtls={tokens[access]}; refreshTokenEtls={tokens['refresh']}"
 
 
 def main():
@@ -178,21 +225,15 @@ def main():
     p.add_argument("--report", default=os.path.join(ROOT, "target", "bench-report.md"))
     args = p.parse_args()
 
-    workdir = tempfile.mkdtemp(prefix="etls-bench-")
-    procs = Processes(workdir)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    try:
-        run(args, workdir, procs)
-    finally:
-        procs.stop_all()
+    with harness("etls-bench-") as procs:
+        run(args, procs.workdir, procs)
 
 
 def run(args, workdir, procs):
     env = dict(SECRETS)
-    tokens = json.loads(subprocess.run([os.path.join(RELEASE, "etls-demo"), "tokens"], capture_output=True,
-                                       text=True, check=True, env={**os.environ, **env}).stdout)
-    valid_cookie = f"accessTokenEtls={tokens['valid']}; refreshTokenEtls={tokens['refresh']}"
-    expired_base = f"accessTokenEtls={tokens['expired']}; refreshTokenEtls={tokens['refresh']}"
+    tokens = demo_tokens()
+    valid_cookie = session_cookie(tokens, "valid")
+    expired_base = session_cookie(tokens, "expired")
     run_id = f"demo-rt-{os.getpid()}-{int(time.time())}-"
 
     ports = {k: free_port() for k in ["app", "auth", "auth_slow", "floor", "etls", "herd", "soak", "nginx", "njs", "unused1", "unused2"]}
