@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -104,8 +104,9 @@ struct Table<T, E> {
 
 pub struct RefreshFlights<T, E> {
     table: Mutex<Table<T, E>>,
-    grace: Duration,
-    max_entries: usize,
+    /// Both may change on a configuration reload; they apply to what is stored from then on.
+    grace_ms: AtomicU64,
+    max_entries: AtomicUsize,
 }
 
 enum Step<T, E> {
@@ -125,9 +126,31 @@ where
                 kept: VecDeque::new(),
                 next_generation: 0,
             }),
-            grace,
-            max_entries: max_entries.max(1),
+            grace_ms: AtomicU64::new(0),
+            max_entries: AtomicUsize::new(1),
         }
+        .with_limits(grace, max_entries)
+    }
+
+    fn with_limits(self, grace: Duration, max_entries: usize) -> Self {
+        self.set_limits(grace, max_entries);
+        self
+    }
+
+    /// New grace window and table bound (a reload); a smaller bound evicts at the next store.
+    pub fn set_limits(&self, grace: Duration, max_entries: usize) {
+        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.grace_ms.store(ms, Ordering::Relaxed);
+        self.max_entries
+            .store(max_entries.max(1), Ordering::Relaxed);
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms.load(Ordering::Relaxed))
+    }
+
+    fn max_entries(&self) -> usize {
+        self.max_entries.load(Ordering::Relaxed)
     }
 
     /// Entries held now, running or kept.
@@ -169,7 +192,7 @@ where
         }
         // Running flights are always tracked, so one session never makes two calls; room is made
         // by dropping the oldest kept results.
-        table.make_room(self.max_entries, 1);
+        table.make_room(self.max_entries(), 1);
         let (tx, rx) = watch::channel(None);
         let generation = table.insert(key, Slot::Running(rx.clone()));
         drop(table);
@@ -225,7 +248,7 @@ where
 {
     fn settle(&mut self, outcome: &Outcome<T, E>) {
         self.settled = true;
-        let grace = self.flights.grace;
+        let grace = self.flights.grace();
         let mut table = self.flights.lock();
         let ours = table
             .entries
@@ -243,7 +266,7 @@ where
                         };
                     }
                     table.kept.push_back((self.key, self.generation));
-                    table.make_room(self.flights.max_entries, 0);
+                    table.make_room(self.flights.max_entries(), 0);
                 }
                 _ => {
                     table.entries.remove(&self.key);

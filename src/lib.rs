@@ -3,6 +3,8 @@
 //!
 //! Modules by concern; everything but `proxy` is plain code testable without a socket.
 
+pub mod access_log;
+pub mod admin;
 pub mod answer;
 pub mod auth_api;
 pub mod config;
@@ -11,8 +13,10 @@ pub mod decision;
 pub mod flight;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod proxy;
 pub mod redact;
+pub mod reload;
 pub mod renewal;
 pub mod routes;
 pub mod set_cookie;

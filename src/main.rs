@@ -9,10 +9,15 @@ use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
 use pingora::server::configuration::Opt;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
+use etls_proxy::admin::AdminApp;
 use etls_proxy::config::{self, Loaded};
-use etls_proxy::proxy::EtlsProxy;
+use etls_proxy::metrics::Metrics;
+use etls_proxy::proxy::{EtlsProxy, Flights};
 use etls_proxy::redact::{self, Redactor};
+use etls_proxy::reload::{LiveConfig, ReloadOnHangup};
 
 /// See bench/RESULTS.md for the allocators tried.
 #[global_allocator]
@@ -58,9 +63,12 @@ fn main() -> ExitCode {
     if !cli.upgrade {
         // Pingora panics on a listener it cannot bind; say which one instead. (With -u the old
         // process holds them and hands them over.)
-        for (i, addr) in loaded.runtime.listen.iter().enumerate() {
+        let listen = loaded.runtime.listen.iter().enumerate();
+        let keys = listen.map(|(i, addr)| (format!("listen[{i}]"), addr));
+        let admin = loaded.runtime.admin_listen.iter();
+        for (key, addr) in keys.chain(admin.map(|a| ("admin.listen".to_owned(), a))) {
             if let Err(e) = std::net::TcpListener::bind(addr) {
-                eprintln!("etls-proxy: listen[{i}]: cannot listen on {addr}: {e}");
+                eprintln!("etls-proxy: {key}: cannot listen on {addr}: {e}");
                 return ExitCode::from(2);
             }
         }
@@ -89,15 +97,35 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
-    let runtime = Arc::new(runtime);
     let listen = runtime.listen.clone();
     let read_buffer = runtime.read_buffer_bytes;
-    let mut service = http_proxy_service(&server.configuration, EtlsProxy::new(runtime));
+    let admin_listen = runtime.admin_listen.clone();
+    let flights = Arc::new(Flights::new(runtime.grace, runtime.max_entries));
+    let live = Arc::new(LiveConfig::new(cli.conf.clone(), runtime));
+    let metrics = Arc::new(Metrics::new());
+    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone());
+    let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &listen {
         let buffers = L4BufferSettings::default().read(read_buffer);
         service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
     server.add_service(service);
+    let reload = ReloadOnHangup {
+        live: live.clone(),
+        flights: flights.clone(),
+        metrics: metrics.clone(),
+    };
+    server.add_service(background_service("reload on SIGHUP", reload));
+    if let Some(addr) = &admin_listen {
+        let admin = AdminApp {
+            live,
+            flights,
+            metrics,
+        };
+        let mut service = Service::new("admin".to_owned(), admin);
+        service.add_tcp(addr);
+        server.add_service(service);
+    }
     log::info!(
         "etls-proxy {} listening on {}",
         env!("CARGO_PKG_VERSION"),

@@ -2,6 +2,7 @@
 //! holds nothing but the shared state those modules need.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::HeaderValue;
@@ -10,32 +11,36 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::access_log::AccessEntry;
 use crate::answer::Answer;
 use crate::auth_api::{AuthApiClient, AuthApiError};
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, assess};
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::metrics::{AuthApiOutcome, Decision, Metrics};
+use crate::reload::LiveConfig;
 use crate::renewal::{RefreshError, RenewedSession, renew};
 use crate::routes::{Route, is_page_navigation};
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
 
 pub struct EtlsProxy {
-    config: Arc<RuntimeConfig>,
+    live: Arc<LiveConfig>,
     flights: Arc<Flights>,
     client: Arc<AuthApiClient>,
     keyer: SessionKeyer,
+    metrics: Arc<Metrics>,
 }
 
 impl EtlsProxy {
-    pub fn new(config: Arc<RuntimeConfig>) -> Self {
-        let flights = Arc::new(Flights::new(config.grace, config.max_entries));
+    pub fn new(live: Arc<LiveConfig>, flights: Arc<Flights>, metrics: Arc<Metrics>) -> Self {
         EtlsProxy {
-            config,
+            live,
             flights,
             client: Arc::new(AuthApiClient::default()),
             keyer: SessionKeyer::default(),
+            metrics,
         }
     }
 }
@@ -56,14 +61,32 @@ pub enum Outcome {
     CookiesTooLarge,
 }
 
-#[derive(Default)]
 pub struct RequestCtx {
+    /// The configuration this request started with, kept through a reload.
+    config: Arc<RuntimeConfig>,
+    started: Instant,
+    /// Time spent waiting for a refresh.
+    auth_wait: Option<Duration>,
     /// The one Cookie header the app gets, when it differs from what the browser sent.
     forward_cookie: Option<HeaderValue>,
     /// Set-Cookie lines to append to the app's answer.
     renewed: Option<Arc<RenewedSession>>,
     pub outcome: Outcome,
     pub session: Option<SessionKey>,
+}
+
+impl RequestCtx {
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        RequestCtx {
+            config,
+            started: Instant::now(),
+            auth_wait: None,
+            forward_cookie: None,
+            renewed: None,
+            outcome: Outcome::Pending,
+            session: None,
+        }
+    }
 }
 
 /// What `request_filter` does once the decision is made.
@@ -84,7 +107,8 @@ enum Reply {
 
 impl EtlsProxy {
     async fn decide(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Step {
-        let config = &self.config;
+        let config = Arc::clone(&ctx.config);
+        let config = config.as_ref();
         let post = req.method == http::Method::POST;
         let cookies = req.headers.get_all("cookie");
         let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
@@ -111,30 +135,37 @@ impl EtlsProxy {
         let jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
         let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
         let plan = match verdict {
-            Verdict::Forward { keep_access } => return self.forward(ctx, &jar, keep_access),
-            Verdict::Refuse(refusal) => return self.refuse(req, ctx, refusal),
+            Verdict::Forward { keep_access } => return forward(config, ctx, &jar, keep_access),
+            Verdict::Refuse(refusal) => return refuse(config, req, ctx, refusal),
             Verdict::Refresh(plan) => plan,
         };
         let key = self.keyer.key(&[plan.api_cookies.as_bytes()]);
         ctx.session = Some(key);
-        let (client, config) = (Arc::clone(&self.client), Arc::clone(&self.config));
+        let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
+        let metrics = Arc::clone(&self.metrics);
         let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
         // Only the request that starts the flight copies what the flight needs.
         let start = move || {
             let refresh_token = refresh_token.to_vec();
             async move {
+                let config = flight_config;
                 let minting = config.minting();
-                renew(
+                let started = Instant::now();
+                let result = renew(
                     &client,
                     &config.auth_api,
                     &minting,
                     &refresh_token,
                     &api_cookies,
                 )
-                .await
+                .await;
+                metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+                result
             }
         };
+        let waiting = Instant::now();
         let (outcome, joined) = self.flights.run(key, start).await;
+        ctx.auth_wait = Some(waiting.elapsed());
         match (outcome, purpose) {
             (Ok(renewed), Purpose::RefreshEndpoint) => {
                 ctx.outcome = Outcome::RefreshEndpoint(joined);
@@ -152,14 +183,14 @@ impl EtlsProxy {
                     "session {} refused by the auth API (HTTP {status})",
                     key.short()
                 );
-                self.refuse(req, ctx, Refusal::AuthApiRejected)
+                refuse(config, req, ctx, Refusal::AuthApiRejected)
             }
             (Err(error), _) => match plan.fallback {
                 Some(keep_access) => {
                     log::warn!(
                         "refresh ahead failed, forwarding on the still valid token: {error}"
                     );
-                    self.forward(ctx, &jar, keep_access)
+                    forward(config, ctx, &jar, keep_access)
                 }
                 None => {
                     log::warn!("session {}: {error}", key.short());
@@ -170,44 +201,8 @@ impl EtlsProxy {
         }
     }
 
-    /// Forwards as sent, but as one Cookie header holding one access token.
-    fn forward(
-        &self,
-        ctx: &mut RequestCtx,
-        jar: &CookieJar<'_>,
-        keep_access: Option<&[u8]>,
-    ) -> Step {
-        if ctx.outcome == Outcome::Pending {
-            ctx.outcome = Outcome::Passed;
-        }
-        if let Some(value) = keep_access {
-            let value = String::from_utf8_lossy(value);
-            let updates = [(self.config.names.access_etls.as_str(), value.as_ref())];
-            ctx.forward_cookie = header_value(rewrite(jar, &updates));
-        } else if jar.is_split() {
-            ctx.forward_cookie = header_value(rewrite::<&str, &str>(jar, &[]));
-        }
-        Step::Forward
-    }
-
-    fn refuse(&self, req: &RequestHeader, ctx: &mut RequestCtx, refusal: Refusal) -> Step {
-        ctx.outcome = Outcome::Refused(refusal);
-        let routes = &self.config.routes;
-        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
-        let navigation = routes.login_redirect.is_some()
-            && is_page_navigation(
-                header("sec-fetch-mode"),
-                header("accept"),
-                req.headers.contains_key("rsc"),
-            );
-        let location = navigation
-            .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
-            .flatten();
-        Step::Reply(Reply::Logout(location))
-    }
-
-    async fn reply(&self, session: &mut Session, reply: Reply) -> Result<()> {
-        let clear = &self.config.clear_cookies;
+    async fn reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
+        let clear = &ctx.config.clear_cookies;
         let answer = match &reply {
             Reply::Logout(location) => Answer::logout(clear, location.clone()),
             Reply::LoggedOut => Answer::logged_out(clear),
@@ -218,6 +213,47 @@ impl EtlsProxy {
         };
         answer.send(session).await
     }
+}
+
+/// Forwards as sent, but as one Cookie header holding one access token.
+fn forward(
+    config: &RuntimeConfig,
+    ctx: &mut RequestCtx,
+    jar: &CookieJar<'_>,
+    keep_access: Option<&[u8]>,
+) -> Step {
+    if ctx.outcome == Outcome::Pending {
+        ctx.outcome = Outcome::Passed;
+    }
+    if let Some(value) = keep_access {
+        let value = String::from_utf8_lossy(value);
+        let updates = [(config.names.access_etls.as_str(), value.as_ref())];
+        ctx.forward_cookie = header_value(rewrite(jar, &updates));
+    } else if jar.is_split() {
+        ctx.forward_cookie = header_value(rewrite::<&str, &str>(jar, &[]));
+    }
+    Step::Forward
+}
+
+fn refuse(
+    config: &RuntimeConfig,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+    refusal: Refusal,
+) -> Step {
+    ctx.outcome = Outcome::Refused(refusal);
+    let routes = &config.routes;
+    let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+    let navigation = routes.login_redirect.is_some()
+        && is_page_navigation(
+            header("sec-fetch-mode"),
+            header("accept"),
+            req.headers.contains_key("rsc"),
+        );
+    let location = navigation
+        .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
+        .flatten();
+    Step::Reply(Reply::Logout(location))
 }
 
 fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
@@ -248,14 +284,14 @@ impl ProxyHttp for EtlsProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx::new(self.live.load())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         match self.decide(session.req_header(), ctx).await {
             Step::Forward => Ok(false),
             Step::Reply(reply) => {
-                self.reply(session, reply).await?;
+                self.reply(session, ctx, reply).await?;
                 Ok(true)
             }
         }
@@ -264,9 +300,9 @@ impl ProxyHttp for EtlsProxy {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.config.upstream.clone()))
+        Ok(Box::new(ctx.config.upstream.clone()))
     }
 
     /// Runs again on each retry with a fresh copy of the request, so the rewrite lives in ctx.
@@ -296,7 +332,7 @@ impl ProxyHttp for EtlsProxy {
         if let Some(renewed) = &ctx.renewed {
             // The app deleting one of our cookies (logging the user out) wins over the refresh;
             // otherwise ours are appended after the app's, never replacing them.
-            let policy = &self.config.cookie_policy;
+            let policy = &ctx.config.cookie_policy;
             let deleted: Vec<String> = response
                 .headers
                 .get_all("set-cookie")
@@ -352,16 +388,55 @@ impl ProxyHttp for EtlsProxy {
             )
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
-        log::debug!(
-            "{} {} -> {} {:?} session={}",
-            session.req_header().method,
-            session.req_header().uri.path(),
-            status,
-            ctx.outcome,
-            ctx.session.map_or_else(|| "-".to_owned(), |k| k.short()),
-        );
+        let app_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
+        let decision = decision(ctx.outcome, status, app_failed);
+        self.metrics.request(decision);
+        if let Some(format) = ctx.config.access_log {
+            let req = session.req_header();
+            AccessEntry {
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                decision: decision.as_str(),
+                total: ctx.started.elapsed(),
+                auth_api: ctx.auth_wait,
+                session: ctx.session.map(|k| k.short()),
+            }
+            .write(format);
+        }
+    }
+}
+
+/// What a request came to, for metrics and the access log.
+fn decision(outcome: Outcome, status: u16, app_failed: bool) -> Decision {
+    match outcome {
+        Outcome::Public | Outcome::Passed | Outcome::Refreshed(_) if app_failed => {
+            Decision::AppError
+        }
+        Outcome::Public => Decision::Public,
+        Outcome::Passed => Decision::Passed,
+        Outcome::Refreshed(Joined::Led) => Decision::Refreshed,
+        Outcome::Refreshed(Joined::Waited) => Decision::Coalesced,
+        Outcome::Refreshed(Joined::Grace) => Decision::GraceHit,
+        Outcome::RefreshEndpoint(_) => Decision::RefreshEndpoint,
+        Outcome::LoggedOut => Decision::LogoutEndpoint,
+        Outcome::Refused(_) if status == 302 => Decision::Redirected,
+        Outcome::Refused(_) => Decision::LoggedOut,
+        Outcome::AuthApiFailed => Decision::AuthApiError,
+        Outcome::Pending | Outcome::MethodNotAllowed | Outcome::CookiesTooLarge => {
+            Decision::Rejected
+        }
+    }
+}
+
+fn auth_api_outcome<T>(result: &std::result::Result<T, RefreshError>) -> AuthApiOutcome {
+    match result {
+        Ok(_) => AuthApiOutcome::Ok,
+        Err(RefreshError::AuthApi(AuthApiError::Rejected(_))) => AuthApiOutcome::Rejected,
+        Err(RefreshError::AuthApi(AuthApiError::Timeout(_))) => AuthApiOutcome::Timeout,
+        Err(_) => AuthApiOutcome::Failed,
     }
 }
 

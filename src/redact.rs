@@ -5,7 +5,9 @@
 //! module passes through `Redactor` before it is written.
 
 use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwap;
 use log::{Log, Metadata, Record};
 
 const MASK: &str = "[redacted]";
@@ -24,6 +26,23 @@ impl Redactor {
             cookie_names,
             secrets: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
         }
+    }
+
+    /// This redactor, also scrubbing what `other` scrubs: after a reload, old secrets and old
+    /// cookie names stay hidden too.
+    pub fn merged(&self, other: &Redactor) -> Redactor {
+        let mut merged = self.clone();
+        for name in &other.cookie_names {
+            if !merged.cookie_names.contains(name) {
+                merged.cookie_names.push(name.clone());
+            }
+        }
+        for secret in &other.secrets {
+            if !merged.secrets.contains(secret) {
+                merged.secrets.push(secret.clone());
+            }
+        }
+        merged
     }
 
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
@@ -181,7 +200,7 @@ fn find_ignore_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// `env_logger`, behind the redactor.
 pub struct RedactingLogger {
     inner: env_logger::Logger,
-    redactor: Redactor,
+    redactor: ArcSwap<Redactor>,
 }
 
 impl Log for RedactingLogger {
@@ -194,7 +213,8 @@ impl Log for RedactingLogger {
             return;
         }
         let text = record.args().to_string();
-        let clean = self.redactor.redact(&text);
+        let redactor = self.redactor.load();
+        let clean = redactor.redact(&text);
         self.inner.log(
             &Record::builder()
                 .args(format_args!("{clean}"))
@@ -224,8 +244,24 @@ pub fn install(redactor: Redactor) {
     let inner =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let level = inner.filter();
-    if log::set_boxed_logger(Box::new(RedactingLogger { inner, redactor })).is_ok() {
+    let logger: &'static RedactingLogger = Box::leak(Box::new(RedactingLogger {
+        inner,
+        redactor: ArcSwap::from_pointee(redactor),
+    }));
+    if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
+        let _ = INSTALLED.set(logger);
+    }
+}
+
+static INSTALLED: OnceLock<&'static RedactingLogger> = OnceLock::new();
+
+/// Adds what a reloaded configuration brings (new secrets, renamed cookies) to what the
+/// installed logger scrubs.
+pub fn extend(more: &Redactor) {
+    if let Some(logger) = INSTALLED.get() {
+        let merged = logger.redactor.load().merged(more);
+        logger.redactor.store(Arc::new(merged));
     }
 }
 

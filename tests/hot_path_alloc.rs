@@ -81,8 +81,26 @@ fn a_valid_request_allocates_nothing() {
         keys: &keys,
         send_cookies: &send,
     };
+    let env = |name: &str| match name {
+        "ETLS_ACCESS" => Some(std::ffi::OsString::from(
+            "hot-path-access-secret-0123456789",
+        )),
+        "ETLS_REFRESH" => Some(std::ffi::OsString::from(
+            "hot-path-refresh-secret-012345678",
+        )),
+        _ => None,
+    };
+    let outside = etls_proxy::config::Outside {
+        env: &env,
+        resolve: &etls_proxy::config::system_resolve,
+    };
+    let runtime = std::sync::Arc::new(
+        etls_proxy::config::load_str("listen: ['127.0.0.1:8080']", "hot.yaml", outside)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .runtime,
+    );
     let decide = || {
-        let ctx = RequestCtx::default();
+        let ctx = RequestCtx::new(std::sync::Arc::clone(&runtime));
         assert_eq!(routes.classify(b"/dashboard/settings"), Route::Protected);
         let jar = CookieJar::from_headers([cookie.as_bytes()]);
         let verdict = assess(&jar, &policy, now, Purpose::Request);

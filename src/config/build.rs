@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::file::{AuthApiFile, CookiesFile, FileConfig, RoutesFile, TokensFile, UpstreamFile};
 use super::{Env, Loaded, Outside, Problem, Resolve, RuntimeConfig};
+use crate::access_log::AccessLogFormat;
 use crate::auth_api::{AuthApiSettings, AuthFields};
 use crate::cookies::{CookieNames, is_cookie_name};
 use crate::routes::{Routes, is_local_path};
@@ -64,6 +65,21 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             "must be between 1024 and 1048576",
         );
     }
+    let admin_listen = check_admin(&mut c, file.admin.listen, &listen);
+    let access_log = if file.log.access {
+        match AccessLogFormat::parse(&file.log.format) {
+            Some(format) => Some(format),
+            None => {
+                c.problem(
+                    "log.format",
+                    format!("`{}` is not `text` or `json`", file.log.format),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     if file.refresh.max_entries == 0 {
         c.problem("refresh.max_entries", "must be at least 1");
     }
@@ -112,6 +128,8 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             routes,
             grace: Duration::from_secs(file.refresh.grace_secs),
             max_entries: file.refresh.max_entries,
+            admin_listen,
+            access_log,
         },
         server,
         warnings: c.warnings,
@@ -137,6 +155,27 @@ fn check_listen(c: &mut Checker, listen: Vec<String>) -> Vec<String> {
         }
     }
     listen
+}
+
+/// The admin listener is off unless set, and never shares an address with the proxy.
+fn check_admin(c: &mut Checker, admin: Option<String>, listen: &[String]) -> Option<String> {
+    let addr = admin?;
+    match addr.parse::<SocketAddr>() {
+        Err(_) => c.problem(
+            "admin.listen",
+            format!("`{addr}` is not an IP:port address (e.g. 127.0.0.1:9901)"),
+        ),
+        Ok(sa) if sa.port() == 0 => c.problem("admin.listen", "port 0 is not a fixed address"),
+        Ok(sa)
+            if listen
+                .iter()
+                .any(|l| l.parse::<SocketAddr>().ok() == Some(sa)) =>
+        {
+            c.problem("admin.listen", format!("`{addr}` is also in `listen`"))
+        }
+        Ok(_) => {}
+    }
+    Some(addr)
 }
 
 /// `pingora:` takes Pingora's own `ServerConf` keys; a typo is refused like anywhere else.

@@ -9,6 +9,10 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// `KEY=VALUE` lines (a Next.js `.env`, a systemd `EnvironmentFile`) read before the process
+    /// environment, and read again on every reload: how secrets change without a restart.
+    #[serde(default)]
+    pub env_file: Option<String>,
     #[serde(default = "default_listen")]
     pub listen: OneOrMany,
     #[serde(default)]
@@ -28,6 +32,35 @@ pub struct FileConfig {
     pub routes: RoutesFile,
     #[serde(default)]
     pub refresh: RefreshFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`. Off when `listen` is unset.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminFile {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFile {
+    /// One line per request on stderr.
+    pub access: bool,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            access: true,
+            format: "text".into(),
+        }
+    }
 }
 
 /// `listen: "127.0.0.1:8080"` and `listen: [..]` both read naturally in YAML.

@@ -13,6 +13,7 @@ use http::HeaderValue;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::access_log::AccessLogFormat;
 use crate::auth_api::AuthApiSettings;
 use crate::cookies::CookieNames;
 use crate::decision::SessionPolicy;
@@ -70,6 +71,10 @@ pub struct RuntimeConfig {
     pub routes: Routes,
     pub grace: Duration,
     pub max_entries: usize,
+    /// Applied at start only (a new listener needs a restart or a graceful upgrade).
+    pub admin_listen: Option<String>,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLogFormat>,
 }
 
 impl RuntimeConfig {
@@ -149,8 +154,85 @@ pub fn load_str(text: &str, path: &str, outside: Outside<'_>) -> Result<Loaded, 
         path: path.to_owned(),
         message,
     })?;
-    build(parsed, outside).map_err(|problems| ConfigError::Invalid {
+    let invalid = |problems| ConfigError::Invalid {
         path: path.to_owned(),
         problems,
-    })
+    };
+    let Some(env_path) = parsed.env_file.clone() else {
+        return build(parsed, outside).map_err(invalid);
+    };
+    let vars = std::fs::read_to_string(&env_path)
+        .map_err(|e| format!("cannot read `{env_path}`: {e}"))
+        .and_then(|text| parse_env_file(&text))
+        .map_err(|message| {
+            invalid(vec![Problem {
+                key: "env_file".into(),
+                message,
+            }])
+        })?;
+    let env = |name: &str| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| OsString::from(v))
+            .or_else(|| (outside.env)(name))
+    };
+    let with_file = Outside {
+        env: &env,
+        resolve: outside.resolve,
+    };
+    build(parsed, with_file).map_err(invalid)
+}
+
+/// `KEY=VALUE` per line; `#` comments, blank lines, an `export ` prefix and one pair of matching
+/// quotes around the value are allowed, as in `.env` files. Errors name the line, never a value.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=VALUE", i + 1));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("line {}: `{key}` is not a variable name", i + 1));
+        }
+        let value = value.trim();
+        let value = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
+            .unwrap_or(value);
+        vars.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files_read_like_dotenv() {
+        let text =
+            "# secrets\n\nETLS_ACCESS=abc\nexport ETLS_REFRESH = \"d e f\"\nQ='x'\nEMPTY=\nA=1=2\n";
+        let vars = parse_env_file(text).unwrap();
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("ETLS_ACCESS"), Some("abc"));
+        assert_eq!(get("ETLS_REFRESH"), Some("d e f"));
+        assert_eq!(get("Q"), Some("x"));
+        assert_eq!(get("EMPTY"), Some(""));
+        assert_eq!(get("A"), Some("1=2"));
+    }
+
+    #[test]
+    fn env_file_errors_name_the_line_never_the_value() {
+        let e = parse_env_file("A=1\nsecret-value-without-key\n").unwrap_err();
+        assert_eq!(e, "line 2: expected KEY=VALUE");
+        let e = parse_env_file("BAD KEY=hidden\n").unwrap_err();
+        assert!(e.starts_with("line 1:") && !e.contains("hidden"), "{e}");
+    }
 }

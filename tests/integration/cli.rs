@@ -42,6 +42,48 @@ fn the_shipped_config_checks_out() {
     assert!(text.contains("is valid"), "{text}");
 }
 
+/// The production starting point of `deploy/`, with its secrets file, and what goes wrong with
+/// the file: the key and the line, never a secret.
+#[test]
+fn the_deploy_config_checks_out_with_its_secrets_file() {
+    let deploy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/etls-proxy.yaml"
+    ))
+    .unwrap();
+    let secrets = TempFile::new(
+        "secrets.env",
+        &format!(
+            "# rotated 2026-11\nETLS_ACCESS={ACCESS_SECRET}\nexport ETLS_REFRESH='{REFRESH_SECRET}'\n"
+        ),
+    );
+    let yaml = deploy.replace("/etc/etls-proxy/secrets.env", secrets.0.to_str().unwrap());
+    let (out, text) = run(&["-t"], &yaml, &[]);
+    assert!(out.status.success(), "{text}");
+    std::fs::write(
+        &secrets.0,
+        format!("ETLS_ACCESS={ACCESS_SECRET}\nETLS_REFRESH {REFRESH_SECRET}\n"),
+    )
+    .unwrap();
+    let (out, text) = run(&["-t"], &yaml, &[]);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("env_file: line 2: expected KEY=VALUE"),
+        "{text}"
+    );
+    assert!(!text.contains(REFRESH_SECRET), "{text}");
+    let (out, text) = run(
+        &["-t"],
+        &deploy.replace("/etc/etls-proxy/secrets.env", "/nonexistent/x.env"),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("env_file: cannot read `/nonexistent/x.env`"),
+        "{text}"
+    );
+}
+
 #[test]
 fn check_never_binds_the_listen_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

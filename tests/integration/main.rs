@@ -7,4 +7,5 @@ mod endpoints;
 mod flow;
 mod logs;
 mod matrix;
+mod ops;
 mod support;

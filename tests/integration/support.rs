@@ -465,7 +465,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     child: Child,
     pub log_path: std::path::PathBuf,
-    _conf: TempFile,
+    conf: TempFile,
+    upstreams: (SocketAddr, SocketAddr),
 }
 
 pub struct TempFile(pub std::path::PathBuf);
@@ -632,7 +633,8 @@ impl<'a> ProxyBuilder<'a> {
                         addr,
                         child,
                         log_path,
-                        _conf: conf,
+                        conf,
+                        upstreams: (self.app, self.auth),
                     };
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -693,6 +695,44 @@ impl Proxy {
 
     pub async fn send(&self, raw: &str) -> Response {
         send_raw(self.addr, raw.as_bytes()).await
+    }
+
+    /// Rewrites the configuration file with `extra` over the base, and sends SIGHUP.
+    pub fn reload_with(&self, extra: &str) {
+        let (app, auth) = self.upstreams;
+        std::fs::write(
+            &self.conf.0,
+            config_yaml(self.addr.port(), app, auth, extra),
+        )
+        .unwrap();
+        self.signal("HUP");
+    }
+
+    /// Writes `text` as the configuration file as is, and sends SIGHUP.
+    pub fn reload_raw(&self, text: &str) {
+        std::fs::write(&self.conf.0, text).unwrap();
+        self.signal("HUP");
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself (after SIGTERM), up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn log(&self) -> String {

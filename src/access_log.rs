@@ -1,0 +1,141 @@
+//! One line per request on stderr, text or JSON. It names the session by a short hash of its
+//! key and the path without its query (a query may carry anything): never a token.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Text,
+    Json,
+}
+
+impl AccessLogFormat {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "text" => Some(AccessLogFormat::Text),
+            "json" => Some(AccessLogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// What one line says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessEntry<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// 0 when nothing was answered (the browser went away).
+    pub status: u16,
+    pub decision: &'a str,
+    pub total: Duration,
+    /// Time this request waited for a refresh (its own auth API call, or the one it shared).
+    pub auth_api: Option<Duration>,
+    pub session: Option<String>,
+}
+
+impl AccessEntry<'_> {
+    pub fn format(&self, format: AccessLogFormat) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        match format {
+            AccessLogFormat::Json => {
+                let mut line = serde_json::json!({
+                    "method": self.method,
+                    "path": self.path,
+                    "status": self.status,
+                    "decision": self.decision,
+                    "ms": round3(ms(self.total)),
+                    "auth_api_ms": self.auth_api.map(|d| round3(ms(d))),
+                    "session": self.session,
+                })
+                .to_string();
+                line.push('\n');
+                line
+            }
+            AccessLogFormat::Text => {
+                let mut line = String::with_capacity(96 + self.path.len());
+                let _ = write!(
+                    line,
+                    "{} {:?} {} {} {:.3}ms auth_api=",
+                    self.method,
+                    self.path,
+                    self.status,
+                    self.decision,
+                    ms(self.total)
+                );
+                let _ = match self.auth_api {
+                    Some(d) => write!(line, "{:.3}ms", ms(d)),
+                    None => write!(line, "-"),
+                };
+                let _ = writeln!(line, " session={}", self.session.as_deref().unwrap_or("-"));
+                line
+            }
+        }
+    }
+
+    /// Written in one call, so lines of concurrent requests never interleave.
+    pub fn write(&self, format: AccessLogFormat) {
+        let line = self.format(format);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> AccessEntry<'static> {
+        AccessEntry {
+            method: "GET",
+            path: "/dash \"x\"",
+            status: 200,
+            decision: "refreshed",
+            total: Duration::from_micros(12_345),
+            auth_api: Some(Duration::from_micros(10_000)),
+            session: Some("a1b2c3d4".into()),
+        }
+    }
+
+    #[test]
+    fn text_lines_quote_the_path_and_end_with_a_newline() {
+        assert_eq!(
+            entry().format(AccessLogFormat::Text),
+            "GET \"/dash \\\"x\\\"\" 200 refreshed 12.345ms auth_api=10.000ms session=a1b2c3d4\n"
+        );
+        let plain = AccessEntry {
+            auth_api: None,
+            session: None,
+            ..entry()
+        };
+        assert!(
+            plain
+                .format(AccessLogFormat::Text)
+                .ends_with("auth_api=- session=-\n")
+        );
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each() {
+        let line = entry().format(AccessLogFormat::Json);
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], "/dash \"x\"");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["decision"], "refreshed");
+        assert_eq!(v["ms"], 12.345);
+        assert_eq!(v["auth_api_ms"], 10.0);
+        assert_eq!(v["session"], "a1b2c3d4");
+    }
+
+    #[test]
+    fn formats_are_named_text_and_json_only() {
+        assert_eq!(AccessLogFormat::parse("json"), Some(AccessLogFormat::Json));
+        assert_eq!(AccessLogFormat::parse("text"), Some(AccessLogFormat::Text));
+        assert_eq!(AccessLogFormat::parse("JSON"), None);
+    }
+}

@@ -1,0 +1,135 @@
+//! The running configuration and its reload: SIGHUP re-reads the YAML and the secret env vars,
+//! checks all of it, and swaps it in at once. A request keeps the configuration it started
+//! with; a refused file leaves the running one in place.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{ConfigError, Loaded, Outside, RuntimeConfig, load_file};
+use crate::metrics::Metrics;
+use crate::proxy::Flights;
+use crate::redact::{self, Redactor};
+
+pub struct LiveConfig {
+    current: ArcSwap<RuntimeConfig>,
+    path: String,
+}
+
+/// What a reload changed that only a restart (or a graceful upgrade) applies.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub needs_restart: Vec<&'static str>,
+    pub warnings: Vec<String>,
+}
+
+impl LiveConfig {
+    pub fn new(path: impl Into<String>, runtime: RuntimeConfig) -> Self {
+        LiveConfig {
+            current: ArcSwap::from_pointee(runtime),
+            path: path.into(),
+        }
+    }
+
+    pub fn load(&self) -> Arc<RuntimeConfig> {
+        self.current.load_full()
+    }
+
+    /// Loads the file again and, when it checks out, makes it the running configuration.
+    pub fn reload(&self, outside: Outside<'_>) -> Result<(Applied, Loaded), ConfigError> {
+        let loaded = load_file(&self.path, outside)?;
+        Ok((self.apply(&loaded), loaded))
+    }
+
+    fn apply(&self, loaded: &Loaded) -> Applied {
+        let (old, new) = (self.current.load(), &loaded.runtime);
+        let mut needs_restart = Vec::new();
+        if old.listen != new.listen {
+            needs_restart.push("listen");
+        }
+        if old.read_buffer_bytes != new.read_buffer_bytes {
+            needs_restart.push("downstream.read_buffer_bytes");
+        }
+        if old.admin_listen != new.admin_listen {
+            needs_restart.push("admin.listen");
+        }
+        Applied {
+            needs_restart,
+            warnings: loaded.warnings.clone(),
+        }
+    }
+
+    fn swap(&self, runtime: RuntimeConfig) {
+        self.current.store(Arc::new(runtime));
+    }
+}
+
+/// Waits for SIGHUP and reloads; one log line per reload says what happened.
+pub struct ReloadOnHangup {
+    pub live: Arc<LiveConfig>,
+    pub flights: Arc<Flights>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ReloadOnHangup {
+    pub fn reload_now(&self) -> bool {
+        match self.live.reload(Outside::process()) {
+            Ok((applied, loaded)) => {
+                let Loaded {
+                    runtime, secrets, ..
+                } = loaded;
+                redact::extend(&Redactor::new(
+                    runtime.names.all().map(String::from).to_vec(),
+                    secrets,
+                ));
+                self.flights.set_limits(runtime.grace, runtime.max_entries);
+                self.live.swap(runtime);
+                for warning in &applied.warnings {
+                    log::warn!("{warning}");
+                }
+                let restart = if applied.needs_restart.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} changed and take(s) effect only after a restart or graceful upgrade",
+                        applied.needs_restart.join(", ")
+                    )
+                };
+                log::info!("configuration reloaded from {}{restart}", self.live.path);
+                self.metrics.reload(true);
+                true
+            }
+            Err(e) => {
+                let one_line = e.to_string().replace('\n', " ");
+                log::error!("configuration reload refused, the running one stays: {one_line}");
+                self.metrics.reload(false);
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload is off: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {
+                    self.reload_now();
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
