@@ -13,6 +13,7 @@ pub mod decision;
 pub mod flight;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod redact;

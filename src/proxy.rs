@@ -67,6 +67,8 @@ pub struct RequestCtx {
     started: Instant,
     /// Time spent waiting for a refresh.
     auth_wait: Option<Duration>,
+    /// Identity headers from the verified (or freshly minted) access token.
+    identity: Vec<(http::HeaderName, HeaderValue)>,
     /// The one Cookie header the app gets, when it differs from what the browser sent.
     forward_cookie: Option<HeaderValue>,
     /// Set-Cookie lines to append to the app's answer.
@@ -81,6 +83,7 @@ impl RequestCtx {
             config,
             started: Instant::now(),
             auth_wait: None,
+            identity: Vec::new(),
             forward_cookie: None,
             renewed: None,
             outcome: Outcome::Pending,
@@ -175,6 +178,13 @@ impl EtlsProxy {
                 ctx.outcome = Outcome::Refreshed(joined);
                 let updates: Vec<(&str, &str)> = renewed.cookies().collect();
                 ctx.forward_cookie = header_value(rewrite(&jar, &updates));
+                if !config.identity.is_empty()
+                    && let Some((_, token)) = updates
+                        .iter()
+                        .find(|(name, _)| *name == config.names.access_etls)
+                {
+                    ctx.identity = config.identity.from_verified(token.as_bytes());
+                }
                 ctx.renewed = Some(renewed);
                 Step::Forward
             }
@@ -231,6 +241,11 @@ fn forward(
         ctx.forward_cookie = header_value(rewrite(jar, &updates));
     } else if jar.is_split() {
         ctx.forward_cookie = header_value(rewrite::<&str, &str>(jar, &[]));
+    }
+    if !config.identity.is_empty()
+        && let Some(token) = keep_access.or_else(|| jar.get(&config.names.access_etls))
+    {
+        ctx.identity = config.identity.from_verified(token);
     }
     Step::Forward
 }
@@ -315,6 +330,13 @@ impl ProxyHttp for EtlsProxy {
         if let Some(cookie) = &ctx.forward_cookie {
             upstream_request.remove_header("cookie");
             upstream_request.insert_header("cookie", cookie.clone())?;
+        }
+        // Whatever the client sent under an identity header's name never reaches the app.
+        for name in ctx.config.identity.names() {
+            upstream_request.remove_header(name);
+        }
+        for (name, value) in &ctx.identity {
+            upstream_request.insert_header(name.clone(), value.clone())?;
         }
         Ok(())
     }

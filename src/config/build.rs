@@ -1,7 +1,7 @@
 //! One validation pass over the whole file: every problem is collected with the key's path, and
 //! the runtime configuration is only built when there are none.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,9 +16,11 @@ use super::{Env, Loaded, Outside, Problem, Resolve, RuntimeConfig};
 use crate::access_log::AccessLogFormat;
 use crate::auth_api::{AuthApiSettings, AuthFields};
 use crate::cookies::{CookieNames, is_cookie_name};
+use crate::identity::{IdentityHeaders, is_reserved};
 use crate::routes::{Routes, is_local_path};
 use crate::set_cookie::{CookiePolicy, header_value};
 use crate::tokens::{TokenKeys, TokenTimes};
+use http::HeaderName;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -66,20 +68,15 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
         );
     }
     let admin_listen = check_admin(&mut c, file.admin.listen, &listen);
-    let access_log = if file.log.access {
-        match AccessLogFormat::parse(&file.log.format) {
-            Some(format) => Some(format),
-            None => {
-                c.problem(
-                    "log.format",
-                    format!("`{}` is not `text` or `json`", file.log.format),
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let identity = check_identity(&mut c, &file.upstream_headers);
+    let format = AccessLogFormat::parse(&file.log.format);
+    if format.is_none() {
+        c.problem(
+            "log.format",
+            format!("`{}` is not `text` or `json`", file.log.format),
+        );
+    }
+    let access_log = format.filter(|_| file.log.access);
     if file.refresh.max_entries == 0 {
         c.problem("refresh.max_entries", "must be at least 1");
     }
@@ -130,6 +127,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             max_entries: file.refresh.max_entries,
             admin_listen,
             access_log,
+            identity,
         },
         server,
         warnings: c.warnings,
@@ -155,6 +153,26 @@ fn check_listen(c: &mut Checker, listen: Vec<String>) -> Vec<String> {
         }
     }
     listen
+}
+
+/// Each claim names one header; a header is named once, and never one that frames the request.
+fn check_identity(c: &mut Checker, map: &BTreeMap<String, String>) -> IdentityHeaders {
+    let mut seen = HashSet::new();
+    let mut identity = IdentityHeaders::default();
+    for (claim, header) in map {
+        let key = format!("upstream_headers.{claim}");
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Err(_) => c.problem(key, format!("`{header}` is not a header name")),
+            Ok(name) if is_reserved(&name) => {
+                c.problem(key, format!("`{header}` cannot carry identity"))
+            }
+            Ok(name) if !seen.insert(name.clone()) => {
+                c.problem(key, format!("`{header}` is mapped from two claims"))
+            }
+            Ok(name) => identity.map.push((claim.clone(), name)),
+        }
+    }
+    identity
 }
 
 /// The admin listener is off unless set, and never shares an address with the proxy.
@@ -773,6 +791,39 @@ mod tests {
         .unwrap()
         .runtime;
         assert_eq!(rt.auth_api.fields.user, None);
+    }
+
+    #[test]
+    fn operations_keys_are_checked_with_their_paths() {
+        let yaml = r#"
+listen: ["127.0.0.1:8080"]
+admin: {listen: "127.0.0.1:8080"}
+log: {format: xml}
+downstream: {max_cookie_bytes: 10}
+upstream_headers: {username: Cookie, role: "bad name", id: X-User, sub: x-user}
+"#;
+        let got = problems(yaml, SECRETS);
+        let keys: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "downstream.max_cookie_bytes",
+                "admin.listen",
+                "upstream_headers.role",
+                "upstream_headers.sub",
+                "upstream_headers.username",
+                "log.format",
+            ],
+            "{got:?}"
+        );
+        let env = env_with(SECRETS);
+        let ok = "admin: {listen: '127.0.0.1:9901'}\nlog: {access: false, format: json}\nupstream_headers: {username: X-Etls-User}";
+        let rt = build(parse(ok).unwrap(), outside(&env))
+            .unwrap_or_else(|p| panic!("{p:?}"))
+            .runtime;
+        assert_eq!(rt.admin_listen.as_deref(), Some("127.0.0.1:9901"));
+        assert_eq!(rt.access_log, None);
+        assert_eq!(rt.identity.map.len(), 1);
     }
 
     #[test]

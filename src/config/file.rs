@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub routes: RoutesFile,
     #[serde(default)]
     pub refresh: RefreshFile,
+    /// Claim of the verified access token → request header sent to the app.
+    #[serde(default)]
+    pub upstream_headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub admin: AdminFile,
     #[serde(default)]

@@ -17,6 +17,7 @@ use crate::access_log::AccessLogFormat;
 use crate::auth_api::AuthApiSettings;
 use crate::cookies::CookieNames;
 use crate::decision::SessionPolicy;
+use crate::identity::IdentityHeaders;
 use crate::renewal::Minting;
 use crate::routes::Routes;
 use crate::set_cookie::CookiePolicy;
@@ -75,6 +76,7 @@ pub struct RuntimeConfig {
     pub admin_listen: Option<String>,
     /// `None`: no access log.
     pub access_log: Option<AccessLogFormat>,
+    pub identity: IdentityHeaders,
 }
 
 impl RuntimeConfig {

@@ -353,3 +353,43 @@ async fn a_reload_rereads_the_env_file_so_secrets_change_without_a_restart() {
     .await;
     assert_eq!(proxy.get("/", &token(first)).await.status, 401);
 }
+
+#[tokio::test]
+async fn identity_headers_come_from_the_token_and_never_from_the_client() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("upstream_headers: {username: X-Etls-User, role: X-Etls-Role}")
+        .start()
+        .await;
+    let token = sign(
+        ACCESS_SECRET,
+        serde_json::json!({"username": "ann", "role": "editor", "exp": now() + 600}),
+    );
+    let spoofed = format!(
+        "GET /page HTTP/1.1\r\nHost: x\r\nX-Etls-User: admin\r\nx-etls-role: owner\r\nX-Etls-User: root\r\nCookie: accessTokenEtls={token}\r\n\r\n"
+    );
+    assert_eq!(proxy.send(&spoofed).await.status, 200);
+    let seen = app.last();
+    assert_eq!(seen.all("x-etls-user"), vec!["ann"]);
+    assert_eq!(seen.all("x-etls-role"), vec!["editor"]);
+
+    // On a public path nothing is verified, so nothing is vouched for: the headers are dropped.
+    let public = "GET /_next/static/a.js HTTP/1.1\r\nHost: x\r\nX-Etls-User: admin\r\n\r\n";
+    assert_eq!(proxy.send(public).await.status, 200);
+    assert!(app.last().all("x-etls-user").is_empty());
+
+    // After a refresh: the claims carried into the new token (`username` of the refresh token).
+    let r = proxy
+        .send(&format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Etls-User: admin\r\nCookie: {}\r\n\r\n",
+            expired_session("opaque-identity")
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = app.last();
+    assert_eq!(seen.all("x-etls-user"), vec!["ann"]);
+    assert!(
+        seen.all("x-etls-role").is_empty(),
+        "the refresh token has no role"
+    );
+}
