@@ -62,7 +62,7 @@ impl AdminApp {
     async fn listening(&self) -> bool {
         let config = self.live.load();
         for listen in &config.listen {
-            let Some(addr) = probe_address(listen) else {
+            let Some(addr) = probe_address(&listen.address) else {
                 return false;
             };
             let connect = tokio::net::TcpStream::connect(addr);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use pingora::listeners::ListenerConfig;
+use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
         // Pingora panics on a listener it cannot bind; say which one instead. (With -u the old
         // process holds them and hands them over.)
         let listen = loaded.runtime.listen.iter().enumerate();
-        let keys = listen.map(|(i, addr)| (format!("listen[{i}]"), addr));
+        let keys = listen.map(|(i, l)| (format!("listen[{i}]"), &l.address));
         let admin = loaded.runtime.admin_listen.iter();
         for (key, addr) in keys.chain(admin.map(|a| ("admin.listen".to_owned(), a))) {
             if let Err(e) = std::net::TcpListener::bind(addr) {
@@ -105,9 +106,22 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone());
     let mut service = http_proxy_service(&server.configuration, proxy);
-    for addr in &listen {
+    for listener in &listen {
         let buffers = L4BufferSettings::default().read(read_buffer);
-        service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
+        let mut endpoint = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);
+        if let Some(tls) = &listener.tls {
+            // Checked by the configuration (files read, pair usable); HTTP/2 offered by ALPN.
+            let mut settings = match TlsSettings::intermediate(&tls.cert, &tls.key) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("etls-proxy: {}: TLS: {e}", listener.address);
+                    return ExitCode::from(2);
+                }
+            };
+            settings.enable_h2();
+            endpoint = endpoint.tls(settings);
+        }
+        service.add_listener(endpoint);
     }
     server.add_service(service);
     let reload = ReloadOnHangup {
@@ -129,7 +143,14 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     log::info!(
         "etls-proxy {} listening on {}",
         env!("CARGO_PKG_VERSION"),
-        listen.join(", ")
+        listen
+            .iter()
+            .map(|l| match l.tls {
+                Some(_) => format!("https://{}", l.address),
+                None => format!("http://{}", l.address),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     server.run_forever()
 }

@@ -11,8 +11,9 @@ use http::Uri;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::file::ListenFile;
 use super::file::{AuthApiFile, CookiesFile, FileConfig, RoutesFile, TokensFile, UpstreamFile};
-use super::{Env, Loaded, Outside, Problem, Resolve, RuntimeConfig};
+use super::{Env, Listener, Loaded, Outside, Problem, Resolve, RuntimeConfig, TlsFiles};
 use crate::access_log::AccessLogFormat;
 use crate::auth_api::{AuthApiSettings, AuthFields};
 use crate::cookies::{CookieNames, is_cookie_name};
@@ -51,7 +52,8 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
     let upstream = check_upstream(&mut c, &file.upstream, outside.resolve);
     let auth_api = check_auth_api(&mut c, &file.auth_api, outside.resolve);
     let tokens = check_tokens(&mut c, &file.tokens, outside.env);
-    let cookies = check_cookies(&mut c, &file.cookies);
+    let any_tls = listen.iter().any(|l| l.tls.is_some());
+    let cookies = check_cookies(&mut c, &file.cookies, any_tls);
     let routes = check_routes(&mut c, file.routes);
     let read_buffer_bytes = file.downstream.read_buffer_bytes;
     if !(1024..=1024 * 1024).contains(&read_buffer_bytes) {
@@ -135,24 +137,57 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
     })
 }
 
-fn check_listen(c: &mut Checker, listen: Vec<String>) -> Vec<String> {
+fn check_listen(c: &mut Checker, listen: Vec<ListenFile>) -> Vec<Listener> {
     if listen.is_empty() {
         c.problem("listen", "needs at least one address");
     }
     let mut seen = HashSet::new();
-    for (i, addr) in listen.iter().enumerate() {
+    let mut checked = Vec::with_capacity(listen.len());
+    for (i, entry) in listen.into_iter().enumerate() {
         let key = format!("listen[{i}]");
+        let (addr, tls) = entry.into_parts();
         match addr.parse::<SocketAddr>() {
             Err(_) => c.problem(
-                key,
+                &key,
                 format!("`{addr}` is not an IP:port address (e.g. 0.0.0.0:8080)"),
             ),
-            Ok(sa) if sa.port() == 0 => c.problem(key, "port 0 is not a fixed address"),
-            Ok(sa) if !seen.insert(sa) => c.problem(key, format!("`{addr}` is listed twice")),
+            Ok(sa) if sa.port() == 0 => c.problem(&key, "port 0 is not a fixed address"),
+            Ok(sa) if !seen.insert(sa) => c.problem(&key, format!("`{addr}` is listed twice")),
             Ok(_) => {}
         }
+        let tls = tls.map(|t| {
+            if let Err(message) = check_certificate(&t.cert, &t.key) {
+                c.problem(format!("{key}.tls"), message);
+            }
+            TlsFiles {
+                cert: t.cert,
+                key: t.key,
+            }
+        });
+        checked.push(Listener { address: addr, tls });
     }
-    listen
+    checked
+}
+
+/// The certificate and key load and belong together, as the listener will need them: checked
+/// here so a bad pair is refused with its key, not found by Pingora at start.
+fn check_certificate(cert: &str, key: &str) -> Result<(), String> {
+    use pingora::tls::{ServerConfig, install_default_crypto_provider, load_certs_and_key_files};
+    install_default_crypto_provider();
+    let (certs, key_der) = match load_certs_and_key_files(cert, key) {
+        Ok(Some(pair)) => pair,
+        Ok(None) => {
+            return Err(format!(
+                "no certificate in `{cert}` or no private key in `{key}`"
+            ));
+        }
+        Err(e) => return Err(format!("cannot read `{cert}` / `{key}`: {e}")),
+    };
+    ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map(|_| ())
+        .map_err(|e| format!("`{cert}` and `{key}` do not make a usable pair: {e}"))
 }
 
 /// Each claim names one header; a header is named once, and never one that frames the request.
@@ -176,7 +211,7 @@ fn check_identity(c: &mut Checker, map: &BTreeMap<String, String>) -> IdentityHe
 }
 
 /// The admin listener is off unless set, and never shares an address with the proxy.
-fn check_admin(c: &mut Checker, admin: Option<String>, listen: &[String]) -> Option<String> {
+fn check_admin(c: &mut Checker, admin: Option<String>, listen: &[Listener]) -> Option<String> {
     let addr = admin?;
     match addr.parse::<SocketAddr>() {
         Err(_) => c.problem(
@@ -187,7 +222,7 @@ fn check_admin(c: &mut Checker, admin: Option<String>, listen: &[String]) -> Opt
         Ok(sa)
             if listen
                 .iter()
-                .any(|l| l.parse::<SocketAddr>().ok() == Some(sa)) =>
+                .any(|l| l.address.parse::<SocketAddr>().ok() == Some(sa)) =>
         {
             c.problem("admin.listen", format!("`{addr}` is also in `listen`"))
         }
@@ -563,7 +598,12 @@ fn ttl(
     Some(value)
 }
 
-fn check_cookies(c: &mut Checker, k: &CookiesFile) -> Option<(CookieNames, CookiePolicy)> {
+fn check_cookies(
+    c: &mut Checker,
+    k: &CookiesFile,
+    any_tls: bool,
+) -> Option<(CookieNames, CookiePolicy)> {
+    let secure = k.secure.unwrap_or(any_tls);
     let n = &k.names;
     let names = CookieNames {
         access_etls: n.access_etls.clone(),
@@ -608,7 +648,7 @@ fn check_cookies(c: &mut Checker, k: &CookiesFile) -> Option<(CookieNames, Cooki
             None
         }
     };
-    if same_site == Some(SameSite::None) && !k.secure {
+    if same_site == Some(SameSite::None) && !secure {
         c.problem(
             "cookies.same_site",
             "None needs cookies.secure: true (browsers drop it otherwise)",
@@ -638,7 +678,7 @@ fn check_cookies(c: &mut Checker, k: &CookiesFile) -> Option<(CookieNames, Cooki
         max_age_secs: k.max_age_secs,
         path: k.path.clone(),
         domain: k.domain.clone(),
-        secure: k.secure,
+        secure,
         same_site: same_site?,
     };
     ok.then_some((names, policy))
@@ -746,7 +786,8 @@ mod tests {
         let loaded =
             build(parse("# nothing\n").unwrap(), outside(&env)).unwrap_or_else(|p| panic!("{p:?}"));
         let rt = loaded.runtime;
-        assert_eq!(rt.listen, vec!["0.0.0.0:8080"]);
+        assert_eq!(rt.listen[0].address, "0.0.0.0:8080");
+        assert_eq!(rt.listen[0].tls, None);
         assert_eq!(rt.names, CookieNames::default());
         assert_eq!(rt.cookie_policy, CookiePolicy::default());
         assert_eq!(rt.keys.times.access_ttl_secs, 900);

@@ -70,12 +70,46 @@ impl Default for LogFile {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+    One(ListenFile),
+    Many(Vec<ListenFile>),
+}
+
+/// A listener: an address, or `{address, tls: {cert, key}}` for HTTPS (and HTTP/2 by ALPN).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ListenFile {
+    Plain(String),
+    Detailed(ListenerFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+impl ListenFile {
+    pub fn into_parts(self) -> (String, Option<TlsFile>) {
+        match self {
+            ListenFile::Plain(address) => (address, None),
+            ListenFile::Detailed(l) => (l.address, l.tls),
+        }
+    }
 }
 
 impl OneOrMany {
-    pub fn into_vec(self) -> Vec<String> {
+    pub fn into_vec(self) -> Vec<ListenFile> {
         match self {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
@@ -84,7 +118,7 @@ impl OneOrMany {
 }
 
 fn default_listen() -> OneOrMany {
-    OneOrMany::Many(vec!["0.0.0.0:8080".into()])
+    OneOrMany::Many(vec![ListenFile::Plain("0.0.0.0:8080".into())])
 }
 
 /// Browser-side connections.
@@ -256,7 +290,8 @@ pub struct CookiesFile {
     #[serde(default)]
     pub domain: Option<String>,
     #[serde(default)]
-    pub secure: bool,
+    /// Default: true when any listener has TLS.
+    pub secure: Option<bool>,
     #[serde(default = "default_same_site")]
     pub same_site: String,
 }
@@ -268,7 +303,7 @@ impl Default for CookiesFile {
             max_age_secs: default_max_age(),
             path: default_path(),
             domain: None,
-            secure: false,
+            secure: None,
             same_site: default_same_site(),
         }
     }

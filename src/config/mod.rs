@@ -57,9 +57,22 @@ pub fn system_resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
     host_port.to_socket_addrs().map(Iterator::collect)
 }
 
+/// A proxy listener as checked: the address, and the certificate files when it is HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: String,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+}
+
 /// Everything the proxy needs at run time, checked and built once.
 pub struct RuntimeConfig {
-    pub listen: Vec<String>,
+    pub listen: Vec<Listener>,
     pub read_buffer_bytes: usize,
     pub max_cookie_bytes: usize,
     pub upstream: HttpPeer,

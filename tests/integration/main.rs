@@ -9,3 +9,4 @@ mod logs;
 mod matrix;
 mod ops;
 mod support;
+mod tls;

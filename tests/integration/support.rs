@@ -580,6 +580,8 @@ pub struct ProxyBuilder<'a> {
     extra: String,
     rust_log: &'a str,
     env: Vec<(&'a str, String)>,
+    /// `(cert, key)`: the proxy's listener speaks HTTPS (and HTTP/2).
+    tls: Option<(String, String)>,
 }
 
 impl<'a> ProxyBuilder<'a> {
@@ -593,6 +595,11 @@ impl<'a> ProxyBuilder<'a> {
         self
     }
 
+    pub fn tls(mut self, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        self.tls = Some((cert.display().to_string(), key.display().to_string()));
+        self
+    }
+
     pub fn env(mut self, name: &'a str, value: &str) -> Self {
         self.env.push((name, value.to_owned()));
         self
@@ -601,10 +608,16 @@ impl<'a> ProxyBuilder<'a> {
     pub async fn start(self) -> Proxy {
         for _ in 0..5 {
             let port = free_port();
-            let conf = TempFile::new(
-                "conf.yaml",
-                &config_yaml(port, self.app, self.auth, &self.extra),
-            );
+            let mut yaml = config_yaml(port, self.app, self.auth, &self.extra);
+            if let Some((cert, key)) = &self.tls {
+                let listen = format!(
+                    "listen: [{{address: '127.0.0.1:{port}', tls: {{cert: '{cert}', key: '{key}'}}}}]"
+                );
+                let mut base: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+                merge(&mut base, serde_yaml::from_str(&listen).unwrap());
+                yaml = serde_yaml::to_string(&base).unwrap();
+            }
+            let conf = TempFile::new("conf.yaml", &yaml);
             let log_path =
                 std::env::temp_dir().join(format!("etls-test-{port}-{}.log", std::process::id()));
             let log = std::fs::File::create(&log_path).unwrap();
@@ -664,6 +677,7 @@ impl Proxy {
             // secret reached the log (`assert_no_secrets`).
             rust_log: "trace",
             env: vec![],
+            tls: None,
         }
     }
 

@@ -1,0 +1,242 @@
+//! HTTPS at the edge: a certificate made in the test, HTTP/2 by ALPN (curl is the HTTP/2
+//! client), HTTP/2 cookie crumbs merged into the one Cookie header the app receives, and
+//! cookies `Secure` by default on a TLS listener.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::*;
+
+/// A self-signed certificate for 127.0.0.1, made with openssl; removed with the guard.
+struct Certificate {
+    dir: PathBuf,
+}
+
+impl Certificate {
+    fn new() -> Certificate {
+        let dir =
+            std::env::temp_dir().join(format!("etls-tls-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            // An end-entity certificate (webpki refuses a CA as a server's own certificate).
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success());
+        Certificate { dir }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+}
+
+impl Drop for Certificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What curl saw: the protocol version, the status and the response headers.
+struct CurlAnswer {
+    version: String,
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl CurlAnswer {
+    fn set_cookies(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// One request with curl (run off the async runtime), each of `cookies` as its own header:
+/// over HTTP/2 each is a separate `cookie` field, as browsers send crumbs.
+async fn curl(http: &str, url: String, cookies: Vec<String>) -> CurlAnswer {
+    let http = http.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sk",
+            &http,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "version=%{http_version}\n",
+        ]);
+        for c in &cookies {
+            cmd.arg("-H").arg(format!("Cookie: {c}"));
+        }
+        let out = cmd.arg(&url).output().expect("curl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let status_line = lines.next().unwrap_or_else(|| panic!("no answer: {text}"));
+        let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        let mut version = String::new();
+        for line in lines {
+            if let Some(v) = line.strip_prefix("version=") {
+                version = v.to_owned();
+            } else if let Some((k, v)) = line.split_once(": ") {
+                headers.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        CurlAnswer {
+            version,
+            status,
+            headers,
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn https_with_http2_merges_cookie_crumbs_and_sets_secure_cookies() {
+    let cert = Certificate::new();
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .tls(&cert.cert(), &cert.key())
+        .start()
+        .await;
+    let url = format!("https://127.0.0.1:{}/page", proxy.addr.port());
+    let valid = access_token(600);
+    let crumbs = vec![
+        "a=1".into(),
+        format!("accessTokenEtls={valid}"),
+        "b=2".into(),
+    ];
+
+    let r = curl("--http2", url.clone(), crumbs).await;
+    assert_eq!((r.version.as_str(), r.status), ("2", 200));
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(
+        app.last().all("cookie"),
+        vec![format!("a=1; accessTokenEtls={valid}; b=2")],
+        "one Cookie header for the app"
+    );
+
+    // A refresh over HTTP/2, the session split into crumbs: the new cookies are Secure.
+    let crumbs = vec![
+        format!("accessTokenEtls={}", access_token(-5)),
+        format!("refreshTokenEtls={}", refresh_token(600)),
+        "refreshToken=opaque-tls".into(),
+    ];
+    let r = curl("--http2", url.clone(), crumbs).await;
+    assert_eq!((r.version.as_str(), r.status), ("2", 200));
+    let lines = r.set_cookies();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains("; Secure")), "{lines:?}");
+    let seen = app.last();
+    assert_eq!(seen.all("cookie").len(), 1);
+    assert_eq!(
+        seen.cookie("refreshToken").as_deref(),
+        Some("api-refresh-after-opaque-tls")
+    );
+
+    // HTTP/1.1 over TLS still works; a logout over HTTPS clears Secure cookies.
+    let r = curl("--http1.1", url, vec![]).await;
+    assert_eq!((r.version.as_str(), r.status), ("1.1", 401));
+    assert!(r.set_cookies().iter().all(|l| l.contains("; Secure")));
+}
+
+#[test]
+fn a_listener_certificate_that_does_not_load_is_refused_by_the_check() {
+    let cert = Certificate::new();
+    let other = Certificate::new();
+    let cases = [
+        (cert.cert(), other.key(), "do not make a usable pair"),
+        (cert.key(), cert.key(), "no certificate"),
+        (cert.dir.join("missing.pem"), cert.key(), "cannot read"),
+    ];
+    for (c, k, want) in cases {
+        let yaml = format!(
+            "listen: [{{address: '127.0.0.1:8443', tls: {{cert: '{}', key: '{}'}}}}]",
+            c.display(),
+            k.display()
+        );
+        let conf = TempFile::new("tls.yaml", &yaml);
+        let out = Command::new(proxy_bin())
+            .args(["-t", "-c"])
+            .arg(&conf.0)
+            .env("ETLS_ACCESS", ACCESS_SECRET)
+            .env("ETLS_REFRESH", REFRESH_SECRET)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains("listen[0].tls") && text.contains(want),
+            "{want}: {text}"
+        );
+    }
+}
+
+/// An app served over HTTPS (openssl's `s_server -www`), reached with SNI and verified against
+/// the CA Pingora is given (`pingora.ca_file`): the right name passes, a wrong one is a 502.
+#[tokio::test]
+async fn an_https_app_is_reached_with_sni_and_a_verified_certificate() {
+    let cert = Certificate::new();
+    let app_port = free_port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(app_port.to_string())
+        .arg("-cert")
+        .arg(cert.cert())
+        .arg("-key")
+        .arg(cert.key())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl is installed");
+    let app_addr: std::net::SocketAddr = format!("127.0.0.1:{app_port}").parse().unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(app_addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let auth = Stub::auth_api().await;
+    let cookie = format!("accessTokenEtls={}", access_token(600));
+    for (sni, status) in [("localhost", 200), ("other.example", 502)] {
+        let proxy = Proxy::builder_at(app_addr, auth.addr)
+            .extra(format!(
+                "{{upstream: {{tls: true, sni: {sni}}}, pingora: {{ca_file: '{}'}}}}",
+                cert.cert().display()
+            ))
+            .start()
+            .await;
+        let r = proxy.get("/", &cookie).await;
+        assert_eq!(r.status, status, "{sni}: {} {}", r.text(), proxy.log());
+        if status == 200 {
+            assert!(r.text().contains("s_server"), "{}", r.text());
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
