@@ -393,3 +393,62 @@ async fn identity_headers_come_from_the_token_and_never_from_the_client() {
         "the refresh token has no role"
     );
 }
+
+/// Replacing the binary: the new process takes the listening sockets over (`-u`, then SIGQUIT
+/// to the old one), and requests keep being answered throughout.
+#[tokio::test]
+async fn a_graceful_upgrade_hands_the_listener_over_without_refusing_a_request() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let mut old = Proxy::start(&app, &auth).await;
+    let addr = old.addr;
+    let cookie = format!("accessTokenEtls={}", access_token(600));
+    let mut new = old.successor();
+    // Give the new process the time to wait on the upgrade socket.
+    eventually("the new process waits for the sockets", || async {
+        std::path::Path::new(&format!("/tmp/etls-test-{}.sock", addr.port())).exists()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = {
+        let cookie = cookie.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..60 {
+                statuses.push(
+                    send_raw(
+                        addr,
+                        format!("GET /during HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await
+                    .status,
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("QUIT");
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        old.wait_exit(Duration::from_secs(15)).is_some(),
+        "the old process exits"
+    );
+    assert!(new.is_running());
+    assert_eq!(proxy_get(addr, &cookie).await, 200);
+    eventually("the new process answers", || async {
+        new.log().contains("GET \"/after\"")
+    })
+    .await;
+}
+
+async fn proxy_get(addr: SocketAddr, cookie: &str) -> u16 {
+    send_raw(
+        addr,
+        format!("GET /after HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .status
+}

@@ -620,21 +620,7 @@ impl<'a> ProxyBuilder<'a> {
             let conf = TempFile::new("conf.yaml", &yaml);
             let log_path =
                 std::env::temp_dir().join(format!("etls-test-{port}-{}.log", std::process::id()));
-            let log = std::fs::File::create(&log_path).unwrap();
-            let mut cmd = Command::new(proxy_bin());
-            cmd.arg("-c")
-                .arg(&conf.0)
-                .env("ETLS_ACCESS", ACCESS_SECRET)
-                .env("ETLS_REFRESH", REFRESH_SECRET)
-                .env_remove("ETLS_ACCESS_EXPIRE_TIME")
-                .env_remove("ETLS_REFRESH_EXPIRE_TIME")
-                .env("RUST_LOG", self.rust_log)
-                .stdout(Stdio::null())
-                .stderr(log);
-            for (k, v) in &self.env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd.spawn().expect("proxy binary starts");
+            let mut child = spawn_proxy(&conf.0, &log_path, self.rust_log, &self.env, false);
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
@@ -663,7 +649,62 @@ impl<'a> ProxyBuilder<'a> {
     }
 }
 
+/// The proxy binary on `conf`, logging to `log_path`; with `upgrade`, taking over the listening
+/// sockets of the running instance (`-u`).
+fn spawn_proxy(
+    conf: &std::path::Path,
+    log_path: &std::path::Path,
+    rust_log: &str,
+    env: &[(&str, String)],
+    upgrade: bool,
+) -> Child {
+    let log = std::fs::File::create(log_path).unwrap();
+    let mut cmd = Command::new(proxy_bin());
+    if upgrade {
+        cmd.arg("-u");
+    }
+    cmd.arg("-c")
+        .arg(conf)
+        .env("ETLS_ACCESS", ACCESS_SECRET)
+        .env("ETLS_REFRESH", REFRESH_SECRET)
+        .env_remove("ETLS_ACCESS_EXPIRE_TIME")
+        .env_remove("ETLS_REFRESH_EXPIRE_TIME")
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("proxy binary starts")
+}
+
 impl Proxy {
+    /// A new process on the same configuration, started with `-u`: it waits on the upgrade
+    /// socket until this one is sent SIGQUIT and hands its listeners over.
+    pub fn successor(&self) -> Proxy {
+        let conf = TempFile::new(
+            "conf-next.yaml",
+            &std::fs::read_to_string(&self.conf.0).unwrap(),
+        );
+        let log_path = std::env::temp_dir().join(format!(
+            "etls-test-{}-{}-next.log",
+            self.addr.port(),
+            std::process::id()
+        ));
+        let child = spawn_proxy(&conf.0, &log_path, "trace", &[], true);
+        Proxy {
+            addr: self.addr,
+            child,
+            log_path,
+            conf,
+            upstreams: self.upstreams,
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn builder<'a>(app: &Stub, auth: &Stub) -> ProxyBuilder<'a> {
         Proxy::builder_at(app.addr, auth.addr)
     }
