@@ -10,7 +10,6 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-COPY tests ./tests
 RUN cargo build --release --locked --bin etls-proxy
 
 FROM debian:bookworm-slim
