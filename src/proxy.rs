@@ -169,6 +169,11 @@ impl EtlsProxy {
         let waiting = Instant::now();
         let (outcome, joined) = self.flights.run(key, start).await;
         ctx.auth_wait = Some(waiting.elapsed());
+        log::debug!(
+            "session {}: refresh {} ({joined:?})",
+            key.short(),
+            if outcome.is_ok() { "succeeded" } else { "failed" }
+        );
         match (outcome, purpose) {
             (Ok(renewed), Purpose::RefreshEndpoint) => {
                 ctx.outcome = Outcome::RefreshEndpoint(joined);
