@@ -270,8 +270,8 @@ fn check_pingora(c: &mut Checker, section: Option<serde_yaml::Value>) -> Option<
                 .map_or(1, |n| n.get())
                 .into(),
         ),
-        ("grace_period_seconds", 1u64.into()),
-        ("graceful_shutdown_timeout_seconds", 10u64.into()),
+        ("grace_period_seconds", 10u64.into()),
+        ("graceful_shutdown_timeout_seconds", 5u64.into()),
     ];
     for (key, value) in defaults {
         let key = serde_yaml::Value::from(key);
@@ -798,7 +798,7 @@ mod tests {
         assert_eq!(rt.auth_api.fields.user.as_deref(), Some("userData"));
         assert_eq!(rt.grace, Duration::from_secs(30));
         assert_eq!(rt.clear_cookies.len(), 5);
-        assert_eq!(loaded.server.grace_period_seconds, Some(1));
+        assert_eq!(loaded.server.grace_period_seconds, Some(10));
         assert!(loaded.warnings.is_empty());
     }
 

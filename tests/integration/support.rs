@@ -211,6 +211,8 @@ pub struct Stub {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<StubRequest>>>,
     handler: Arc<Mutex<Arc<Handler>>>,
+    /// Set by `stop`: the listener and every open connection close.
+    stopped: Mutex<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Stub {
@@ -221,18 +223,31 @@ impl Stub {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(handler)));
-        let (reqs, h) = (requests.clone(), handler.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (reqs, h) = (reqs.clone(), h.clone());
-                tokio::spawn(serve_connection(stream, reqs, h));
-            }
-        });
+        let stopped = serve(listener, requests.clone(), handler.clone());
         Stub {
             addr,
             requests,
             handler,
+            stopped: Mutex::new(stopped),
         }
+    }
+
+    /// Stops serving: open connections are closed and new ones refused (until `restart`), as
+    /// when the process behind the port is gone.
+    pub async fn stop(&self) {
+        let _ = self.stopped.lock().unwrap().send(true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(self.addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "{} still accepts", self.addr);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Serves again on the same port, with the same handler and the same record of calls.
+    pub async fn restart(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let stopped = serve(listener, self.requests.clone(), self.handler.clone());
+        *self.stopped.lock().unwrap() = stopped;
     }
 
     /// The stand-in app: answers 200 with what it received.
@@ -284,6 +299,39 @@ impl Stub {
             .cloned()
             .expect("a request reached the stub")
     }
+}
+
+/// Accepts on `listener` until the returned sender says stop (dropping it changes nothing).
+fn serve(
+    listener: TcpListener,
+    requests: Arc<Mutex<Vec<StubRequest>>>,
+    handler: Arc<Mutex<Arc<Handler>>>,
+) -> tokio::sync::watch::Sender<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+        if stopped.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => return,
+                },
+                _ = until_stopped(stopped.clone()) => return,
+            };
+            let (reqs, h, stopped) = (requests.clone(), handler.clone(), stopped.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = serve_connection(stream, reqs, h) => {}
+                    _ = until_stopped(stopped) => {}
+                }
+            });
+        }
+    });
+    stop
 }
 
 /// The auth API's answer for refresh token `rt`: distinct per session, so tests can tell whose
@@ -562,7 +610,7 @@ pub fn config_yaml(port: u16, app: SocketAddr, auth: SocketAddr, extra: &str) ->
     let mut base: serde_yaml::Value = serde_yaml::from_str(&format!(
         r#"
 listen: ["127.0.0.1:{port}"]
-pingora: {{threads: 1, pid_file: "/tmp/etls-test-{port}.pid", upgrade_sock: "/tmp/etls-test-{port}.sock"}}
+pingora: {{threads: 1, grace_period_seconds: 2, pid_file: "/tmp/etls-test-{port}.pid", upgrade_sock: "/tmp/etls-test-{port}.sock"}}
 upstream: {{address: "{app}", connect_timeout_ms: 500}}
 auth_api: {{refresh_url: "http://{auth}/refreshtoken", timeout_ms: 1500}}
 "#
