@@ -172,7 +172,11 @@ impl EtlsProxy {
         log::debug!(
             "session {}: refresh {} ({joined:?})",
             key.short(),
-            if outcome.is_ok() { "succeeded" } else { "failed" }
+            if outcome.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            }
         );
         match (outcome, purpose) {
             (Ok(renewed), Purpose::RefreshEndpoint) => {
