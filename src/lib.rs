@@ -22,6 +22,7 @@ pub mod renewal;
 pub mod routes;
 pub mod set_cookie;
 pub mod tokens;
+pub mod upstream;
 
 /// Seconds since the Unix epoch; JWT `exp` and `nbf` are compared against it.
 pub fn unix_now() -> u64 {

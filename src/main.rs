@@ -19,6 +19,7 @@ use etls_proxy::metrics::Metrics;
 use etls_proxy::proxy::{EtlsProxy, Flights};
 use etls_proxy::redact::{self, Redactor};
 use etls_proxy::reload::{LiveConfig, ReloadOnHangup};
+use etls_proxy::upstream::AppUpstream;
 
 /// See bench/RESULTS.md for the allocators tried.
 #[global_allocator]
@@ -102,9 +103,26 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     let read_buffer = runtime.read_buffer_bytes;
     let admin_listen = runtime.admin_listen.clone();
     let flights = Arc::new(Flights::new(runtime.grace, runtime.max_entries));
+    // The instances and their health are kept for the life of the process (a reload that
+    // changes them says a restart is needed).
+    let app = match AppUpstream::new(&runtime.upstream) {
+        Ok(app) => Arc::new(app),
+        Err(e) => {
+            eprintln!("etls-proxy: upstream: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(health_checks) = app.health_checks() {
+        log::info!(
+            "app: {} instances, round robin, TCP health check every {} s",
+            app.instances(),
+            runtime.upstream.health_check.as_secs()
+        );
+        server.add_service(health_checks);
+    }
     let live = Arc::new(LiveConfig::new(cli.conf.clone(), runtime));
     let metrics = Arc::new(Metrics::new());
-    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone());
+    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app);
     let mut service = http_proxy_service(&server.configuration, proxy);
     for listener in &listen {
         let buffers = L4BufferSettings::default().read(read_buffer);

@@ -22,6 +22,7 @@ use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
 use crate::renewal::{RefreshError, RenewedSession, renew};
 use crate::routes::{Route, is_page_navigation};
+use crate::upstream::AppUpstream;
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
 
@@ -31,16 +32,23 @@ pub struct EtlsProxy {
     client: Arc<AuthApiClient>,
     keyer: SessionKeyer,
     metrics: Arc<Metrics>,
+    app: Arc<AppUpstream>,
 }
 
 impl EtlsProxy {
-    pub fn new(live: Arc<LiveConfig>, flights: Arc<Flights>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        live: Arc<LiveConfig>,
+        flights: Arc<Flights>,
+        metrics: Arc<Metrics>,
+        app: Arc<AppUpstream>,
+    ) -> Self {
         EtlsProxy {
             live,
             flights,
             client: Arc::new(AuthApiClient::default()),
             keyer: SessionKeyer::default(),
             metrics,
+            app,
         }
     }
 }
@@ -326,7 +334,7 @@ impl ProxyHttp for EtlsProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(ctx.config.upstream.clone()))
+        self.app.peer(&ctx.config.upstream)
     }
 
     /// Runs again on each retry with a fresh copy of the request, so the rewrite lives in ctx.

@@ -56,6 +56,26 @@ impl LiveConfig {
         if old.admin_listen != new.admin_listen {
             needs_restart.push("admin.listen");
         }
+        // The app's instances feed the balancer built at start (`AppUpstream`).
+        let instances = |u: &crate::config::Upstream| {
+            u.peers
+                .iter()
+                .map(|p| p._address.clone())
+                .collect::<Vec<_>>()
+        };
+        if instances(&old.upstream) != instances(&new.upstream) {
+            let single = old.upstream.peers.len() == 1 && new.upstream.peers.len() == 1;
+            needs_restart.push(if single {
+                "upstream.address"
+            } else {
+                "upstream.addresses"
+            });
+        }
+        // Only a running balancer has health checks to reschedule.
+        let checked = old.upstream.peers.len() > 1;
+        if checked && old.upstream.health_check != new.upstream.health_check {
+            needs_restart.push("upstream.health_check_secs");
+        }
         Applied {
             needs_restart,
             warnings: loaded.warnings.clone(),
@@ -131,5 +151,66 @@ impl BackgroundService for ReloadOnHangup {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+    use crate::config::load_str;
+
+    fn loaded(yaml: &str) -> Loaded {
+        let env = |name: &str| match name {
+            "ETLS_ACCESS" => Some(OsString::from("access-secret-access-secret-0123")),
+            "ETLS_REFRESH" => Some(OsString::from("refresh-secret-refresh-secret-01")),
+            _ => None,
+        };
+        let outside = Outside {
+            env: &env,
+            resolve: &crate::config::system_resolve,
+        };
+        load_str(yaml, "test.yaml", outside).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn changing_the_app_instances_needs_a_restart_but_their_timeouts_do_not() {
+        let one = "upstream: {address: '127.0.0.1:3000'}";
+        let live = LiveConfig::new("test.yaml", loaded(one).runtime);
+        let restart = |yaml: &str| live.apply(&loaded(yaml)).needs_restart;
+        let none: [&str; 0] = [];
+        assert_eq!(restart(one), none);
+        assert_eq!(restart("upstream: {addresses: ['127.0.0.1:3000']}"), none);
+        assert_eq!(
+            restart("upstream: {address: '127.0.0.1:3000', read_timeout_ms: 5}"),
+            none
+        );
+        assert_eq!(
+            restart("upstream: {address: '127.0.0.1:3001'}"),
+            ["upstream.address"]
+        );
+        assert_eq!(
+            restart("upstream: {addresses: ['127.0.0.1:3000', '127.0.0.1:3001']}"),
+            ["upstream.addresses"]
+        );
+        // A single instance has no health check to reschedule.
+        assert_eq!(
+            restart("upstream: {address: '127.0.0.1:3000', health_check_secs: 9}"),
+            none
+        );
+        let two = "upstream: {addresses: ['127.0.0.1:3000', '127.0.0.1:3001']}";
+        let live = LiveConfig::new("test.yaml", loaded(two).runtime);
+        let restart = |yaml: &str| live.apply(&loaded(yaml)).needs_restart;
+        assert_eq!(
+            restart(
+                "upstream: {addresses: ['127.0.0.1:3000', '127.0.0.1:3001'], health_check_secs: 9}"
+            ),
+            ["upstream.health_check_secs"]
+        );
+        assert_eq!(
+            restart("upstream: {address: '127.0.0.1:3000'}"),
+            ["upstream.addresses"]
+        );
     }
 }

@@ -142,10 +142,18 @@ impl Default for DownstreamFile {
     }
 }
 
+/// The app when `upstream` names none (the seeds' `next start`).
+pub const DEFAULT_APP_ADDRESS: &str = "127.0.0.1:3000";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamFile {
-    pub address: String,
+    /// One app instance; [`DEFAULT_APP_ADDRESS`] when neither this nor `addresses` is given.
+    pub address: Option<String>,
+    /// Several instances, balanced round robin with a TCP health check.
+    pub addresses: Option<Vec<String>>,
+    /// How often each of several instances is probed.
+    pub health_check_secs: u64,
     pub tls: bool,
     pub sni: String,
     pub connect_timeout_ms: u64,
@@ -157,7 +165,9 @@ pub struct UpstreamFile {
 impl Default for UpstreamFile {
     fn default() -> Self {
         UpstreamFile {
-            address: "127.0.0.1:3000".into(),
+            address: None,
+            addresses: None,
+            health_check_secs: 5,
             tls: false,
             sni: String::new(),
             connect_timeout_ms: 2000,

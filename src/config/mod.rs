@@ -70,12 +70,20 @@ pub struct TlsFiles {
     pub key: String,
 }
 
+/// The app as checked: one peer per instance (`upstream.address`, or `upstream.addresses` in
+/// file order), each carrying the shared TLS, SNI and timeouts.
+pub struct Upstream {
+    pub peers: Vec<HttpPeer>,
+    /// `upstream.health_check_secs`: how often each of several instances is probed.
+    pub health_check: Duration,
+}
+
 /// Everything the proxy needs at run time, checked and built once.
 pub struct RuntimeConfig {
     pub listen: Vec<Listener>,
     pub read_buffer_bytes: usize,
     pub max_cookie_bytes: usize,
-    pub upstream: HttpPeer,
+    pub upstream: Upstream,
     pub auth_api: AuthApiSettings,
     pub keys: TokenKeys,
     pub names: CookieNames,

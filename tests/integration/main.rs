@@ -1,5 +1,6 @@
 //! Integration tests: the real proxy binary on loopback, in front of stand-in servers.
 
+mod balance;
 mod cli;
 mod concurrency;
 mod demo;

@@ -1,0 +1,197 @@
+//! Several app instances (`upstream.addresses`): round robin, a TCP health check that takes a
+//! stopped instance out of rotation and brings it back, and the 502 when none is left.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// A stand-in app that says which instance answered.
+async fn instance(name: &'static str) -> Stub {
+    Stub::start(move |_| StubReply::json(200, json!({"instance": name}))).await
+}
+
+/// Replaces the single `upstream.address` of the base test configuration with a list.
+fn addresses(list: &[String], health_check_secs: u64) -> String {
+    format!(
+        "upstream: {{address: null, addresses: [{}], health_check_secs: {health_check_secs}}}",
+        list.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Which instance answered a public path (no token involved), or the status when none did.
+async fn who(proxy: &Proxy) -> Result<String, u16> {
+    let r = proxy.get("/_next/static/app.js", "").await;
+    match r.status {
+        200 => Ok(r.json()["instance"].as_str().unwrap().to_owned()),
+        status => Err(status),
+    }
+}
+
+/// Polls until `check` holds, for up to `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {limit:?}");
+}
+
+#[tokio::test]
+async fn instances_take_turns_and_a_stopped_one_leaves_and_rejoins_the_rotation() {
+    let (a, b, auth) = (
+        instance("a").await,
+        instance("b").await,
+        Stub::auth_api().await,
+    );
+    let list = [a.addr.to_string(), b.addr.to_string()];
+    let proxy = Proxy::builder(&a, &auth)
+        .extra(addresses(&list, 1))
+        .start()
+        .await;
+
+    // Round robin: one request each, in turn.
+    let mut answered = Vec::new();
+    for _ in 0..10 {
+        answered.push(who(&proxy).await.expect("both instances are up"));
+    }
+    for pair in answered.windows(2) {
+        assert_ne!(pair[0], pair[1], "{answered:?}");
+    }
+    assert_eq!((a.calls(), b.calls()), (5, 5));
+
+    // b goes away: once the health check has seen it, every request goes to a, none fails.
+    b.stop().await;
+    let port = format!(":{})", b.addr.port());
+    within(Duration::from_secs(5), "b marked unhealthy", || async {
+        proxy
+            .log()
+            .lines()
+            .any(|l| l.contains("becomes unhealthy") && l.contains(&port))
+    })
+    .await;
+    let b_calls = b.calls();
+    for _ in 0..10 {
+        assert_eq!(who(&proxy).await, Ok("a".to_owned()));
+    }
+    assert_eq!(b.calls(), b_calls);
+
+    // b is back on its port: the next check puts it back in rotation, and nothing fails while
+    // it waits for that check.
+    b.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = who(&proxy).await;
+        assert!(answer.is_ok(), "{answer:?}");
+        if answer == Ok("b".to_owned()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b gets no request after 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.calls() > b_calls);
+    assert!(proxy.log().contains("becomes healthy"));
+}
+
+#[tokio::test]
+async fn an_instance_down_from_the_start_gets_nothing_once_checked() {
+    let (a, auth) = (instance("a").await, Stub::auth_api().await);
+    let down = free_port();
+    let list = [format!("127.0.0.1:{down}"), a.addr.to_string()];
+    let proxy = Proxy::builder(&a, &auth)
+        .extra(addresses(&list, 1))
+        .start()
+        .await;
+    within(Duration::from_secs(5), "the first health check", || async {
+        proxy.log().contains("becomes unhealthy")
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(who(&proxy).await, Ok("a".to_owned()));
+    }
+    assert_eq!(a.calls(), 10);
+}
+
+#[tokio::test]
+async fn no_healthy_instance_is_the_502_answer_still_carrying_the_renewed_cookies() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let list = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let proxy = Proxy::builder(&app, &auth)
+        .extra(addresses(&list, 1))
+        .start()
+        .await;
+    within(
+        Duration::from_secs(5),
+        "both instances marked unhealthy",
+        || async { proxy.log().matches("becomes unhealthy").count() >= 2 },
+    )
+    .await;
+    let r = proxy.get("/", &expired_session("rt-nobody")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"error": "Bad Gateway", "reason": "app unavailable"})
+    );
+    assert_eq!(r.set_cookies().len(), 5, "{:?}", r.set_cookies());
+    assert_eq!(
+        r.set_cookie_value("refreshToken").as_deref(),
+        Some("api-refresh-after-rt-nobody")
+    );
+    assert_eq!(auth.calls(), 1);
+    assert_eq!(app.calls(), 0);
+    let r = proxy.get("/_next/static/app.js", "").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        proxy.log().contains("no healthy app instance"),
+        "{}",
+        proxy.log()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_instances_says_a_restart_is_needed() {
+    let (a, b, auth) = (
+        instance("a").await,
+        instance("b").await,
+        Stub::auth_api().await,
+    );
+    let list = [a.addr.to_string(), b.addr.to_string()];
+    let proxy = Proxy::builder(&a, &auth)
+        .extra(addresses(&list, 5))
+        .start()
+        .await;
+    proxy.reload_with(&addresses(&list[..1], 5));
+    within(Duration::from_secs(5), "the reload", || async {
+        proxy.log().contains("configuration reloaded")
+    })
+    .await;
+    let line = proxy
+        .log()
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("upstream.addresses changed") && line.contains("restart"),
+        "{line}"
+    );
+    // The instances of the start stay in rotation until then.
+    for _ in 0..4 {
+        assert!(who(&proxy).await.is_ok());
+    }
+    assert_eq!((a.calls(), b.calls()), (2, 2));
+}
