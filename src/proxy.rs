@@ -75,6 +75,8 @@ pub struct RequestCtx {
     started: Instant,
     /// Time spent waiting for a refresh.
     auth_wait: Option<Duration>,
+    /// Connections refused by an app instance on this request (each retried on the next one).
+    refused_connects: usize,
     /// Identity headers from the verified (or freshly minted) access token.
     identity: Vec<(http::HeaderName, HeaderValue)>,
     /// The one Cookie header the app gets, when it differs from what the browser sent.
@@ -91,6 +93,7 @@ impl RequestCtx {
             config,
             started: Instant::now(),
             auth_wait: None,
+            refused_connects: 0,
             identity: Vec::new(),
             forward_cookie: None,
             renewed: None,
@@ -335,6 +338,25 @@ impl ProxyHttp for EtlsProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         self.app.peer(&ctx.config.upstream)
+    }
+
+    /// An instance that refused the connection never saw the request: with several instances,
+    /// the request goes to the next one (at most once per other instance) instead of failing
+    /// before the health check has noticed.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if *e.etype() == ErrorType::ConnectRefused
+            && ctx.refused_connects + 1 < self.app.instances()
+        {
+            ctx.refused_connects += 1;
+            e.set_retry(true);
+        }
+        e
     }
 
     /// Runs again on each retry with a fresh copy of the request, so the rewrite lives in ctx.

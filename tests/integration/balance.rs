@@ -195,3 +195,28 @@ async fn a_reload_that_changes_the_instances_says_a_restart_is_needed() {
     }
     assert_eq!((a.calls(), b.calls()), (2, 2));
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_the_next_instance_before_any_check_notices() {
+    let (a, b, auth) = (
+        instance("a").await,
+        instance("b").await,
+        Stub::auth_api().await,
+    );
+    let list = [a.addr.to_string(), b.addr.to_string()];
+    // The first check runs at start; the next one only in an hour.
+    let proxy = Proxy::builder(&a, &auth)
+        .extra(addresses(&list, 3600))
+        .start()
+        .await;
+    assert!(who(&proxy).await.is_ok());
+    b.stop().await;
+    for _ in 0..10 {
+        assert_eq!(who(&proxy).await, Ok("a".to_owned()));
+    }
+    // A refresh crossing the dead instance is neither lost nor repeated.
+    let r = proxy.get("/", &expired_session("opaque-retry")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.set_cookies().len(), 5);
+    assert_eq!(auth.calls(), 1);
+}
