@@ -193,6 +193,8 @@ def etls_config(workdir, name, port, app, auth, threads, **sections):
         "upstream": {"address": f"127.0.0.1:{app}"},
         "auth_api": {"refresh_url": f"http://127.0.0.1:{auth}/refreshtoken", "timeout_ms": 10000},
         "refresh": {"grace_secs": 3600, "max_entries": 100000},
+        # Like the nginx references (`access_log off`): the comparison is of the proxying.
+        "log": {"access": False},
     }
     for section, values in sections.items():
         conf.setdefault(section, {}).update(values)
