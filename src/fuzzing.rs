@@ -186,6 +186,14 @@ pub fn reference_exp(token: &[u8], secret: &[u8], now: u64) -> Option<u64> {
     validation.validate_aud = false;
     validation.leeway = 0;
     let token = std::str::from_utf8(token).ok()?;
+    // A `kid` names the one secret to verify with; here that is `secret` or none.
+    if jsonwebtoken::decode_header(token)
+        .ok()?
+        .kid
+        .is_some_and(|kid| kid != crate::tokens::key_id(secret))
+    {
+        return None;
+    }
     let data = jsonwebtoken::decode::<Value>(
         token,
         &jsonwebtoken::DecodingKey::from_secret(secret),

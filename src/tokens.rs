@@ -35,6 +35,20 @@ struct HmacKey {
     encoding: EncodingKey,
     /// The HMAC state after the key block, cloned per verification.
     mac: Hmac<Sha256>,
+    /// Names this secret in the tokens it signs: see [`key_id`].
+    kid: String,
+}
+
+/// A short, non-reversible name for a secret, carried as the `kid` header of the tokens it
+/// signs: the first 8 bytes of SHA-256 over a fixed prefix and the secret, base64url. The prefix
+/// keeps it from being a plain hash of the secret that could be looked up elsewhere.
+pub fn key_id(secret: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = Sha256::new()
+        .chain_update(b"etls-proxy key id v1\0")
+        .chain_update(secret)
+        .finalize();
+    URL_SAFE_NO_PAD.encode(&digest[..8])
 }
 
 impl HmacKey {
@@ -42,10 +56,34 @@ impl HmacKey {
         HmacKey {
             encoding: EncodingKey::from_secret(secret),
             mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length"),
+            kid: key_id(secret),
+        }
+    }
+}
+
+/// The secrets of one token kind, newest first: tokens are signed with the first; verified with
+/// the one their `kid` names, or, without a `kid` (tokens of the old Next.js routes), with each.
+struct KeySet {
+    keys: Vec<HmacKey>,
+}
+
+impl KeySet {
+    fn new(secrets: &[&[u8]]) -> Self {
+        assert!(
+            !secrets.is_empty(),
+            "at least one secret (checked by the configuration)"
+        );
+        KeySet {
+            keys: secrets.iter().map(|s| HmacKey::new(s)).collect(),
         }
     }
 
-    /// Checks structure, `alg` and signature, and decodes the payload into `buf`.
+    fn signing(&self) -> &HmacKey {
+        &self.keys[0]
+    }
+
+    /// Checks structure, `alg`, `kid` and signature, and decodes the payload into `buf`. Only
+    /// configured keys are ever tried: a `kid` naming none of them is a bad signature.
     fn verify<'b>(
         &self,
         token: &[u8],
@@ -62,7 +100,7 @@ impl HmacKey {
         };
         let mut header_buf = [0u8; MAX_HEADER_BYTES];
         let header = decode_segment(header, &mut header_buf)?;
-        let JwtHeader { alg } =
+        let JwtHeader { alg, kid } =
             serde_json::from_slice(header).map_err(|_| TokenFault::Malformed)?;
         if alg != "HS256" {
             return Err(TokenFault::Signature);
@@ -70,19 +108,36 @@ impl HmacKey {
         let mut sig_buf = [0u8; 48];
         let signature =
             decode_segment(signature, &mut sig_buf).map_err(|_| TokenFault::Signature)?;
-        let mut mac = self.mac.clone();
-        mac.update(&token[..token.len() - signature_len(token)]);
-        mac.verify_slice(signature)
-            .map_err(|_| TokenFault::Signature)?;
+        let message = &token[..token.len() - signature_len(token)];
+        let signed_by = |key: &HmacKey| {
+            let mut mac = key.mac.clone();
+            mac.update(message);
+            mac.verify_slice(signature).is_ok()
+        };
+        let valid = match kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|k| k.kid == kid)
+                .is_some_and(signed_by),
+            None => self.keys.iter().any(signed_by),
+        };
+        if !valid {
+            return Err(TokenFault::Signature);
+        }
         decode_segment(payload, buf)
     }
 }
 
-/// `{"alg": "..."}`; other header fields (`typ`, `kid`) do not change how HS256 verifies.
+/// `{"alg": "...", "kid": "..."}`; other header fields (`typ`) do not change how HS256
+/// verifies. A `kid` with JSON escapes cannot be borrowed and is refused as malformed (ours are
+/// base64url).
 #[derive(Deserialize)]
 struct JwtHeader<'a> {
     #[serde(borrow)]
     alg: &'a str,
+    #[serde(borrow, default)]
+    kid: Option<&'a str>,
 }
 
 /// Length of `.signature` at the end of a three-segment token.
@@ -115,8 +170,8 @@ pub struct TokenTimes {
 }
 
 pub struct TokenKeys {
-    access: HmacKey,
-    refresh: HmacKey,
+    access: KeySet,
+    refresh: KeySet,
     pub times: TokenTimes,
 }
 
@@ -245,9 +300,14 @@ fn time_claims(exp: Option<&Value>, nbf: Option<&Value>) -> Result<(u64, Option<
 
 impl TokenKeys {
     pub fn new(access_secret: &[u8], refresh_secret: &[u8], times: TokenTimes) -> Self {
+        TokenKeys::rotating(&[access_secret], &[refresh_secret], times)
+    }
+
+    /// Several secrets per kind, newest first (secret rotation). Each list holds at least one.
+    pub fn rotating(access: &[&[u8]], refresh: &[&[u8]], times: TokenTimes) -> Self {
         TokenKeys {
-            access: HmacKey::new(access_secret),
-            refresh: HmacKey::new(refresh_secret),
+            access: KeySet::new(access),
+            refresh: KeySet::new(refresh),
             times,
         }
     }
@@ -285,7 +345,7 @@ impl TokenKeys {
     /// payload for whoever needs more of it.
     fn verify_times<'b>(
         &self,
-        key: &HmacKey,
+        key: &KeySet,
         token: &[u8],
         buf: &'b mut [u8; MAX_PAYLOAD_BYTES],
         now: u64,
@@ -315,7 +375,7 @@ impl TokenKeys {
         self.mint(
             claims,
             now.saturating_add(self.times.access_ttl_secs),
-            &self.access.encoding,
+            self.access.signing(),
         )
     }
 
@@ -323,7 +383,7 @@ impl TokenKeys {
         self.mint(
             claims,
             now.saturating_add(self.times.refresh_ttl_secs),
-            &self.refresh.encoding,
+            self.refresh.signing(),
         )
     }
 
@@ -333,11 +393,12 @@ impl TokenKeys {
         self.mint_access(user, now)
     }
 
-    fn mint(&self, claims: &Claims, exp: u64, key: &EncodingKey) -> Result<String, MintError> {
+    fn mint(&self, claims: &Claims, exp: u64, key: &HmacKey) -> Result<String, MintError> {
         let mut body = claims.clone();
         body.insert("exp".into(), Value::from(exp));
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &body, key)
-            .map_err(|e| MintError(e.to_string()))
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, &body, &key.encoding).map_err(|e| MintError(e.to_string()))
     }
 }
 
@@ -631,6 +692,71 @@ pub(crate) mod tests {
         assert_eq!(k.refresh_claims(refresh.as_bytes()), Ok(claims.clone()));
         let header = jsonwebtoken::decode_header(&access).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
+    }
+
+    /// Rotation: signed with the first secret under its `kid`; a `kid` selects its secret among
+    /// the configured ones only; tokens without `kid` are tried against every secret.
+    #[test]
+    fn rotation_selects_the_key_by_kid_and_tries_all_without_one() {
+        const OLD: &[u8] = b"old-access-secret-old-access-secret-0";
+        const NEW: &[u8] = b"new-access-secret-new-access-secret-0";
+        let times = keys().times;
+        let phase = |access: &[&[u8]]| TokenKeys::rotating(access, &[REFRESH], times);
+        let claims: Claims = serde_json::from_value(json!({"username": "ann"})).unwrap();
+        let with_kid = |secret: &[u8], kid: &str| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.to_owned());
+            jsonwebtoken::encode(
+                &header,
+                &json!({"exp": NOW + 60}),
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        let old_minted = phase(&[OLD]).mint_access(&claims, NOW).unwrap();
+        let new_minted = phase(&[NEW, OLD]).mint_access(&claims, NOW).unwrap();
+        let no_kid_old = sign(OLD, Algorithm::HS256, json!({"exp": NOW + 60}));
+        assert_eq!(
+            jsonwebtoken::decode_header(&new_minted).unwrap().kid,
+            Some(key_id(NEW)),
+            "signed with the first secret, named by its kid"
+        );
+        let fresh =
+            |k: &TokenKeys, t: &str| k.check_access(t.as_bytes(), NOW) == AccessState::Fresh;
+        let cases: [(&str, &[&[u8]], &str, bool); 9] = [
+            ("old kid, old only", &[OLD], &old_minted, true),
+            ("old kid, new + old", &[NEW, OLD], &old_minted, true),
+            ("new kid, new + old", &[NEW, OLD], &new_minted, true),
+            ("no kid, new + old", &[NEW, OLD], &no_kid_old, true),
+            ("old kid, new only", &[NEW], &old_minted, false),
+            ("no kid, new only", &[NEW], &no_kid_old, false),
+            ("new kid, old only", &[OLD], &new_minted, false),
+            (
+                "unknown kid",
+                &[NEW, OLD],
+                &with_kid(OLD, "someone-elses"),
+                false,
+            ),
+            (
+                "kid of one secret, signed by the other",
+                &[NEW, OLD],
+                &with_kid(OLD, &key_id(NEW)),
+                false,
+            ),
+        ];
+        for (what, secrets, token, passes) in cases {
+            assert_eq!(fresh(&phase(secrets), token), passes, "{what}");
+        }
+    }
+
+    #[test]
+    fn key_ids_are_short_distinct_and_not_the_plain_hash() {
+        use sha2::Digest;
+        let (a, b) = (key_id(ACCESS), key_id(REFRESH));
+        assert_eq!(a.len(), 11);
+        assert_ne!(a, b);
+        let plain = URL_SAFE_NO_PAD.encode(&Sha256::digest(ACCESS)[..8]);
+        assert_ne!(a, plain);
     }
 
     /// The hand-written verifier agrees with `jsonwebtoken` on every token, well formed or not.

@@ -514,17 +514,19 @@ fn check_tokens(
     t: &TokensFile,
     env: Env<'_>,
 ) -> Option<(TokenKeys, Vec<Vec<u8>>)> {
-    let access = secret(
+    let access = secrets(
         c,
-        "tokens.access_secret_env",
-        &t.access_secret_env,
+        "access",
+        (&t.access_secret_env, &t.access_secret_envs),
+        "ETLS_ACCESS",
         t.allow_short_secrets,
         env,
     );
-    let refresh = secret(
+    let refresh = secrets(
         c,
-        "tokens.refresh_secret_env",
-        &t.refresh_secret_env,
+        "refresh",
+        (&t.refresh_secret_env, &t.refresh_secret_envs),
+        "ETLS_REFRESH",
         t.allow_short_secrets,
         env,
     );
@@ -544,16 +546,19 @@ fn check_tokens(
         t.refresh_ttl_secs,
         env,
     );
-    if let (Some(a), Some(r)) = (&access, &refresh)
-        && a == r
-    {
-        c.problem(
-            "tokens.refresh_secret_env",
-            format!(
-                "{} and {} hold the same secret: a refresh token would pass as an access token",
-                t.access_secret_env, t.refresh_secret_env
-            ),
-        );
+    if let (Some(access), Some(refresh)) = (&access, &refresh) {
+        for (a_var, a) in access {
+            for (r_var, r) in refresh {
+                if a == r {
+                    c.problem(
+                        "tokens.refresh_secret_env",
+                        format!(
+                            "{a_var} and {r_var} hold the same secret: a refresh token would pass as an access token"
+                        ),
+                    );
+                }
+            }
+        }
     }
     if let Some(ttl) = access_ttl
         && t.refresh_ahead_secs >= ttl
@@ -576,8 +581,64 @@ fn check_tokens(
         leeway_secs: t.leeway_secs,
         refresh_ahead_secs: t.refresh_ahead_secs,
     };
-    let keys = TokenKeys::new(&access, &refresh, times);
-    Some((keys, vec![access, refresh]))
+    let values = |s: &[(String, Vec<u8>)]| s.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let (access, refresh) = (values(&access), values(&refresh));
+    let keys = TokenKeys::rotating(&as_slices(&access), &as_slices(&refresh), times);
+    Some((keys, access.into_iter().chain(refresh).collect()))
+}
+
+fn as_slices(secrets: &[Vec<u8>]) -> Vec<&[u8]> {
+    secrets.iter().map(Vec::as_slice).collect()
+}
+
+/// The secrets of one token kind, newest first, with the env var each came from:
+/// `tokens.<kind>_secret_env` (one name, default `default`) or `tokens.<kind>_secret_envs` (a
+/// list, for rotation), never both.
+fn secrets(
+    c: &mut Checker,
+    kind: &str,
+    (single, list): (&Option<String>, &Option<Vec<String>>),
+    default: &str,
+    allow_short: bool,
+    env: Env<'_>,
+) -> Option<Vec<(String, Vec<u8>)>> {
+    let list_key = format!("tokens.{kind}_secret_envs");
+    let names: Vec<(String, &str)> = match (single, list) {
+        (Some(_), Some(_)) => {
+            c.problem(
+                list_key,
+                format!("give either tokens.{kind}_secret_env or this list, not both"),
+            );
+            return None;
+        }
+        (_, Some(list)) if list.is_empty() => {
+            c.problem(list_key, "needs at least one environment variable");
+            return None;
+        }
+        (_, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, var)| (format!("{list_key}[{i}]"), var.as_str()))
+            .collect(),
+        (single, None) => vec![(
+            format!("tokens.{kind}_secret_env"),
+            single.as_deref().unwrap_or(default),
+        )],
+    };
+    let mut found = Vec::with_capacity(names.len());
+    let mut ok = true;
+    for (i, (key, var)) in names.iter().enumerate() {
+        if names[..i].iter().any(|(_, earlier)| earlier == var) {
+            c.problem(key, format!("{var} is listed twice"));
+            ok = false;
+            continue;
+        }
+        match secret(c, key, var, allow_short, env) {
+            Some(value) => found.push((var.to_string(), value)),
+            None => ok = false,
+        }
+    }
+    ok.then_some(found)
 }
 
 fn env_bytes(value: OsString) -> Vec<u8> {
@@ -894,6 +955,56 @@ mod tests {
         .unwrap()
         .runtime;
         assert_eq!(rt.auth_api.fields.user, None);
+    }
+
+    #[test]
+    fn secret_lists_for_rotation_are_checked_entry_by_entry() {
+        const ROTATION: &[(&str, &str)] = &[
+            ("ETLS_ACCESS", A),
+            (
+                "ETLS_ACCESS_PREVIOUS",
+                "previous-access-secret-previous-acc",
+            ),
+            ("ETLS_REFRESH", R),
+            ("SHORT", "short"),
+        ];
+        assert!(
+            problems(
+                "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_ACCESS_PREVIOUS]}",
+                ROTATION
+            )
+            .is_empty()
+        );
+        let cases = [
+            (
+                "tokens: {access_secret_env: ETLS_ACCESS, access_secret_envs: [ETLS_ACCESS]}",
+                "tokens.access_secret_envs: give either",
+            ),
+            (
+                "tokens: {refresh_secret_envs: []}",
+                "tokens.refresh_secret_envs: needs",
+            ),
+            (
+                "tokens: {access_secret_envs: [ETLS_ACCESS, MISSING]}",
+                "tokens.access_secret_envs[1]: environment variable MISSING is not set",
+            ),
+            (
+                "tokens: {access_secret_envs: [ETLS_ACCESS, SHORT]}",
+                "tokens.access_secret_envs[1]: environment variable SHORT is 5 bytes",
+            ),
+            (
+                "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_ACCESS]}",
+                "tokens.access_secret_envs[1]: ETLS_ACCESS is listed twice",
+            ),
+            (
+                "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_REFRESH]}",
+                "tokens.refresh_secret_env: ETLS_REFRESH and ETLS_REFRESH hold the same secret",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = problems(yaml, ROTATION);
+            assert!(got.iter().any(|p| p.starts_with(want)), "{yaml}: {got:?}");
+        }
     }
 
     #[test]

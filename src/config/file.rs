@@ -233,10 +233,15 @@ fn default_user_field() -> Option<String> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokensFile {
-    #[serde(default = "default_access_secret_env")]
-    pub access_secret_env: String,
-    #[serde(default = "default_refresh_secret_env")]
-    pub refresh_secret_env: String,
+    /// One env var (default `ETLS_ACCESS`), or, for rotation, a list newest first.
+    #[serde(default)]
+    pub access_secret_env: Option<String>,
+    #[serde(default)]
+    pub access_secret_envs: Option<Vec<String>>,
+    #[serde(default)]
+    pub refresh_secret_env: Option<String>,
+    #[serde(default)]
+    pub refresh_secret_envs: Option<Vec<String>>,
     #[serde(default = "default_access_ttl_env")]
     pub access_ttl_env: Option<String>,
     #[serde(default = "default_refresh_ttl_env")]
@@ -256,8 +261,10 @@ pub struct TokensFile {
 impl Default for TokensFile {
     fn default() -> Self {
         TokensFile {
-            access_secret_env: default_access_secret_env(),
-            refresh_secret_env: default_refresh_secret_env(),
+            access_secret_env: None,
+            access_secret_envs: None,
+            refresh_secret_env: None,
+            refresh_secret_envs: None,
             access_ttl_env: default_access_ttl_env(),
             refresh_ttl_env: default_refresh_ttl_env(),
             access_ttl_secs: default_access_ttl(),
@@ -269,12 +276,6 @@ impl Default for TokensFile {
     }
 }
 
-fn default_access_secret_env() -> String {
-    "ETLS_ACCESS".into()
-}
-fn default_refresh_secret_env() -> String {
-    "ETLS_REFRESH".into()
-}
 fn default_access_ttl_env() -> Option<String> {
     Some("ETLS_ACCESS_EXPIRE_TIME".into())
 }

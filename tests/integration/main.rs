@@ -9,5 +9,6 @@ mod flow;
 mod logs;
 mod matrix;
 mod ops;
+mod rotation;
 mod support;
 mod tls;
