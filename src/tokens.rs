@@ -10,6 +10,8 @@
 //! Time checks take an injected `now`, so `exp`, `nbf`, leeway and refresh-ahead behave the same
 //! way in tests and in production.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -118,7 +120,7 @@ impl KeySet {
             Some(kid) => self
                 .keys
                 .iter()
-                .find(|k| k.kid == kid)
+                .find(|k| k.kid == *kid)
                 .is_some_and(signed_by),
             None => self.keys.iter().any(signed_by),
         };
@@ -130,14 +132,24 @@ impl KeySet {
 }
 
 /// `{"alg": "...", "kid": "..."}`; other header fields (`typ`) do not change how HS256
-/// verifies. A `kid` with JSON escapes cannot be borrowed and is refused as malformed (ours are
-/// base64url).
+/// verifies. The `kid` is borrowed from the decoded header; only one written with JSON escapes
+/// (never ours: they are base64url) is unescaped into a `String`, so it names the same key as
+/// it does for jsonwebtoken.
 #[derive(Deserialize)]
 struct JwtHeader<'a> {
     #[serde(borrow)]
     alg: &'a str,
-    #[serde(borrow, default)]
-    kid: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "borrowed_kid")]
+    kid: Option<Cow<'a, str>>,
+}
+
+/// `Option<Cow<str>>` borrowing when it can (serde's own `Cow` impl always allocates).
+fn borrowed_kid<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Kid<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Kid<'a>>::deserialize(deserializer)?.map(|Kid(kid)| kid))
 }
 
 /// Length of `.signature` at the end of a three-segment token.
@@ -441,11 +453,12 @@ pub(crate) mod tests {
 
     /// An HS256 token over a payload written by hand (escapes, duplicates, trailing bytes).
     pub fn sign_raw(secret: &[u8], payload_json: &str) -> String {
-        let message = format!(
-            "{}.{}",
-            b64(r#"{"alg":"HS256","typ":"JWT"}"#),
-            b64(payload_json)
-        );
+        sign_raw_header(secret, r#"{"alg":"HS256","typ":"JWT"}"#, payload_json)
+    }
+
+    /// Like [`sign_raw`], with the header written by hand too (`kid` variants).
+    pub fn sign_raw_header(secret: &[u8], header_json: &str, payload_json: &str) -> String {
+        let message = format!("{}.{}", b64(header_json), b64(payload_json));
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
         mac.update(message.as_bytes());
         format!(
@@ -747,6 +760,69 @@ pub(crate) mod tests {
         for (what, secrets, token, passes) in cases {
             assert_eq!(fresh(&phase(secrets), token), passes, "{what}");
         }
+        // A kid naming no configured key is a signature fault: no key is ever taken from it.
+        for token in [with_kid(OLD, "someone-elses"), with_kid(NEW, &key_id(OLD))] {
+            assert_eq!(
+                phase(&[NEW]).check_access(token.as_bytes(), NOW),
+                AccessState::Invalid(TokenFault::Signature),
+                "{token}"
+            );
+        }
+        // Access and user tokens are signed with the first secret only, under its kid.
+        let signed_with = |token: &str, secret: &[u8]| {
+            let mut v = jsonwebtoken::Validation::new(Algorithm::HS256);
+            v.required_spec_claims.clear();
+            v.validate_exp = false;
+            let key = jsonwebtoken::DecodingKey::from_secret(secret);
+            jsonwebtoken::decode::<Value>(token, &key, &v).is_ok()
+        };
+        let user = phase(&[NEW, OLD]).mint_user(&claims, NOW).unwrap();
+        for token in [&new_minted, &user] {
+            assert!(
+                signed_with(token, NEW) && !signed_with(token, OLD),
+                "{token}"
+            );
+            let kid = jsonwebtoken::decode_header(token).unwrap().kid;
+            assert_eq!(kid, Some(key_id(NEW)));
+        }
+        assert_eq!(
+            jsonwebtoken::decode_header(&old_minted).unwrap().kid,
+            Some(key_id(OLD))
+        );
+
+        // The refresh secrets rotate the same way, independently of the access ones.
+        const OLD_R: &[u8] = b"old-refresh-secret-old-refresh-secr";
+        let refresh_phase = |refresh: &[&[u8]]| TokenKeys::rotating(&[NEW], refresh, times);
+        let old_refresh = refresh_phase(&[OLD_R]).mint_refresh(&claims, NOW).unwrap();
+        let new_refresh = refresh_phase(&[REFRESH, OLD_R])
+            .mint_refresh(&claims, NOW)
+            .unwrap();
+        assert!(signed_with(&new_refresh, REFRESH) && !signed_with(&new_refresh, OLD_R));
+        let no_kid_old_refresh = sign(OLD_R, Algorithm::HS256, json!({"exp": NOW + 60}));
+        let cases: [(&str, &[&[u8]], &str, bool); 7] = [
+            ("old kid, new + old", &[REFRESH, OLD_R], &old_refresh, true),
+            ("new kid, new + old", &[REFRESH, OLD_R], &new_refresh, true),
+            (
+                "no kid, new + old",
+                &[REFRESH, OLD_R],
+                &no_kid_old_refresh,
+                true,
+            ),
+            ("old kid, new only", &[REFRESH], &old_refresh, false),
+            ("no kid, new only", &[REFRESH], &no_kid_old_refresh, false),
+            ("new kid, new only", &[REFRESH], &new_refresh, true),
+            ("an access token", &[REFRESH, OLD_R], &new_minted, false),
+        ];
+        for (what, secrets, token, passes) in cases {
+            let keys = refresh_phase(secrets);
+            let valid = keys.check_refresh(token.as_bytes(), NOW) == RefreshState::Valid;
+            assert_eq!(valid, passes, "refresh: {what}");
+            assert_eq!(
+                keys.refresh_claims(token.as_bytes()).is_ok(),
+                passes,
+                "refresh claims: {what}"
+            );
+        }
     }
 
     #[test]
@@ -759,17 +835,25 @@ pub(crate) mod tests {
         assert_ne!(a, plain);
     }
 
-    /// The hand-written verifier agrees with `jsonwebtoken` on every token, well formed or not.
+    /// The hand-written verifier agrees with `jsonwebtoken` on every token, well formed or not,
+    /// with one secret and with two (rotation): the reference for a token with a `kid` is the
+    /// secret whose kid matches, for one without, any configured secret.
     #[test]
     fn verification_agrees_with_jsonwebtoken() {
-        let k = keys();
-        let reference =
-            |t: &str| crate::fuzzing::reference_exp(t.as_bytes(), ACCESS, NOW).is_some();
+        const OTHER: &[u8] = b"other-access-secret-other-access-s";
         let good = sign(
             ACCESS,
             Algorithm::HS256,
             json!({"username":"ann","exp": NOW + 60}),
         );
+        let header_with = |kid: &str| format!(r#"{{"alg":"HS256","typ":"JWT","kid":{kid}}}"#);
+        let payload = format!(r#"{{"exp":{}}}"#, NOW + 60);
+        let ours = format!("\"{}\"", key_id(ACCESS));
+        // The same kid with its first character written as a JSON escape.
+        let escaped = format!("\"\\u{:04x}{}", ours.as_bytes()[1], &ours[2..]);
+        let minted = TokenKeys::rotating(&[ACCESS, OTHER], &[REFRESH], keys().times)
+            .mint_access(&Claims::new(), NOW)
+            .unwrap();
         let (h, rest) = good.split_once('.').unwrap();
         let (p, sig) = rest.split_once('.').unwrap();
         let mut tokens = vec![
@@ -802,19 +886,52 @@ pub(crate) mod tests {
             sign_raw(ACCESS, "null"),
             "".into(),
             "...".into(),
+            sign(OTHER, Algorithm::HS256, json!({"exp": NOW + 60})),
+            minted.clone(),
         ];
-        // Every single-character change to the signature and payload.
-        for i in 0..good.len() {
-            let mut bytes = good.clone().into_bytes();
-            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
-            tokens.push(String::from_utf8(bytes).unwrap());
+        let kids = [
+            ours.clone(),
+            escaped,
+            format!("\"{}\"", key_id(OTHER)),
+            format!("\"{}\"", key_id(REFRESH)),
+            r#""\u0041nother""#.into(),
+            r#""""#.into(),
+            "null".into(),
+            "7".into(),
+            format!(r#"{ours},"kid":{ours}"#),
+        ];
+        for kid in &kids {
+            for secret in [ACCESS, OTHER, REFRESH] {
+                tokens.push(sign_raw_header(secret, &header_with(kid), &payload));
+            }
         }
-        for t in &tokens {
-            let ours = matches!(
-                k.check_access(t.as_bytes(), NOW),
-                AccessState::Fresh | AccessState::Expired
-            );
-            assert_eq!(ours, reference(t), "{t}");
+        // Every single-character change, with and without a kid.
+        for token in [&good, &minted] {
+            for i in 0..token.len() {
+                let mut bytes = token.clone().into_bytes();
+                bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+                tokens.push(String::from_utf8(bytes).unwrap());
+            }
         }
+        let mut accepted = [0; 2];
+        for (n, secrets) in [&[ACCESS][..], &[ACCESS, OTHER]].into_iter().enumerate() {
+            let k = TokenKeys::rotating(secrets, &[REFRESH], keys().times);
+            for t in &tokens {
+                let ours = matches!(
+                    k.check_access(t.as_bytes(), NOW),
+                    AccessState::Fresh | AccessState::Expired
+                );
+                let reference = secrets
+                    .iter()
+                    .any(|s| crate::fuzzing::reference_exp(t.as_bytes(), s, NOW).is_some());
+                assert_eq!(ours, reference, "{} secret(s): {t}", secrets.len());
+                accepted[n] += usize::from(ours);
+            }
+        }
+        // Not vacuous: the second secret admits what it signed (with its kid or none).
+        assert!(
+            accepted[1] > accepted[0] && accepted[0] >= 6,
+            "{accepted:?}"
+        );
     }
 }

@@ -45,16 +45,13 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 #[test]
 fn a_valid_request_allocates_nothing() {
     let access = b"access-secret-access-secret-0123";
-    let keys = TokenKeys::new(
-        access,
-        b"refresh-secret-refresh-secret-01",
-        TokenTimes {
-            access_ttl_secs: 900,
-            refresh_ttl_secs: 43_200,
-            leeway_secs: 0,
-            refresh_ahead_secs: 0,
-        },
-    );
+    let times = TokenTimes {
+        access_ttl_secs: 900,
+        refresh_ttl_secs: 43_200,
+        leeway_secs: 0,
+        refresh_ahead_secs: 0,
+    };
+    let keys = TokenKeys::new(access, b"refresh-secret-refresh-secret-01", times);
     let now = etls_proxy::unix_now();
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -109,6 +106,31 @@ fn a_valid_request_allocates_nothing() {
     };
     decide(); // warm-up: lazily initialised statics, if any
     assert_eq!(allocations_in(decide), 0);
+
+    // Secret rotation: a token with a `kid` (as the proxy mints them) checked against the key it
+    // names, and one without (the old routes') tried against each secret, allocate nothing.
+    let rotating = TokenKeys::rotating(
+        &[b"newer-access-secret-newer-access-01", access],
+        &[b"refresh-secret-refresh-secret-01"],
+        times,
+    );
+    let claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
+    let minted = rotating.mint_access(&claims, now).unwrap();
+    let policy = SessionPolicy {
+        names: &names,
+        keys: &rotating,
+        send_cookies: &send,
+    };
+    for token in [&minted, &token] {
+        let cookie = format!("theme=dark; accessTokenEtls={token}; lang=uk");
+        let decide = || {
+            let jar = CookieJar::from_headers([cookie.as_bytes()]);
+            let verdict = assess(&jar, &policy, now, Purpose::Request);
+            assert_eq!(verdict, Verdict::Forward { keep_access: None });
+        };
+        decide();
+        assert_eq!(allocations_in(decide), 0, "{token}");
+    }
     // The counter does count: a refresh-path rewrite allocates.
     assert!(
         allocations_in(|| drop(etls_proxy::cookies::rewrite(

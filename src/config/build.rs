@@ -547,13 +547,13 @@ fn check_tokens(
         env,
     );
     if let (Some(access), Some(refresh)) = (&access, &refresh) {
-        for (a_var, a) in access {
-            for (r_var, r) in refresh {
+        for (a_key, a_var, a) in access {
+            for (r_key, r_var, r) in refresh {
                 if a == r {
                     c.problem(
-                        "tokens.refresh_secret_env",
+                        r_key,
                         format!(
-                            "{a_var} and {r_var} hold the same secret: a refresh token would pass as an access token"
+                            "{r_var} holds the same secret as {a_var} ({a_key}): a refresh token would pass as an access token"
                         ),
                     );
                 }
@@ -581,7 +581,7 @@ fn check_tokens(
         leeway_secs: t.leeway_secs,
         refresh_ahead_secs: t.refresh_ahead_secs,
     };
-    let values = |s: &[(String, Vec<u8>)]| s.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let values = |s: &[Secret]| s.iter().map(|(_, _, v)| v.clone()).collect::<Vec<_>>();
     let (access, refresh) = (values(&access), values(&refresh));
     let keys = TokenKeys::rotating(&as_slices(&access), &as_slices(&refresh), times);
     Some((keys, access.into_iter().chain(refresh).collect()))
@@ -591,7 +591,10 @@ fn as_slices(secrets: &[Vec<u8>]) -> Vec<&[u8]> {
     secrets.iter().map(Vec::as_slice).collect()
 }
 
-/// The secrets of one token kind, newest first, with the env var each came from:
+/// One secret: the key path that names it, its env var, its value.
+type Secret = (String, String, Vec<u8>);
+
+/// The secrets of one token kind, newest first, with the key and env var each came from:
 /// `tokens.<kind>_secret_env` (one name, default `default`) or `tokens.<kind>_secret_envs` (a
 /// list, for rotation), never both.
 fn secrets(
@@ -601,7 +604,7 @@ fn secrets(
     default: &str,
     allow_short: bool,
     env: Env<'_>,
-) -> Option<Vec<(String, Vec<u8>)>> {
+) -> Option<Vec<Secret>> {
     let list_key = format!("tokens.{kind}_secret_envs");
     let names: Vec<(String, &str)> = match (single, list) {
         (Some(_), Some(_)) => {
@@ -634,7 +637,7 @@ fn secrets(
             continue;
         }
         match secret(c, key, var, allow_short, env) {
-            Some(value) => found.push((var.to_string(), value)),
+            Some(value) => found.push((key.clone(), var.to_string(), value)),
             None => ok = false,
         }
     }
@@ -966,45 +969,117 @@ mod tests {
                 "previous-access-secret-previous-acc",
             ),
             ("ETLS_REFRESH", R),
+            (
+                "ETLS_REFRESH_PREVIOUS",
+                "previous-refresh-secret-previous-r",
+            ),
             ("SHORT", "short"),
+            ("COPY_OF_ACCESS", A),
         ];
-        assert!(
-            problems(
-                "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_ACCESS_PREVIOUS]}",
-                ROTATION
-            )
-            .is_empty()
-        );
-        let cases = [
+        for fine in [
+            "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_ACCESS_PREVIOUS]}",
+            "tokens: {access_secret_envs: [ETLS_ACCESS], refresh_secret_env: ETLS_REFRESH}",
+            "tokens: {access_secret_env: ETLS_ACCESS, refresh_secret_envs: [ETLS_REFRESH, ETLS_REFRESH_PREVIOUS]}",
+        ] {
+            assert_eq!(problems(fine, ROTATION), Vec::<String>::new(), "{fine}");
+        }
+        // Every problem of the file at once, each named by its key path and index.
+        let cases: [(&str, &[&str]); 8] = [
             (
                 "tokens: {access_secret_env: ETLS_ACCESS, access_secret_envs: [ETLS_ACCESS]}",
-                "tokens.access_secret_envs: give either",
+                &["tokens.access_secret_envs: give either tokens.access_secret_env or"],
+            ),
+            (
+                "tokens: {refresh_secret_env: ETLS_REFRESH, refresh_secret_envs: [ETLS_REFRESH]}",
+                &["tokens.refresh_secret_envs: give either tokens.refresh_secret_env or"],
             ),
             (
                 "tokens: {refresh_secret_envs: []}",
-                "tokens.refresh_secret_envs: needs",
+                &["tokens.refresh_secret_envs: needs at least one"],
             ),
             (
-                "tokens: {access_secret_envs: [ETLS_ACCESS, MISSING]}",
-                "tokens.access_secret_envs[1]: environment variable MISSING is not set",
+                "tokens: {access_secret_envs: [ETLS_ACCESS, MISSING, SHORT, ''], refresh_secret_envs: []}",
+                &[
+                    "tokens.access_secret_envs[1]: environment variable MISSING is not set",
+                    "tokens.access_secret_envs[2]: environment variable SHORT is 5 bytes",
+                    "tokens.access_secret_envs[3]: must name an environment variable",
+                    "tokens.refresh_secret_envs: needs at least one",
+                ],
             ),
             (
-                "tokens: {access_secret_envs: [ETLS_ACCESS, SHORT]}",
-                "tokens.access_secret_envs[1]: environment variable SHORT is 5 bytes",
+                "tokens: {refresh_secret_envs: [ETLS_REFRESH, MISSING]}",
+                &["tokens.refresh_secret_envs[1]: environment variable MISSING is not set"],
             ),
             (
                 "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_ACCESS]}",
-                "tokens.access_secret_envs[1]: ETLS_ACCESS is listed twice",
+                &["tokens.access_secret_envs[1]: ETLS_ACCESS is listed twice"],
             ),
             (
                 "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_REFRESH]}",
-                "tokens.refresh_secret_env: ETLS_REFRESH and ETLS_REFRESH hold the same secret",
+                &[
+                    "tokens.refresh_secret_env: ETLS_REFRESH holds the same secret as ETLS_REFRESH (tokens.access_secret_envs[1])",
+                ],
+            ),
+            (
+                "tokens: {refresh_secret_envs: [ETLS_REFRESH, COPY_OF_ACCESS]}",
+                &[
+                    "tokens.refresh_secret_envs[1]: COPY_OF_ACCESS holds the same secret as ETLS_ACCESS (tokens.access_secret_env)",
+                ],
             ),
         ];
-        for (yaml, want) in cases {
+        for (yaml, wants) in cases {
             let got = problems(yaml, ROTATION);
-            assert!(got.iter().any(|p| p.starts_with(want)), "{yaml}: {got:?}");
+            assert_eq!(got.len(), wants.len(), "{yaml}: {got:?}");
+            for want in wants {
+                assert!(got.iter().any(|p| p.starts_with(want)), "{yaml}: {got:?}");
+            }
         }
+    }
+
+    /// The keys built from lists sign with the first secret under its kid and verify with every
+    /// one; all the secrets are handed to the log redactor.
+    #[test]
+    fn secret_lists_build_keys_that_sign_with_the_first() {
+        const PREVIOUS: &str = "previous-access-secret-previous-acc";
+        const PREVIOUS_R: &str = "previous-refresh-secret-previous-r";
+        let env = env_with(&[
+            ("ETLS_ACCESS", A),
+            ("ETLS_ACCESS_PREVIOUS", PREVIOUS),
+            ("ETLS_REFRESH", R),
+            ("ETLS_REFRESH_PREVIOUS", PREVIOUS_R),
+        ]);
+        let yaml = "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_ACCESS_PREVIOUS], refresh_secret_envs: [ETLS_REFRESH, ETLS_REFRESH_PREVIOUS]}";
+        let loaded = build(parse(yaml).unwrap(), outside(&env)).unwrap_or_else(|p| panic!("{p:?}"));
+        let mut secrets = loaded.secrets.clone();
+        secrets.sort();
+        let mut want: Vec<Vec<u8>> = [A, PREVIOUS, R, PREVIOUS_R].map(Into::into).to_vec();
+        want.sort();
+        assert_eq!(secrets, want, "every secret reaches the redactor");
+
+        let keys = &loaded.runtime.keys;
+        let now = crate::unix_now();
+        let claims = serde_json::from_str(r#"{"username": "ann"}"#).unwrap();
+        let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid;
+        let access = keys.mint_access(&claims, now).unwrap();
+        let refresh = keys.mint_refresh(&claims, now).unwrap();
+        assert_eq!(kid(&access), Some(crate::tokens::key_id(A.as_bytes())));
+        assert_eq!(kid(&refresh), Some(crate::tokens::key_id(R.as_bytes())));
+        let previous = |secret: &str| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &serde_json::json!({"exp": now + 60}),
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            keys.check_access(previous(PREVIOUS).as_bytes(), now),
+            crate::tokens::AccessState::Fresh
+        );
+        assert_eq!(
+            keys.check_refresh(previous(PREVIOUS_R).as_bytes(), now),
+            crate::tokens::RefreshState::Valid
+        );
     }
 
     #[test]
