@@ -1,7 +1,7 @@
 # The two commands: `make run` (the demo) and `make test` (the whole suite).
 CARGO ?= cargo
 
-.PHONY: run test deps build check lint clean bench bench-micro fuzz soak
+.PHONY: run test deps build check lint clean bench bench-micro fuzz soak e2e
 
 deps:
 	@scripts/deps.sh
@@ -43,6 +43,11 @@ bench-micro: deps
 ## Every cargo-fuzz target for FUZZ_SECS seconds (default 60); see fuzz/ and src/fuzzing.rs.
 fuzz: deps
 	scripts/fuzz.sh
+
+## A real Next.js app and headless Chromium behind the proxy, then the same app with a middleware
+## instead (installs chromium and the pinned npm packages when missing); see e2e/ and the README.
+e2e: build
+	e2e/run.sh target/debug
 
 ## Check the shipped configuration against the environment (needs ETLS_ACCESS/ETLS_REFRESH).
 check: build
