@@ -22,7 +22,12 @@ pub struct Answer<'a> {
     location: Option<String>,
     set_cookie: &'a [HeaderValue],
     allow: Option<&'static str>,
+    retry_after: Option<&'static str>,
 }
+
+/// `Retry-After` of a refresh refused because the auth API is busy: a refresh takes well under
+/// a second, so one second later a place is likely free.
+const BUSY_RETRY_AFTER: &str = "1";
 
 impl<'a> Answer<'a> {
     fn json(status: u16, body: &'static [u8]) -> Self {
@@ -32,6 +37,7 @@ impl<'a> Answer<'a> {
             location: None,
             set_cookie: &[],
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -77,9 +83,17 @@ impl<'a> Answer<'a> {
 
     /// A refresh that failed on the auth API's side: the user's cookies are kept (no
     /// Set-Cookie), so the next request simply tries again. A rejection is a logout and is
-    /// answered by [`Answer::logout`] instead.
+    /// answered by [`Answer::logout`] instead. Not sent at all because `auth_api.max_in_flight`
+    /// calls were in flight: 503 with `Retry-After`, cookies kept too.
     pub fn refresh_failed(error: &RefreshError) -> Self {
         match error {
+            RefreshError::Busy => Answer {
+                retry_after: Some(BUSY_RETRY_AFTER),
+                ..Answer::json(
+                    503,
+                    br#"{"error":"Service Unavailable","reason":"auth API busy"}"#,
+                )
+            },
             RefreshError::AuthApi(AuthApiError::Timeout(_)) => Answer::json(
                 504,
                 br#"{"error":"Gateway Timeout","reason":"auth API timed out"}"#,
@@ -118,6 +132,9 @@ impl<'a> Answer<'a> {
         }
         if let Some(allow) = self.allow {
             h.insert_header("Allow", allow)?;
+        }
+        if let Some(seconds) = self.retry_after {
+            h.insert_header("Retry-After", seconds)?;
         }
         for line in self.set_cookie {
             h.append_header("Set-Cookie", line.clone())?;
@@ -232,7 +249,21 @@ mod tests {
             let h = Answer::refresh_failed(&err).header().unwrap();
             assert_eq!(h.status.as_u16(), status, "{err:?}");
             assert!(set_cookies(&h).is_empty());
+            assert!(h.headers.get("retry-after").is_none());
         }
+    }
+
+    #[test]
+    fn a_busy_auth_api_is_503_with_retry_after_and_cookies_kept() {
+        let a = Answer::refresh_failed(&RefreshError::Busy);
+        let h = a.header().unwrap();
+        assert_eq!(h.status.as_u16(), 503);
+        assert_eq!(
+            a.body,
+            br#"{"error":"Service Unavailable","reason":"auth API busy"}"#
+        );
+        assert_eq!(h.headers["retry-after"], "1");
+        assert!(set_cookies(&h).is_empty());
     }
 
     #[test]

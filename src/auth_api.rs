@@ -37,6 +37,36 @@ pub struct AuthApiSettings {
     /// Browser cookies forwarded to the auth API (seed 002 sends only `refreshToken`).
     pub send_cookies: Vec<String>,
     pub fields: AuthFields,
+    /// `auth_api.logout_url`: called on logout with the same cookies, best effort.
+    pub logout: Option<ApiEndpoint>,
+    /// Auth API calls in flight at most (refreshes and backend logouts).
+    pub max_in_flight: usize,
+}
+
+/// Another URL of the auth API, called like the refresh.
+#[derive(Debug, Clone)]
+pub struct ApiEndpoint {
+    pub peer: HttpPeer,
+    pub authority: String,
+    pub path_and_query: String,
+}
+
+/// Where one call goes.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    peer: &'a HttpPeer,
+    authority: &'a str,
+    path_and_query: &'a str,
+}
+
+impl AuthApiSettings {
+    fn refresh_target(&self) -> Target<'_> {
+        Target {
+            peer: &self.peer,
+            authority: &self.authority,
+            path_and_query: &self.path_and_query,
+        }
+    }
 }
 
 /// JSON field names of the answer (seed 000 uses `newAccessToken`, `newRefreshToken`, `newEtlsUser`).
@@ -107,12 +137,48 @@ impl AuthApiClient {
         settings: &AuthApiSettings,
         cookie_header: &str,
     ) -> Result<ApiTokens, AuthApiError> {
+        let read = |status: u16, content_type: Option<&[u8]>, body: &[u8]| {
+            read_answer(status, content_type, body, &settings.fields)
+        };
+        self.call(settings, settings.refresh_target(), cookie_header, read)
+            .await
+    }
+
+    /// The backend logout: `POST logout_url` with the session's cookies, as the refresh is
+    /// sent, bounded by the same deadline. Any 2xx is `Ok`, whatever its body; `Ok` too when no
+    /// `logout_url` is configured.
+    pub async fn logout(
+        &self,
+        settings: &AuthApiSettings,
+        cookie_header: &str,
+    ) -> Result<(), AuthApiError> {
+        let Some(endpoint) = &settings.logout else {
+            return Ok(());
+        };
+        let target = Target {
+            peer: &endpoint.peer,
+            authority: &endpoint.authority,
+            path_and_query: &endpoint.path_and_query,
+        };
+        self.call(settings, target, cookie_header, read_logout_answer)
+            .await
+    }
+
+    async fn call<R>(
+        &self,
+        settings: &AuthApiSettings,
+        target: Target<'_>,
+        cookie_header: &str,
+        read: impl Fn(u16, Option<&[u8]>, &[u8]) -> Result<R, AuthApiError>,
+    ) -> Result<R, AuthApiError> {
         let deadline = settings.timeout;
         let attempt = async {
-            match self.exchange(settings, cookie_header).await {
+            match self.exchange(settings, target, cookie_header, &read).await {
                 // A pooled connection the server had closed: the request never got through
                 // whole, so it cannot have been processed; one fresh try.
-                Err((Failure::Io(_), true)) => self.exchange(settings, cookie_header).await,
+                Err((Failure::Io(_), true)) => {
+                    self.exchange(settings, target, cookie_header, &read).await
+                }
                 other => other,
             }
         };
@@ -126,19 +192,21 @@ impl AuthApiClient {
     /// `Ok` holds the reading of a complete answer; `Err` a transport failure and whether it is
     /// safe to try again: only when writing to a pooled connection failed. Once the request is
     /// written, the auth API may have rotated the token, and a second call would replay it.
-    async fn exchange(
+    async fn exchange<R>(
         &self,
         settings: &AuthApiSettings,
+        target: Target<'_>,
         cookie_header: &str,
-    ) -> Result<Result<ApiTokens, AuthApiError>, (Failure, bool)> {
+        read: &impl Fn(u16, Option<&[u8]>, &[u8]) -> Result<R, AuthApiError>,
+    ) -> Result<Result<R, AuthApiError>, (Failure, bool)> {
         let (mut http, reused) = self
             .connector
-            .get_http_session(&settings.peer)
+            .get_http_session(target.peer)
             .await
             .map_err(|e| (Failure::from(e), false))?;
         http.set_read_timeout(Some(settings.timeout));
         http.set_write_timeout(Some(settings.timeout));
-        let request = build_request(settings, cookie_header)
+        let request = build_request(target, cookie_header)
             .map_err(|e| (Failure::Internal(e.to_string()), false))?;
         let writing = |e: Box<PingoraError>| (Failure::from(e), reused);
         http.write_request_header(Box::new(request))
@@ -166,28 +234,34 @@ impl AuthApiClient {
             }
             body.extend_from_slice(&chunk);
         }
-        let answer = read_answer(status, content_type.as_deref(), &body, &settings.fields);
+        let answer = read(status, content_type.as_deref(), &body);
         if let HttpSession::H1(h1) = &mut http {
             h1.respect_keepalive();
         }
         self.connector
-            .release_http_session(http, &settings.peer, Some(POOL_IDLE))
+            .release_http_session(http, target.peer, Some(POOL_IDLE))
             .await;
         Ok(answer)
     }
 }
 
-fn build_request(
-    settings: &AuthApiSettings,
-    cookie_header: &str,
-) -> pingora::Result<RequestHeader> {
-    let mut req = RequestHeader::build("POST", settings.path_and_query.as_bytes(), Some(5))?;
-    req.insert_header("Host", settings.authority.as_str())?;
+fn build_request(target: Target<'_>, cookie_header: &str) -> pingora::Result<RequestHeader> {
+    let mut req = RequestHeader::build("POST", target.path_and_query.as_bytes(), Some(5))?;
+    req.insert_header("Host", target.authority)?;
     req.insert_header("Content-Type", "application/json")?;
     req.insert_header("Accept", "application/json")?;
     req.insert_header("Cookie", cookie_header)?;
     req.insert_header("Content-Length", "2")?;
     Ok(req)
+}
+
+/// A backend logout succeeded on any 2xx; its body is not read further.
+fn read_logout_answer(status: u16, _: Option<&[u8]>, _: &[u8]) -> Result<(), AuthApiError> {
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(AuthApiError::BadAnswer(format!("HTTP {status}")))
+    }
 }
 
 enum Failure {
@@ -465,6 +539,27 @@ mod tests {
             let got = read_answer(status, ct, body, &fields()).map(|_| ());
             assert_eq!(got, want, "{status} {:?}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn a_backend_logout_succeeds_on_any_2xx() {
+        for (status, ok) in [
+            (200, true),
+            (204, true),
+            (302, false),
+            (401, false),
+            (500, false),
+        ] {
+            assert_eq!(
+                read_logout_answer(status, None, b"").is_ok(),
+                ok,
+                "{status}"
+            );
+        }
+        assert_eq!(
+            read_logout_answer(503, JSON, b"{}"),
+            Err(AuthApiError::BadAnswer("HTTP 503".into()))
+        );
     }
 
     #[test]

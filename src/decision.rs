@@ -50,6 +50,8 @@ pub enum Refusal {
     NoApiSession,
     /// The auth API refused the refresh token.
     AuthApiRejected,
+    /// The session was ended (logout, or the auth API refused it) within the grace window.
+    SessionEnded,
 }
 
 impl Refusal {
@@ -62,6 +64,7 @@ impl Refusal {
             Refusal::RefreshInvalid(_) => "refresh_invalid",
             Refusal::NoApiSession => "no_api_session",
             Refusal::AuthApiRejected => "auth_api_rejected",
+            Refusal::SessionEnded => "session_ended",
         }
     }
 }
@@ -190,11 +193,18 @@ fn valid_refresh<'a>(
 
 /// `refreshToken=<value>` (seed 002): the first value of each configured cookie that is present
 /// and a valid cookie value (anything else cannot be sent on faithfully, so it counts as absent).
-fn api_cookie_header(jar: &CookieJar<'_>, send_cookies: &[String]) -> String {
+pub fn api_cookie_header(jar: &CookieJar<'_>, send_cookies: &[String]) -> String {
+    api_cookies_with(send_cookies, |name| jar.get(name))
+}
+
+/// [`api_cookie_header`] over any lookup of cookie values by name.
+pub fn api_cookies_with<'v>(
+    send_cookies: &[String],
+    value_of: impl Fn(&str) -> Option<&'v [u8]>,
+) -> String {
     let mut out = String::new();
     for name in send_cookies {
-        let value = jar
-            .get(name)
+        let value = value_of(name)
             .filter(|v| is_cookie_octets(v))
             .and_then(|v| std::str::from_utf8(v).ok());
         if let Some(value) = value {

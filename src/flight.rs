@@ -8,6 +8,11 @@
 //!
 //! The flight runs in its own task: a browser that gives up mid-refresh must not cancel a call
 //! whose rotated tokens the other requests of the session are waiting for.
+//!
+//! A session can be ended (logout, or the auth API refusing it): the kept results of its whole
+//! chain (the old cookies' key and the key of the cookies the renewed browser carries) give way
+//! to tombstones for the grace window, so replayed cookies get the logout outcome and no call.
+//! Every flight holds a permit of the [`CallGate`], which bounds the auth API calls in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -74,7 +79,7 @@ pub enum Joined {
     Led,
     /// Waited for a flight another request started.
     Waited,
-    /// Took a result kept for the grace window.
+    /// Took a result kept for the grace window (or the tombstone of an ended session).
     Grace,
 }
 
@@ -82,11 +87,86 @@ pub enum Joined {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlightLost;
 
+/// The session was ended (logout, or the auth API refused it) less than a grace window ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionEnded;
+
+/// A new flight would exceed the bound of auth API calls in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthApiBusy;
+
+/// What the table's outcomes need of an error type.
+pub trait FlightError:
+    Clone + Send + Sync + From<FlightLost> + From<SessionEnded> + From<AuthApiBusy> + 'static
+{
+}
+
+impl<E> FlightError for E where
+    E: Clone + Send + Sync + From<FlightLost> + From<SessionEnded> + From<AuthApiBusy> + 'static
+{
+}
+
 type Outcome<T, E> = Result<T, E>;
+
+/// What a flight came to, as its task hands it to the table.
+#[derive(Debug)]
+pub enum Landing<T, E> {
+    /// Shared, then kept for the grace window. `next` is the session key of the cookies the
+    /// renewed browser carries, so that ending either session ends both.
+    Renewed { value: T, next: Option<SessionKey> },
+    /// Shared with the waiters, not kept: the next request tries again.
+    Failed(E),
+    /// Shared with the waiters, then the session's whole chain is ended, as a logout ends it.
+    Ended(E),
+}
+
+/// Longest chain of renewals ended at once (one per refresh within a grace window).
+const MAX_CHAIN: usize = 64;
 
 enum Slot<T, E> {
     Running(watch::Receiver<Option<Outcome<T, E>>>),
-    Kept { value: T, until: Instant },
+    Kept {
+        value: T,
+        until: Instant,
+        next: Option<SessionKey>,
+    },
+    /// The session was ended: answered with [`SessionEnded`] until then.
+    Ended {
+        until: Instant,
+    },
+}
+
+/// Bounds the auth API calls in flight (refreshes and backend logouts alike).
+#[derive(Debug, Default)]
+pub struct CallGate {
+    running: AtomicUsize,
+}
+
+/// One call in flight; dropping it frees its place.
+#[derive(Debug)]
+pub struct CallPermit(Arc<CallGate>);
+
+impl CallGate {
+    /// A place, unless `max` calls are already in flight.
+    pub fn try_acquire(self: &Arc<Self>, max: usize) -> Option<CallPermit> {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(CallPermit(Arc::clone(self)))
+    }
+
+    /// Calls in flight now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for CallPermit {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Entry<T, E> {
@@ -96,14 +176,18 @@ struct Entry<T, E> {
 
 struct Table<T, E> {
     entries: HashMap<SessionKey, Entry<T, E>>,
-    /// Kept results in the order they were stored, which is the order they expire in (the grace
-    /// window is the same for all); pairs whose entry has been replaced are skipped.
+    /// Kept results and tombstones in the order they were stored, which is the order they expire
+    /// in (the grace window is the same for all); pairs whose entry has been replaced are skipped.
     kept: VecDeque<(SessionKey, u64)>,
+    /// `next` key of a kept result → `(key, generation)` of that result: how a logout carrying
+    /// the renewed cookies finds the old ones. At most one per kept result.
+    origin: HashMap<SessionKey, (SessionKey, u64)>,
     next_generation: u64,
 }
 
 pub struct RefreshFlights<T, E> {
     table: Mutex<Table<T, E>>,
+    gate: Arc<CallGate>,
     /// Both may change on a configuration reload; they apply to what is stored from then on.
     grace_ms: AtomicU64,
     max_entries: AtomicUsize,
@@ -117,15 +201,17 @@ enum Step<T, E> {
 impl<T, E> RefreshFlights<T, E>
 where
     T: Clone + Send + Sync + 'static,
-    E: Clone + Send + Sync + From<FlightLost> + 'static,
+    E: FlightError,
 {
     pub fn new(grace: Duration, max_entries: usize) -> Self {
         RefreshFlights {
             table: Mutex::new(Table {
                 entries: HashMap::new(),
                 kept: VecDeque::new(),
+                origin: HashMap::new(),
                 next_generation: 0,
             }),
+            gate: Arc::default(),
             grace_ms: AtomicU64::new(0),
             max_entries: AtomicUsize::new(1),
         }
@@ -162,34 +248,91 @@ where
         self.len() == 0
     }
 
-    /// The outcome for `key`: a kept result, the running flight's, or a new flight from `start`.
+    /// The gate every auth API call passes, shared with the backend logout.
+    pub fn gate(&self) -> &Arc<CallGate> {
+        &self.gate
+    }
+
+    /// The outcome for `key`: a kept result, the running flight's, or a new flight from `start`
+    /// (successes kept, failures not, no chain, no bound on the calls in flight).
     pub async fn run<F, Fut>(self: &Arc<Self>, key: SessionKey, start: F) -> (Outcome<T, E>, Joined)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Outcome<T, E>> + Send + 'static,
     {
-        let step = self.join_or_start(key, start);
+        let start = move || {
+            let flight = start();
+            async move {
+                match flight.await {
+                    Ok(value) => Landing::Renewed { value, next: None },
+                    Err(error) => Landing::Failed(error),
+                }
+            }
+        };
+        self.run_bounded(key, usize::MAX, start).await
+    }
+
+    /// As [`Self::run`], with the flight saying what its outcome does to the session, and at
+    /// most `max_in_flight` flights running: beyond it, [`AuthApiBusy`] at once, no flight.
+    /// An ended session is answered [`SessionEnded`] for the grace window.
+    pub async fn run_bounded<F, Fut>(
+        self: &Arc<Self>,
+        key: SessionKey,
+        max_in_flight: usize,
+        start: F,
+    ) -> (Outcome<T, E>, Joined)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Landing<T, E>> + Send + 'static,
+    {
+        let step = self.join_or_start(key, max_in_flight, start);
         match step {
             Step::Done(outcome, joined) => (outcome, joined),
             Step::Wait(rx, joined) => (wait(rx).await, joined),
         }
     }
 
-    fn join_or_start<F, Fut>(self: &Arc<Self>, key: SessionKey, start: F) -> Step<T, E>
+    /// Ends the session `key` names, with every session chained to it by a kept result: each
+    /// gets a tombstone for the grace window (none when the window is 0), and a flight still
+    /// running for one of them stores nothing. Keys the table does not know are left alone, so
+    /// logouts with made-up cookies cannot fill it. Returns how many keys were ended.
+    pub fn end(&self, key: SessionKey) -> usize {
+        let now = Instant::now();
+        let mut table = self.lock();
+        table.purge(now);
+        let ended = table.end_chain(key, now, self.grace());
+        table.make_room(self.max_entries(), 0);
+        ended
+    }
+
+    fn join_or_start<F, Fut>(
+        self: &Arc<Self>,
+        key: SessionKey,
+        max_in_flight: usize,
+        start: F,
+    ) -> Step<T, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Outcome<T, E>> + Send + 'static,
+        Fut: Future<Output = Landing<T, E>> + Send + 'static,
     {
         let now = Instant::now();
         let mut table = self.lock();
         table.purge(now);
         match table.entries.get(&key).map(|e| &e.slot) {
-            Some(Slot::Kept { value, until }) if *until > now => {
+            Some(Slot::Kept { value, until, .. }) if *until > now => {
                 return Step::Done(Ok(value.clone()), Joined::Grace);
+            }
+            Some(Slot::Ended { until }) if *until > now => {
+                return Step::Done(Err(SessionEnded.into()), Joined::Grace);
             }
             Some(Slot::Running(rx)) => return Step::Wait(rx.clone(), Joined::Waited),
             _ => {}
         }
+        let Some(permit) = self.gate.try_acquire(max_in_flight) else {
+            drop(table);
+            warn_busy(max_in_flight);
+            return Step::Done(Err(AuthApiBusy.into()), Joined::Led);
+        };
         // Running flights are always tracked, so one session never makes two calls; room is made
         // by dropping the oldest kept results.
         table.make_room(self.max_entries(), 1);
@@ -199,14 +342,15 @@ where
         let flights = Arc::clone(self);
         let flight = start();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut guard = SettleGuard {
                 flights: &flights,
                 key,
                 generation,
                 settled: false,
             };
-            let outcome = flight.await;
-            guard.settle(&outcome);
+            let landing = flight.await;
+            let outcome = guard.settle(landing);
             let _ = tx.send(Some(outcome));
         });
         Step::Wait(rx, Joined::Led)
@@ -233,7 +377,7 @@ async fn wait<T: Clone, E: Clone + From<FlightLost>>(
 struct SettleGuard<'a, T, E>
 where
     T: Clone + Send + Sync + 'static,
-    E: Clone + Send + Sync + From<FlightLost> + 'static,
+    E: FlightError,
 {
     flights: &'a RefreshFlights<T, E>,
     key: SessionKey,
@@ -244,9 +388,11 @@ where
 impl<T, E> SettleGuard<'_, T, E>
 where
     T: Clone + Send + Sync + 'static,
-    E: Clone + Send + Sync + From<FlightLost> + 'static,
+    E: FlightError,
 {
-    fn settle(&mut self, outcome: &Outcome<T, E>) {
+    /// Stores what the landing says (only if the entry is still this flight's: a session ended
+    /// meanwhile stays ended) and returns the outcome for the waiters.
+    fn settle(&mut self, landing: Landing<T, E>) -> Outcome<T, E> {
         self.settled = true;
         let grace = self.flights.grace();
         let mut table = self.flights.lock();
@@ -254,23 +400,40 @@ where
             .entries
             .get(&self.key)
             .is_some_and(|e| e.generation == self.generation);
-        if ours {
-            match outcome {
-                // Only successes are kept: after a transient failure the next request tries again.
-                Ok(value) if !grace.is_zero() => {
+        match landing {
+            // Only successes are kept: after a transient failure the next request tries again.
+            Landing::Renewed { value, next } => {
+                if ours && !grace.is_zero() {
                     let until = Instant::now() + grace;
                     if let Some(entry) = table.entries.get_mut(&self.key) {
                         entry.slot = Slot::Kept {
                             value: value.clone(),
                             until,
+                            next,
                         };
+                    }
+                    if let Some(next) = next.filter(|n| *n != self.key) {
+                        table.origin.insert(next, (self.key, self.generation));
                     }
                     table.kept.push_back((self.key, self.generation));
                     table.make_room(self.flights.max_entries(), 0);
+                } else if ours {
+                    table.remove(&self.key);
                 }
-                _ => {
-                    table.entries.remove(&self.key);
+                Ok(value)
+            }
+            Landing::Failed(error) => {
+                if ours {
+                    table.remove(&self.key);
                 }
+                Err(error)
+            }
+            Landing::Ended(error) => {
+                if ours {
+                    table.end_chain(self.key, Instant::now(), grace);
+                    table.make_room(self.flights.max_entries(), 0);
+                }
+                Err(error)
             }
         }
     }
@@ -279,7 +442,7 @@ where
 impl<T, E> Drop for SettleGuard<'_, T, E>
 where
     T: Clone + Send + Sync + 'static,
-    E: Clone + Send + Sync + From<FlightLost> + 'static,
+    E: FlightError,
 {
     fn drop(&mut self) {
         if self.settled {
@@ -291,7 +454,7 @@ where
             .get(&self.key)
             .is_some_and(|e| e.generation == self.generation)
         {
-            table.entries.remove(&self.key);
+            table.remove(&self.key);
         }
     }
 }
@@ -300,24 +463,88 @@ impl<T, E> Table<T, E> {
     fn insert(&mut self, key: SessionKey, slot: Slot<T, E>) -> u64 {
         let generation = self.next_generation;
         self.next_generation += 1;
+        self.remove(&key);
         self.entries.insert(key, Entry { slot, generation });
         generation
     }
 
-    /// Whether `(key, generation)` still names a kept result.
-    fn holds_kept(&self, key: &SessionKey, generation: u64) -> bool {
-        self.entries
-            .get(key)
-            .is_some_and(|e| e.generation == generation && matches!(e.slot, Slot::Kept { .. }))
+    /// Drops `key`'s entry, and the link its kept result made to the key it produced.
+    fn remove(&mut self, key: &SessionKey) {
+        let Some(entry) = self.entries.remove(key) else {
+            return;
+        };
+        if let Slot::Kept {
+            next: Some(next), ..
+        } = entry.slot
+            && self.origin.get(&next) == Some(&(*key, entry.generation))
+        {
+            self.origin.remove(&next);
+        }
     }
 
-    /// Drops expired results; they sit at the front of `kept`.
+    /// Whether `(key, generation)` still names a kept result or a tombstone.
+    fn holds_kept(&self, key: &SessionKey, generation: u64) -> bool {
+        self.entries.get(key).is_some_and(|e| {
+            e.generation == generation && matches!(e.slot, Slot::Kept { .. } | Slot::Ended { .. })
+        })
+    }
+
+    /// The kept result that produced `key`, if it is still kept.
+    fn origin_of(&self, key: &SessionKey) -> Option<SessionKey> {
+        let &(from, generation) = self.origin.get(key)?;
+        self.entries
+            .get(&from)
+            .is_some_and(|e| e.generation == generation && matches!(e.slot, Slot::Kept { .. }))
+            .then_some(from)
+    }
+
+    /// `key` and every session chained to it through kept results, both ways; empty when the
+    /// table knows nothing of `key`.
+    fn chain(&self, key: SessionKey) -> Vec<SessionKey> {
+        if !self.entries.contains_key(&key) && self.origin_of(&key).is_none() {
+            return Vec::new();
+        }
+        let mut chain = vec![key];
+        let mut at = 0;
+        while at < chain.len() && chain.len() < MAX_CHAIN {
+            let k = chain[at];
+            at += 1;
+            let next = match self.entries.get(&k).map(|e| &e.slot) {
+                Some(Slot::Kept { next, .. }) => *next,
+                _ => None,
+            };
+            for linked in [self.origin_of(&k), next].into_iter().flatten() {
+                if !chain.contains(&linked) && chain.len() < MAX_CHAIN {
+                    chain.push(linked);
+                }
+            }
+        }
+        chain
+    }
+
+    /// Replaces every entry of `key`'s chain by a tombstone until `now + grace` (removes them
+    /// when `grace` is 0); a running flight of the chain then finds its entry gone.
+    fn end_chain(&mut self, key: SessionKey, now: Instant, grace: Duration) -> usize {
+        let chain = self.chain(key);
+        for k in &chain {
+            self.origin.remove(k);
+            if grace.is_zero() {
+                self.remove(k);
+            } else {
+                let generation = self.insert(*k, Slot::Ended { until: now + grace });
+                self.kept.push_back((*k, generation));
+            }
+        }
+        chain.len()
+    }
+
+    /// Drops expired results and tombstones; they sit at the front of `kept`.
     fn purge(&mut self, now: Instant) {
         while let Some(&(key, generation)) = self.kept.front() {
             if self.holds_kept(&key, generation) {
                 match self.entries.get(&key).map(|e| &e.slot) {
-                    Some(Slot::Kept { until, .. }) if *until <= now => {
-                        self.entries.remove(&key);
+                    Some(Slot::Kept { until, .. } | Slot::Ended { until }) if *until <= now => {
+                        self.remove(&key);
                     }
                     _ => break,
                 }
@@ -328,15 +555,16 @@ impl<T, E> Table<T, E> {
         if self.kept.len() > 2 * self.entries.len() + 1024 {
             let entries = &self.entries;
             self.kept.retain(|(k, g)| {
-                entries
-                    .get(k)
-                    .is_some_and(|e| e.generation == *g && matches!(e.slot, Slot::Kept { .. }))
+                entries.get(k).is_some_and(|e| {
+                    e.generation == *g && matches!(e.slot, Slot::Kept { .. } | Slot::Ended { .. })
+                })
             });
         }
     }
 
-    /// Evicts the oldest kept results until `more` further entries fit in `max_entries`.
-    /// Running flights are never evicted: the auth API timeout bounds how long they stay.
+    /// Evicts the oldest kept results and tombstones until `more` further entries fit in
+    /// `max_entries`. Running flights are never evicted: the auth API timeout bounds how long
+    /// they stay.
     fn make_room(&mut self, max_entries: usize, more: usize) {
         let mut evicted = 0usize;
         while self.entries.len() + more > max_entries {
@@ -344,13 +572,32 @@ impl<T, E> Table<T, E> {
                 break;
             };
             if self.holds_kept(&key, generation) {
-                self.entries.remove(&key);
+                self.remove(&key);
                 evicted += 1;
             }
         }
         if evicted > 0 {
             warn_table_full(max_entries, evicted);
         }
+    }
+}
+
+/// Once every ten seconds at most, with the count since the last warning, as for a full table.
+fn warn_busy(max_in_flight: usize) {
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+    let total = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = crate::unix_now();
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        REFUSED.fetch_sub(total, Ordering::Relaxed);
+        log::warn!(
+            "auth API busy ({max_in_flight} calls in flight): {total} refresh(es) answered 503; raise auth_api.max_in_flight if the auth API can take more"
+        );
     }
 }
 
@@ -383,11 +630,40 @@ mod tests {
     enum TestError {
         Failed,
         Lost,
+        Rejected,
+        Ended,
+        Busy,
     }
 
     impl From<FlightLost> for TestError {
         fn from(_: FlightLost) -> Self {
             TestError::Lost
+        }
+    }
+
+    impl From<SessionEnded> for TestError {
+        fn from(_: SessionEnded) -> Self {
+            TestError::Ended
+        }
+    }
+
+    impl From<AuthApiBusy> for TestError {
+        fn from(_: AuthApiBusy) -> Self {
+            TestError::Busy
+        }
+    }
+
+    /// A flight that succeeds with `value`, producing session `next`, counting its call.
+    fn renewing(
+        calls: &Arc<AtomicUsize>,
+        value: u32,
+        next: Option<SessionKey>,
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Landing<u32, TestError>> + Send>>
+    {
+        let calls = calls.clone();
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Landing::Renewed { value, next } })
         }
     }
 
@@ -545,5 +821,234 @@ mod tests {
         // One call per session, though the table only keeps one result.
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(flights.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ending_a_session_ends_its_whole_chain_whichever_key_the_logout_carries() {
+        // (logout with, replayed key): the old cookies (1) were renewed into the new ones (2).
+        for (logout, replayed) in [(2u8, 1u8), (1, 1), (1, 2), (2, 2)] {
+            let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+            let calls = Arc::new(AtomicUsize::new(0));
+            let (first, joined) = flights
+                .run_bounded(key(1), 10, renewing(&calls, 7, Some(key(2))))
+                .await;
+            assert_eq!((first, joined), (Ok(7), Joined::Led));
+            assert_eq!(flights.end(key(logout)), 2, "logout with {logout}");
+            let (again, joined) = flights
+                .run_bounded(key(replayed), 10, renewing(&calls, 8, None))
+                .await;
+            assert_eq!(
+                (again, joined),
+                (Err(TestError::Ended), Joined::Grace),
+                "logout with {logout}, replay {replayed}"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "no second call");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chains_of_several_renewals_end_together_and_unknown_keys_are_left_alone() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        for n in 1..=3u8 {
+            let (v, _) = flights
+                .run_bounded(key(n), 10, renewing(&calls, n.into(), Some(key(n + 1))))
+                .await;
+            assert_eq!(v, Ok(n.into()));
+        }
+        // An unrelated session and a key nobody has seen.
+        let (other, _) = flights
+            .run_bounded(key(9), 10, renewing(&calls, 9, Some(key(10))))
+            .await;
+        assert_eq!(other, Ok(9));
+        assert_eq!(flights.end(key(50)), 0);
+        assert_eq!(flights.len(), 4);
+        // The newest cookies end the three renewals before them.
+        assert_eq!(flights.end(key(4)), 4);
+        for n in 1..=4u8 {
+            let (v, _) = flights
+                .run_bounded(key(n), 10, renewing(&calls, 0, None))
+                .await;
+            assert_eq!(v, Err(TestError::Ended), "key {n}");
+        }
+        let (v, joined) = flights
+            .run_bounded(key(9), 10, renewing(&calls, 0, None))
+            .await;
+        assert_eq!((v, joined), (Ok(9), Joined::Grace));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tombstones_expire_with_the_grace_window_and_count_against_the_bound() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let _ = flights
+            .run_bounded(key(1), 10, renewing(&calls, 1, Some(key(2))))
+            .await;
+        flights.end(key(1));
+        assert_eq!(flights.len(), 2, "two tombstones");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let (v, _) = flights
+            .run_bounded(key(1), 10, renewing(&calls, 2, None))
+            .await;
+        assert_eq!(v, Err(TestError::Ended));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (v, joined) = flights
+            .run_bounded(key(1), 10, renewing(&calls, 3, None))
+            .await;
+        assert_eq!(
+            (v, joined),
+            (Ok(3), Joined::Led),
+            "a new refresh after the window"
+        );
+        assert_eq!(flights.len(), 1, "the tombstones are gone");
+
+        // A full table evicts the oldest tombstones like the oldest kept results.
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 4));
+        for n in 0..4u8 {
+            let _ = flights
+                .run_bounded(key(n), 10, renewing(&calls, n.into(), None))
+                .await;
+            flights.end(key(n));
+        }
+        assert_eq!(flights.len(), 4);
+        let (v, _) = flights
+            .run_bounded(key(20), 10, renewing(&calls, 20, None))
+            .await;
+        assert_eq!(v, Ok(20));
+        assert!(flights.len() <= 4);
+        let (v, _) = flights
+            .run_bounded(key(0), 10, renewing(&calls, 5, None))
+            .await;
+        assert_eq!(v, Ok(5), "the oldest tombstone made room");
+
+        // With no grace window nothing is kept, so ending leaves nothing behind.
+        let flights = Arc::new(Flights::new(Duration::ZERO, 4));
+        let f = flights.clone();
+        let running = tokio::spawn(async move {
+            f.run_bounded(key(1), 10, || async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Landing::Renewed {
+                    value: 1,
+                    next: None,
+                }
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(flights.end(key(1)), 1);
+        assert!(flights.is_empty());
+        assert_eq!(running.await.unwrap().0, Ok(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flight_running_when_its_session_ends_stores_nothing() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = flights.clone();
+        let leader = tokio::spawn(async move {
+            f.run_bounded(key(1), 10, || async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Landing::Renewed {
+                    value: 1,
+                    next: Some(key(2)),
+                }
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(flights.end(key(1)), 1);
+        // The waiters of the flight still get its outcome ...
+        assert_eq!(leader.await.unwrap().0, Ok(1));
+        // ... but neither the old nor the new cookies find it kept.
+        let (v, _) = flights
+            .run_bounded(key(1), 10, renewing(&calls, 2, None))
+            .await;
+        assert_eq!(v, Err(TestError::Ended));
+        let (v, joined) = flights
+            .run_bounded(key(2), 10, renewing(&calls, 3, None))
+            .await;
+        assert_eq!((v, joined), (Ok(3), Joined::Led));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_ends_the_chain_it_belongs_to() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let _ = flights
+            .run_bounded(key(1), 10, renewing(&calls, 1, Some(key(2))))
+            .await;
+        // The renewed cookies are refused by the auth API.
+        let (v, joined) = flights
+            .run_bounded(key(2), 10, || async { Landing::Ended(TestError::Rejected) })
+            .await;
+        assert_eq!((v, joined), (Err(TestError::Rejected), Joined::Led));
+        for n in [1u8, 2] {
+            let (v, _) = flights
+                .run_bounded(key(n), 10, renewing(&calls, 9, None))
+                .await;
+            assert_eq!(
+                v,
+                Err(TestError::Ended),
+                "key {n}: the kept result is gone too"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A plain failure ends nothing.
+        let (v, _) = flights
+            .run_bounded(key(5), 10, || async { Landing::Failed(TestError::Failed) })
+            .await;
+        assert_eq!(v, Err(TestError::Failed));
+        let (v, _) = flights
+            .run_bounded(key(5), 10, renewing(&calls, 5, None))
+            .await;
+        assert_eq!(v, Ok(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flights_beyond_the_bound_are_busy_at_once_and_waiters_are_not_counted() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        // Sessions 1 and 2 take the two places; their second requests join, not count.
+        for n in [1u8, 2, 1, 2] {
+            let (f, c) = (flights.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                f.run_bounded(key(n), 2, move || {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Landing::Renewed {
+                            value: n.into(),
+                            next: None,
+                        }
+                    }
+                })
+                .await
+            }));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(flights.gate().running(), 2);
+        let (v, joined) = flights
+            .run_bounded(key(3), 2, renewing(&calls, 3, None))
+            .await;
+        assert_eq!((v, joined), (Err(TestError::Busy), Joined::Led));
+        assert_eq!(flights.len(), 2, "a busy refusal leaves no entry");
+        // Another caller of the gate (the backend logout) is refused too.
+        assert!(flights.gate().try_acquire(2).is_none());
+        for t in tasks {
+            assert!(t.await.unwrap().0.is_ok());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(flights.gate().running(), 0, "places are given back");
+        let (v, _) = flights
+            .run_bounded(key(3), 2, renewing(&calls, 3, None))
+            .await;
+        assert_eq!(v, Ok(3));
+        let permit = flights.gate().try_acquire(1);
+        assert!(permit.is_some());
+        assert!(flights.gate().try_acquire(1).is_none());
+        drop(permit);
+        assert!(flights.gate().try_acquire(1).is_some());
     }
 }

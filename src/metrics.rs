@@ -92,8 +92,38 @@ impl AuthApiOutcome {
     }
 }
 
+/// How a backend logout (`auth_api.logout_url`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutOutcome {
+    Ok,
+    Failed,
+    Timeout,
+    /// Not sent: `auth_api.max_in_flight` calls were in flight.
+    Busy,
+}
+
+impl LogoutOutcome {
+    const ALL: [LogoutOutcome; 4] = [
+        LogoutOutcome::Ok,
+        LogoutOutcome::Failed,
+        LogoutOutcome::Timeout,
+        LogoutOutcome::Busy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogoutOutcome::Ok => "ok",
+            LogoutOutcome::Failed => "failed",
+            LogoutOutcome::Timeout => "timeout",
+            LogoutOutcome::Busy => "busy",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    auth_api_logouts: Vec<IntCounter>,
+    auth_api_busy: IntCounter,
     requests: Vec<IntCounter>,
     auth_api_seconds: Histogram,
     auth_api_calls: Vec<IntCounter>,
@@ -175,8 +205,29 @@ impl Metrics {
         register(Box::new(reloads));
         register(Box::new(last_reload_success.clone()));
         register(Box::new(build_info));
+        let logouts_vec = IntCounterVec::new(
+            Opts::new(
+                "auth_api_logout_total",
+                "Backend logouts (auth_api.logout_url) by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let auth_api_logouts = LogoutOutcome::ALL
+            .iter()
+            .map(|o| logouts_vec.with_label_values(&[o.as_str()]))
+            .collect();
+        let auth_api_busy = IntCounter::new(
+            "auth_api_busy_total",
+            "Refreshes not sent because auth_api.max_in_flight calls were in flight (answered 503, or forwarded on a still valid token)",
+        )
+        .expect("valid metric");
+        register(Box::new(logouts_vec));
+        register(Box::new(auth_api_busy.clone()));
         Metrics {
             registry,
+            auth_api_logouts,
+            auth_api_busy,
             requests,
             auth_api_seconds,
             auth_api_calls,
@@ -194,6 +245,14 @@ impl Metrics {
     pub fn auth_api(&self, elapsed: Duration, outcome: AuthApiOutcome) {
         self.auth_api_seconds.observe(elapsed.as_secs_f64());
         self.auth_api_calls[outcome as usize].inc();
+    }
+
+    pub fn logout(&self, outcome: LogoutOutcome) {
+        self.auth_api_logouts[outcome as usize].inc();
+    }
+
+    pub fn auth_api_busy(&self) {
+        self.auth_api_busy.inc();
     }
 
     pub fn reload(&self, applied: bool) {
@@ -235,6 +294,9 @@ mod tests {
         m.auth_api(Duration::from_millis(30), AuthApiOutcome::Ok);
         m.auth_api(Duration::from_secs(2), AuthApiOutcome::Timeout);
         m.reload(false);
+        m.logout(LogoutOutcome::Timeout);
+        m.auth_api_busy();
+        m.auth_api_busy();
         let text = m.render(7);
         let v = |s: &str| value(&text, s);
         assert_eq!(
@@ -269,6 +331,15 @@ mod tests {
         );
         assert_eq!(v("etls_proxy_config_last_reload_success"), Some(0.0));
         assert!(text.contains("etls_proxy_build_info{version=\""));
+        assert_eq!(
+            v("etls_proxy_auth_api_logout_total{outcome=\"timeout\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("etls_proxy_auth_api_logout_total{outcome=\"ok\"}"),
+            Some(0.0)
+        );
+        assert_eq!(v("etls_proxy_auth_api_busy_total"), Some(2.0));
     }
 
     #[test]
@@ -277,6 +348,9 @@ mod tests {
             assert_eq!(*d as usize, i, "{d:?}");
         }
         for (i, o) in AuthApiOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+        for (i, o) in LogoutOutcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i, "{o:?}");
         }
     }

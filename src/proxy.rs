@@ -16,11 +16,13 @@ use crate::answer::Answer;
 use crate::auth_api::{AuthApiClient, AuthApiError};
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
-use crate::decision::{Purpose, Refusal, Verdict, assess};
+use crate::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
-use crate::renewal::{RefreshError, RenewedSession, renew};
+use crate::renewal::{
+    RefreshError, RenewedSession, backend_logout, land, renew, renewed_api_cookies,
+};
 use crate::routes::{Route, is_page_navigation};
 use crate::upstream::AppUpstream;
 
@@ -30,7 +32,7 @@ pub struct EtlsProxy {
     live: Arc<LiveConfig>,
     flights: Arc<Flights>,
     client: Arc<AuthApiClient>,
-    keyer: SessionKeyer,
+    keyer: Arc<SessionKeyer>,
     metrics: Arc<Metrics>,
     app: Arc<AppUpstream>,
 }
@@ -46,7 +48,7 @@ impl EtlsProxy {
             live,
             flights,
             client: Arc::new(AuthApiClient::default()),
-            keyer: SessionKeyer::default(),
+            keyer: Arc::default(),
             metrics,
             app,
         }
@@ -137,6 +139,7 @@ impl EtlsProxy {
             }
             Route::LogoutEndpoint if post => {
                 ctx.outcome = Outcome::LoggedOut;
+                self.end_session(req, ctx).await;
                 return Step::Reply(Reply::LoggedOut);
             }
             Route::LogoutEndpoint | Route::RefreshEndpoint if !post => {
@@ -156,7 +159,7 @@ impl EtlsProxy {
         let key = self.keyer.key(&[plan.api_cookies.as_bytes()]);
         ctx.session = Some(key);
         let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
-        let metrics = Arc::clone(&self.metrics);
+        let (metrics, keyer) = (Arc::clone(&self.metrics), Arc::clone(&self.keyer));
         let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
         // Only the request that starts the flight copies what the flight needs.
         let start = move || {
@@ -174,11 +177,15 @@ impl EtlsProxy {
                 )
                 .await;
                 metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
-                result
+                let send = &config.auth_api.send_cookies;
+                land(result, |renewed| {
+                    keyer.key(&[renewed_api_cookies(&api_cookies, renewed, send).as_bytes()])
+                })
             }
         };
         let waiting = Instant::now();
-        let (outcome, joined) = self.flights.run(key, start).await;
+        let max_in_flight = config.auth_api.max_in_flight;
+        let (outcome, joined) = self.flights.run_bounded(key, max_in_flight, start).await;
         ctx.auth_wait = Some(waiting.elapsed());
         log::debug!(
             "session {}: refresh {} ({joined:?})",
@@ -215,6 +222,17 @@ impl EtlsProxy {
                 );
                 refuse(config, req, ctx, Refusal::AuthApiRejected)
             }
+            (Err(RefreshError::Ended), _) => refuse(config, req, ctx, Refusal::SessionEnded),
+            (Err(RefreshError::Busy), _) => {
+                self.metrics.auth_api_busy();
+                match plan.fallback {
+                    Some(keep_access) => forward(config, ctx, &jar, keep_access),
+                    None => {
+                        ctx.outcome = Outcome::AuthApiFailed;
+                        Step::Reply(Reply::RefreshFailed(RefreshError::Busy))
+                    }
+                }
+            }
             (Err(error), _) => match plan.fallback {
                 Some(keep_access) => {
                     log::warn!(
@@ -228,6 +246,30 @@ impl EtlsProxy {
                     Step::Reply(Reply::RefreshFailed(error))
                 }
             },
+        }
+    }
+
+    /// Logout: the session of the auth API cookies sent (and its whole chain) is ended in the
+    /// table, then the backend logout runs when configured; nothing here can stop the answer.
+    async fn end_session(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
+        let config = &ctx.config;
+        let jar =
+            CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+        let api_cookies = api_cookie_header(&jar, &config.auth_api.send_cookies);
+        if api_cookies.is_empty() {
+            return;
+        }
+        let key = self.keyer.key(&[api_cookies.as_bytes()]);
+        ctx.session = Some(key);
+        let ended = self.flights.end(key);
+        log::debug!(
+            "session {}: logout ended {ended} table entries",
+            key.short()
+        );
+        if config.auth_api.logout.is_some() {
+            let gate = self.flights.gate();
+            let outcome = backend_logout(&self.client, gate, config, api_cookies, key).await;
+            self.metrics.logout(outcome);
         }
     }
 

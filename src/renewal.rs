@@ -10,8 +10,11 @@ use http::HeaderValue;
 use crate::auth_api::{
     ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, MAX_API_TOKEN_BYTES, UserData,
 };
-use crate::cookies::CookieNames;
-use crate::flight::FlightLost;
+use crate::config::RuntimeConfig;
+use crate::cookies::{CookieJar, CookieNames};
+use crate::flight::{AuthApiBusy, FlightLost, Landing, SessionEnded};
+use crate::flight::{CallGate, SessionKey};
+use crate::metrics::LogoutOutcome;
 use crate::set_cookie::{CookiePolicy, InvalidLine};
 use crate::tokens::{Claims, TokenKeys};
 
@@ -61,12 +64,67 @@ pub enum RefreshError {
     Mint(String),
     #[error("the refresh task ended without an answer")]
     Lost,
+    #[error("the session was ended (logout or refused by the auth API)")]
+    Ended,
+    #[error("auth API busy (auth_api.max_in_flight calls in flight)")]
+    Busy,
 }
 
 impl From<FlightLost> for RefreshError {
     fn from(_: FlightLost) -> Self {
         RefreshError::Lost
     }
+}
+
+impl From<SessionEnded> for RefreshError {
+    fn from(_: SessionEnded) -> Self {
+        RefreshError::Ended
+    }
+}
+
+impl From<AuthApiBusy> for RefreshError {
+    fn from(_: AuthApiBusy) -> Self {
+        RefreshError::Busy
+    }
+}
+
+/// What a refresh does to its session: a success is kept and chained to `next` (the key of the
+/// renewed cookies, see [`renewed_api_cookies`]); a rejection (400/401/403) ends the session;
+/// any other failure leaves it for the next request to try again.
+pub fn land<K>(
+    result: Result<Arc<RenewedSession>, RefreshError>,
+    next: impl FnOnce(&RenewedSession) -> K,
+) -> Landing<Arc<RenewedSession>, RefreshError>
+where
+    K: Into<Option<crate::flight::SessionKey>>,
+{
+    match result {
+        Ok(renewed) => Landing::Renewed {
+            next: next(&renewed).into(),
+            value: renewed,
+        },
+        Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => Landing::Ended(error),
+        Err(error) => Landing::Failed(error),
+    }
+}
+
+/// The auth API cookies the browser carries once it has stored `renewed`: the renewed value of
+/// each name the refresh set, the request's own (`api_cookies`, as the decision built it) for the
+/// others; built as the decision builds them, so it hashes to the key that browser's next request
+/// gets.
+pub fn renewed_api_cookies(
+    api_cookies: &str,
+    renewed: &RenewedSession,
+    send_cookies: &[String],
+) -> String {
+    let sent = CookieJar::from_headers([api_cookies.as_bytes()]);
+    crate::decision::api_cookies_with(send_cookies, |name| {
+        renewed
+            .cookies()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_bytes())
+            .or_else(|| sent.get(name))
+    })
 }
 
 /// What a refresh needs from the configuration.
@@ -91,6 +149,54 @@ pub async fn renew(
         .map_err(|fault| RefreshError::Mint(format!("refresh token claims: {fault:?}")))?;
     let tokens = client.refresh(api, api_cookies).await?;
     mint_session(minting, &claims, tokens, crate::unix_now()).map(Arc::new)
+}
+
+/// The backend logout (`auth_api.logout_url`, when set), as oauth2-proxy's
+/// `backend_logout_url`: sent with the session's auth API cookies, answered before the logout
+/// is, so replayed cookies already find the session gone at the auth API. It holds a place of
+/// the gate like a refresh (none free: not sent, `Busy`), runs in a task of its own (a browser
+/// that leaves does not cancel it) and ends within `auth_api.timeout_ms`. It never fails the
+/// logout: the outcome is for the metrics, and the log line names the session's short key,
+/// never a cookie.
+pub async fn backend_logout(
+    client: &Arc<AuthApiClient>,
+    gate: &Arc<CallGate>,
+    config: &Arc<RuntimeConfig>,
+    api_cookies: String,
+    session: SessionKey,
+) -> LogoutOutcome {
+    let Some(permit) = gate.try_acquire(config.auth_api.max_in_flight) else {
+        log::warn!(
+            "session {}: backend logout not sent, auth API busy ({} calls in flight)",
+            session.short(),
+            config.auth_api.max_in_flight
+        );
+        return LogoutOutcome::Busy;
+    };
+    let (client, task_config) = (Arc::clone(client), Arc::clone(config));
+    let call = tokio::spawn(async move {
+        let _permit = permit;
+        client.logout(&task_config.auth_api, &api_cookies).await
+    });
+    let (outcome, error) = match call.await {
+        Ok(Ok(())) => (LogoutOutcome::Ok, None),
+        Ok(Err(error @ AuthApiError::Timeout(_))) => {
+            (LogoutOutcome::Timeout, Some(error.to_string()))
+        }
+        Ok(Err(error)) => (LogoutOutcome::Failed, Some(error.to_string())),
+        Err(_) => (
+            LogoutOutcome::Failed,
+            Some("the call's task ended without an answer".into()),
+        ),
+    };
+    match error {
+        None => log::debug!("session {}: backend logout done", session.short()),
+        Some(error) => log::warn!(
+            "session {}: backend logout failed ({error}); the browser is logged out anyway",
+            session.short()
+        ),
+    }
+    outcome
 }
 
 /// Seed 000's minting, with seed 002's user token: new `accessTokenEtls` and
@@ -224,6 +330,57 @@ mod tests {
         let s = mint_session(&m, &claims(), api(None), NOW).unwrap();
         assert_eq!(s.cookies().count(), 4);
         assert_eq!(s.set_cookie().len(), 4);
+    }
+
+    #[test]
+    fn renewed_cookies_replace_what_the_refresh_set_and_keep_the_rest() {
+        let lines = [
+            "accessToken=new-a; Path=/".to_string(),
+            "refreshToken=new-r; Path=/".to_string(),
+        ];
+        let renewed = RenewedSession::from_lines(&lines).unwrap();
+        let send = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let cases: [(&str, &[&str], &str); 4] = [
+            ("refreshToken=old", &["refreshToken"], "refreshToken=new-r"),
+            (
+                "refreshToken=old; deviceId=d1",
+                &["refreshToken", "deviceId"],
+                "refreshToken=new-r; deviceId=d1",
+            ),
+            // A name the refresh sets but the request lacked is what the browser will send.
+            (
+                "deviceId=d1",
+                &["deviceId", "refreshToken"],
+                "deviceId=d1; refreshToken=new-r",
+            ),
+            ("sid=s", &["sid"], "sid=s"),
+        ];
+        for (sent, names, want) in cases {
+            assert_eq!(
+                renewed_api_cookies(sent, &renewed, &send(names)),
+                want,
+                "{sent}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejection_ends_the_session_other_failures_do_not() {
+        let rejected = RefreshError::AuthApi(AuthApiError::Rejected(403));
+        assert!(matches!(
+            land::<Option<crate::flight::SessionKey>>(Err(rejected), |_| None),
+            Landing::Ended(RefreshError::AuthApi(AuthApiError::Rejected(403)))
+        ));
+        for error in [
+            RefreshError::AuthApi(AuthApiError::BadAnswer("HTTP 500".into())),
+            RefreshError::AuthApi(AuthApiError::Timeout(std::time::Duration::from_secs(1))),
+            RefreshError::Mint("x".into()),
+        ] {
+            assert!(matches!(
+                land::<Option<crate::flight::SessionKey>>(Err(error), |_| None),
+                Landing::Failed(_)
+            ));
+        }
     }
 
     #[test]

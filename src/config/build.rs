@@ -15,7 +15,7 @@ use super::file::{AuthApiFile, CookiesFile, FileConfig, RoutesFile, TokensFile, 
 use super::file::{DEFAULT_APP_ADDRESS, ListenFile};
 use super::{Env, Listener, Loaded, Outside, Problem, Resolve, RuntimeConfig, TlsFiles, Upstream};
 use crate::access_log::AccessLogFormat;
-use crate::auth_api::{AuthApiSettings, AuthFields};
+use crate::auth_api::{ApiEndpoint, AuthApiSettings, AuthFields};
 use crate::cookies::{CookieNames, is_cookie_name};
 use crate::identity::{IdentityHeaders, is_reserved};
 use crate::routes::{Routes, is_local_path};
@@ -456,11 +456,42 @@ fn check_auth_api(
             );
         }
     }
-    let key = "auth_api.refresh_url";
-    let uri: Uri = match a.refresh_url.parse() {
+    if a.max_in_flight == 0 {
+        c.problem("auth_api.max_in_flight", "must be at least 1");
+    }
+    let logout = a
+        .logout_url
+        .as_ref()
+        .map(|url| check_endpoint(c, resolver, "auth_api.logout_url", url, timeout));
+    let refresh = check_endpoint(c, resolver, "auth_api.refresh_url", &a.refresh_url, timeout)?;
+    Some(AuthApiSettings {
+        peer: refresh.peer,
+        authority: refresh.authority,
+        path_and_query: refresh.path_and_query,
+        timeout,
+        send_cookies: a.send_cookies.clone(),
+        fields: AuthFields {
+            access_token: a.fields.access_token.clone(),
+            refresh_token: a.fields.refresh_token.clone(),
+            user: a.fields.user.clone(),
+        },
+        logout: logout.flatten(),
+        max_in_flight: a.max_in_flight,
+    })
+}
+
+/// An auth API URL (`http://` or `https://`, no credentials), resolved once.
+fn check_endpoint(
+    c: &mut Checker,
+    resolver: Resolve<'_>,
+    key: &str,
+    url: &str,
+    timeout: Duration,
+) -> Option<ApiEndpoint> {
+    let uri: Uri = match url.parse() {
         Ok(u) => u,
         Err(e) => {
-            c.problem(key, format!("`{}` is not a valid URL: {e}", a.refresh_url));
+            c.problem(key, format!("`{url}` is not a valid URL: {e}"));
             return None;
         }
     };
@@ -468,15 +499,12 @@ fn check_auth_api(
         Some("http") => false,
         Some("https") => true,
         _ => {
-            c.problem(
-                key,
-                format!("`{}` must start with http:// or https://", a.refresh_url),
-            );
+            c.problem(key, format!("`{url}` must start with http:// or https://"));
             return None;
         }
     };
     let Some(authority) = uri.authority() else {
-        c.problem(key, format!("`{}` has no host", a.refresh_url));
+        c.problem(key, format!("`{url}` has no host"));
         return None;
     };
     if authority.as_str().contains('@') {
@@ -495,17 +523,10 @@ fn check_auth_api(
     peer.options.total_connection_timeout = Some(timeout);
     peer.options.read_timeout = Some(timeout);
     peer.options.write_timeout = Some(timeout);
-    Some(AuthApiSettings {
+    Some(ApiEndpoint {
         peer,
         authority: authority.as_str().to_owned(),
         path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-        timeout,
-        send_cookies: a.send_cookies.clone(),
-        fields: AuthFields {
-            access_token: a.fields.access_token.clone(),
-            refresh_token: a.fields.refresh_token.clone(),
-            user: a.fields.user.clone(),
-        },
     })
 }
 
@@ -926,6 +947,62 @@ mod tests {
         assert_eq!(rt.clear_cookies.len(), 5);
         assert_eq!(loaded.server.grace_period_seconds, Some(10));
         assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn logout_url_and_max_in_flight_are_checked_and_built() {
+        let env = env_with(SECRETS);
+        let rt = build(parse("# nothing\n").unwrap(), outside(&env))
+            .unwrap_or_else(|p| panic!("{p:?}"))
+            .runtime;
+        assert_eq!(rt.auth_api.max_in_flight, 256);
+        assert!(rt.auth_api.logout.is_none());
+        let yaml = "auth_api: {logout_url: 'http://127.0.0.1:3002/logout?all=1', max_in_flight: 3}";
+        let rt = build(parse(yaml).unwrap(), outside(&env))
+            .unwrap_or_else(|p| panic!("{p:?}"))
+            .runtime;
+        let logout = rt.auth_api.logout.expect("a backend logout");
+        assert_eq!(logout.authority, "127.0.0.1:3002");
+        assert_eq!(logout.path_and_query, "/logout?all=1");
+        assert_eq!(rt.auth_api.max_in_flight, 3);
+        for (yaml, key, says) in [
+            (
+                "auth_api: {max_in_flight: 0}",
+                "auth_api.max_in_flight",
+                "at least 1",
+            ),
+            (
+                "auth_api: {logout_url: 'ftp://x/y'}",
+                "auth_api.logout_url",
+                "http://",
+            ),
+            (
+                "auth_api: {logout_url: 'http://u:p@h/x'}",
+                "auth_api.logout_url",
+                "credentials",
+            ),
+            (
+                "auth_api: {logout_url: '/logout'}",
+                "auth_api.logout_url",
+                "must start",
+            ),
+            (
+                "auth_api: {logout_url: 'http://no-such-host.invalid/x'}",
+                "auth_api.logout_url",
+                "resolve",
+            ),
+        ] {
+            let got = problems(yaml, SECRETS);
+            assert!(
+                got.iter()
+                    .any(|p| p.starts_with(&format!("{key}: ")) && p.contains(says)),
+                "{yaml}: {got:#?}"
+            );
+            assert!(
+                !got.iter().any(|p| p.starts_with("auth_api.refresh_url")),
+                "{got:#?}"
+            );
+        }
     }
 
     #[test]

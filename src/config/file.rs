@@ -185,6 +185,10 @@ pub struct AuthApiFile {
     pub timeout_ms: u64,
     pub send_cookies: Vec<String>,
     pub fields: FieldsFile,
+    /// Backend logout, called on logout with the refresh's cookies; `None`: not called.
+    pub logout_url: Option<String>,
+    /// Auth API calls in flight at most; a refresh beyond it is a 503.
+    pub max_in_flight: usize,
 }
 
 impl Default for AuthApiFile {
@@ -194,6 +198,8 @@ impl Default for AuthApiFile {
             timeout_ms: 2000,
             send_cookies: vec!["refreshToken".into()],
             fields: FieldsFile::default(),
+            logout_url: None,
+            max_in_flight: 256,
         }
     }
 }
