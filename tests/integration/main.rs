@@ -10,5 +10,6 @@ mod logs;
 mod matrix;
 mod ops;
 mod rotation;
+mod session_end;
 mod support;
 mod tls;

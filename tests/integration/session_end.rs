@@ -1,0 +1,258 @@
+//! Logout ends the session: the kept result of a refresh is gone whichever cookies of the
+//! session the logout carries (the renewed ones or the old ones), so replayed cookies get the
+//! logout response and no auth API call; a rejection by the auth API ends it the same way; the
+//! backend logout (`auth_api.logout_url`) gets the session's cookies and can never stop the
+//! logout.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+const LOGOUT: &str = "/api/auth/logout";
+const REFRESH: &str = "/api/auth/refreshtoken";
+
+/// What the browser holds once it has stored the answer's Set-Cookie lines.
+fn stored(cookie: &str, answer: &Response) -> String {
+    let mut pairs: Vec<(String, String)> = cookie
+        .split("; ")
+        .filter_map(|c| c.split_once('='))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    for line in answer.set_cookies() {
+        let Some((name, value)) = line.split(';').next().and_then(|p| p.split_once('=')) else {
+            continue;
+        };
+        match pairs.iter_mut().find(|(n, _)| n == name) {
+            Some(pair) => pair.1 = value.to_owned(),
+            None => pairs.push((name.to_owned(), value.to_owned())),
+        }
+    }
+    pairs
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn assert_logged_out(r: &Response) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"message": "Logged out"}));
+    let lines = r.set_cookies();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains("Max-Age=0")), "{lines:?}");
+}
+
+async fn admin_get(admin: SocketAddr, path: &str) -> Response {
+    send_raw(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
+}
+
+fn admin_yaml() -> (SocketAddr, String) {
+    let port = free_port();
+    (
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("admin: {{listen: '127.0.0.1:{port}'}}"),
+    )
+}
+
+/// A session refreshed once: its old cookies and the cookies the browser holds after.
+async fn refreshed(proxy: &Proxy, rt: &str) -> (String, String) {
+    let old = expired_session(rt);
+    let r = proxy.get("/page", &old).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.set_cookies().len(), 5);
+    let renewed = stored(&old, &r);
+    (old, renewed)
+}
+
+#[tokio::test]
+async fn logout_with_the_renewed_cookies_ends_the_old_ones_too() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    let (old, renewed) = refreshed(&proxy, "opaque-rt-renewed").await;
+    // Without a logout the old cookies get the kept result (the control).
+    let grace = proxy.get("/page", &old).await;
+    assert_eq!(grace.status, 200);
+    assert_eq!(grace.set_cookies().len(), 5);
+    assert_eq!(auth.calls(), 1);
+
+    assert_logged_out(&proxy.post(LOGOUT, &renewed, b"").await);
+    assert_logout(&proxy.get("/page", &old).await);
+    assert_logout(&proxy.get("/other", &old).await);
+    // The renewed cookies cannot refresh either.
+    assert_logout(&proxy.post(REFRESH, &renewed, b"").await);
+    assert_eq!(auth.calls(), 1, "no auth API call after the logout");
+    // Another session is untouched.
+    let (other, _) = refreshed(&proxy, "opaque-rt-other").await;
+    assert_eq!(proxy.get("/page", &other).await.status, 200);
+    assert_eq!(auth.calls(), 2);
+}
+
+#[tokio::test]
+async fn logout_with_the_old_cookies_ends_the_renewed_ones_too() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    let (old, renewed) = refreshed(&proxy, "opaque-rt-old").await;
+    assert_logged_out(&proxy.post(LOGOUT, &old, b"").await);
+    assert_logout(&proxy.get("/page", &old).await);
+    assert_logout(&proxy.post(REFRESH, &renewed, b"").await);
+    assert_eq!(auth.calls(), 1);
+    assert_eq!(app.calls(), 1, "nothing forwarded after the logout");
+}
+
+#[tokio::test]
+async fn page_navigations_with_ended_cookies_get_the_login_redirect() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("routes: {login_redirect: /login, public: [/login, /_next/static/]}")
+        .start()
+        .await;
+    let (old, renewed) = refreshed(&proxy, "opaque-rt-nav").await;
+    assert_logged_out(&proxy.post(LOGOUT, &renewed, b"").await);
+    let navigate = format!(
+        "GET /dashboard HTTP/1.1\r\nHost: x\r\nSec-Fetch-Mode: navigate\r\nAccept: text/html\r\nCookie: {old}\r\n\r\n"
+    );
+    let r = proxy.send(&navigate).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/login?next=/dashboard"));
+    assert_eq!(r.set_cookies().len(), 5);
+    assert_eq!(auth.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_refresh_ends_the_session_and_its_kept_result() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    auth.set_handler(|req| {
+        let rt = req.cookie("refreshToken").unwrap_or_default();
+        if rt.contains("revoked") {
+            StubReply::json(403, json!({"error": "invalid_grant"}))
+        } else {
+            StubReply::json(200, rotated(&rt))
+        }
+    });
+    let proxy = Proxy::start(&app, &auth).await;
+    // Refused once: the same cookies again get the logout, not a second call.
+    let revoked = expired_session("opaque-revoked");
+    assert_logout(&proxy.get("/page", &revoked).await);
+    assert_logout(&proxy.get("/page", &revoked).await);
+    assert_logout(&proxy.post(REFRESH, &revoked, b"").await);
+    assert_eq!(auth.calls(), 1);
+
+    // A refreshed session whose renewed cookies are then refused: the old cookies, which the
+    // grace window would have answered, are logged out too.
+    let (old, renewed) = refreshed(&proxy, "opaque-rt-chain").await;
+    assert_eq!(auth.calls(), 2);
+    auth.set_handler(|_| StubReply::json(403, json!({"error": "invalid_grant"})));
+    assert_logout(&proxy.post(REFRESH, &renewed, b"").await);
+    assert_eq!(auth.calls(), 3);
+    assert_logout(&proxy.get("/page", &old).await);
+    assert_logout(&proxy.post(REFRESH, &renewed, b"").await);
+    assert_eq!(auth.calls(), 3, "no call for the ended chain");
+}
+
+#[tokio::test]
+async fn the_backend_logout_gets_the_sessions_cookies() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let (admin, admin_extra) = admin_yaml();
+    let proxy = Proxy::builder(&app, &auth)
+        .extra(format!(
+            "{{auth_api: {{logout_url: 'http://{}/logout?everywhere=1'}}, {admin_extra}}}",
+            auth.addr
+        ))
+        .start()
+        .await;
+    let (_, renewed) = refreshed(&proxy, "opaque-rt-backend").await;
+    assert_logged_out(&proxy.post(LOGOUT, &renewed, b"").await);
+    assert_eq!(auth.calls(), 2);
+    let call = auth.last();
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, "/logout?everywhere=1");
+    assert_eq!(
+        call.header("cookie"),
+        Some("refreshToken=api-refresh-after-opaque-rt-backend"),
+        "the auth API's cookies, as a refresh sends them, and nothing else"
+    );
+    assert_eq!(call.header("content-type"), Some("application/json"));
+    assert_eq!(call.body, b"{}");
+    // No auth API cookie: nothing to end, no call.
+    assert_logged_out(&proxy.post(LOGOUT, "theme=dark", b"").await);
+    assert_eq!(auth.calls(), 2);
+    let text = admin_get(admin, "/metrics").await.text();
+    assert_eq!(
+        series(&text, "etls_proxy_auth_api_logout_total{outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            "etls_proxy_auth_api_logout_total{outcome=\"failed\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_failing_backend_logout_never_stops_the_logout() {
+    // (what the logout URL does, the metric it counts under)
+    let down = free_port();
+    for (case, outcome) in [("500", "failed"), ("slow", "timeout"), ("down", "failed")] {
+        let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+        auth.set_handler(move |req| {
+            if !req.path.starts_with("/logout") {
+                let rt = req.cookie("refreshToken").unwrap_or_default();
+                return StubReply::json(200, rotated(&rt));
+            }
+            match case {
+                "500" => StubReply::json(500, json!({"error": "boom"})),
+                _ => StubReply::json(200, json!({})).delayed(Duration::from_secs(5)),
+            }
+        });
+        let logout_url = match case {
+            "down" => format!("http://127.0.0.1:{down}/logout"),
+            _ => format!("http://{}/logout", auth.addr),
+        };
+        let (admin, admin_extra) = admin_yaml();
+        let proxy = Proxy::builder(&app, &auth)
+            .extra(format!(
+                "{{auth_api: {{logout_url: '{logout_url}', timeout_ms: 400}}, {admin_extra}}}"
+            ))
+            .start()
+            .await;
+        let (old, renewed) = refreshed(&proxy, "opaque-rt-failing").await;
+        let started = Instant::now();
+        let r = proxy.post(LOGOUT, &renewed, b"").await;
+        assert_logged_out(&r);
+        // Bounded by the auth API deadline (generous margin: only a sanity bound).
+        assert!(started.elapsed() < Duration::from_secs(4), "{case}");
+        // The session is over in the proxy whatever the auth API did.
+        assert_logout(&proxy.get("/page", &old).await);
+        let text = admin_get(admin, "/metrics").await.text();
+        assert_eq!(
+            series(
+                &text,
+                &format!("etls_proxy_auth_api_logout_total{{outcome=\"{outcome}\"}}")
+            ),
+            1.0,
+            "{case}"
+        );
+        assert_eq!(
+            series(&text, "etls_proxy_auth_api_logout_total{outcome=\"ok\"}"),
+            0.0,
+            "{case}"
+        );
+        let log = proxy.log();
+        assert!(log.contains("backend logout failed"), "{case}: {log}");
+    }
+}
