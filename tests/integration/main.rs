@@ -1,5 +1,6 @@
 //! Integration tests: the real proxy binary on loopback, in front of stand-in servers.
 
+mod auth_api_bound;
 mod balance;
 mod cli;
 mod concurrency;
