@@ -401,6 +401,16 @@ where
             .get(&self.key)
             .is_some_and(|e| e.generation == self.generation);
         match landing {
+            // Ended while the call ran (a logout): the new tokens must not bring the session
+            // back, so the waiters get the logout too, and the cookies the result would have
+            // handed out are ended with the rest of the chain.
+            Landing::Renewed { next, .. } if !ours && table.is_ended(&self.key) => {
+                if let Some(next) = next.filter(|_| !grace.is_zero()) {
+                    table.end_keys(&[next], Instant::now(), grace);
+                    table.make_room(self.flights.max_entries(), 0);
+                }
+                Err(SessionEnded.into())
+            }
             // Only successes are kept: after a transient failure the next request tries again.
             Landing::Renewed { value, next } => {
                 if ours && !grace.is_zero() {
@@ -526,7 +536,19 @@ impl<T, E> Table<T, E> {
     /// when `grace` is 0); a running flight of the chain then finds its entry gone.
     fn end_chain(&mut self, key: SessionKey, now: Instant, grace: Duration) -> usize {
         let chain = self.chain(key);
-        for k in &chain {
+        self.end_keys(&chain, now, grace);
+        chain.len()
+    }
+
+    fn is_ended(&self, key: &SessionKey) -> bool {
+        matches!(
+            self.entries.get(key).map(|e| &e.slot),
+            Some(Slot::Ended { .. })
+        )
+    }
+
+    fn end_keys(&mut self, keys: &[SessionKey], now: Instant, grace: Duration) {
+        for k in keys {
             self.origin.remove(k);
             if grace.is_zero() {
                 self.remove(k);
@@ -535,7 +557,6 @@ impl<T, E> Table<T, E> {
                 self.kept.push_back((*k, generation));
             }
         }
-        chain.len()
     }
 
     /// Drops expired results and tombstones; they sit at the front of `kept`.
@@ -958,17 +979,32 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert_eq!(flights.end(key(1)), 1);
-        // The waiters of the flight still get its outcome ...
-        assert_eq!(leader.await.unwrap().0, Ok(1));
-        // ... but neither the old nor the new cookies find it kept.
+        // The waiters of the flight get the logout, not tokens that would bring it back ...
+        assert_eq!(leader.await.unwrap().0, Err(TestError::Ended));
+        // ... and neither the old nor the new cookies can refresh.
+        for n in [1u8, 2] {
+            let (v, _) = flights
+                .run_bounded(key(n), 10, renewing(&calls, 2, None))
+                .await;
+            assert_eq!(v, Err(TestError::Ended), "key {n}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        // A failure landing on an ended session leaves the tombstone alone.
+        let f = flights.clone();
+        let failing = tokio::spawn(async move {
+            f.run_bounded(key(7), 10, || async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Landing::Failed(TestError::Failed)
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(flights.end(key(7)), 1);
+        assert_eq!(failing.await.unwrap().0, Err(TestError::Failed));
         let (v, _) = flights
-            .run_bounded(key(1), 10, renewing(&calls, 2, None))
+            .run_bounded(key(7), 10, renewing(&calls, 2, None))
             .await;
         assert_eq!(v, Err(TestError::Ended));
-        let (v, joined) = flights
-            .run_bounded(key(2), 10, renewing(&calls, 3, None))
-            .await;
-        assert_eq!((v, joined), (Ok(3), Joined::Led));
     }
 
     #[tokio::test(start_paused = true)]

@@ -256,3 +256,39 @@ async fn a_failing_backend_logout_never_stops_the_logout() {
         assert!(log.contains("backend logout failed"), "{case}: {log}");
     }
 }
+
+#[tokio::test]
+async fn a_logout_during_a_refresh_wins_over_its_result() {
+    let app = Stub::app().await;
+    let auth = Stub::slow_auth_api(Duration::from_millis(800)).await;
+    let proxy = Proxy::start(&app, &auth).await;
+    let old = expired_session("opaque-rt-racing");
+    let (addr, cookie) = (proxy.addr, old.clone());
+    let racing = tokio::spawn(async move {
+        send_raw(
+            addr,
+            format!("GET /page HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while auth.calls() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh reached the auth API"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_logged_out(&proxy.post(LOGOUT, &old, b"").await);
+    // The refresh lands after the logout: its request gets the logout, not new tokens.
+    assert_logout(&racing.await.unwrap());
+    // Neither the old cookies nor the ones the auth API handed out can refresh.
+    assert_logout(&proxy.get("/page", &old).await);
+    let handed_out = format!(
+        "refreshTokenEtls={}; refreshToken=api-refresh-after-opaque-rt-racing",
+        refresh_token(3600)
+    );
+    assert_logout(&proxy.post(REFRESH, &handed_out, b"").await);
+    assert_eq!(auth.calls(), 1);
+    assert_eq!(app.calls(), 0);
+}
