@@ -401,10 +401,11 @@ where
             .get(&self.key)
             .is_some_and(|e| e.generation == self.generation);
         match landing {
-            // Ended while the call ran (a logout): the new tokens must not bring the session
-            // back, so the waiters get the logout too, and the cookies the result would have
-            // handed out are ended with the rest of the chain.
-            Landing::Renewed { next, .. } if !ours && table.is_ended(&self.key) => {
+            // Ended while the call ran (a logout; nothing else replaces a running entry): the
+            // new tokens must not bring the session back, so the waiters get the logout too,
+            // and the cookies the result would have handed out are ended with the rest of the
+            // chain.
+            Landing::Renewed { next, .. } if !ours => {
                 if let Some(next) = next.filter(|_| !grace.is_zero()) {
                     table.end_keys(&[next], Instant::now(), grace);
                     table.make_room(self.flights.max_entries(), 0);
@@ -413,7 +414,7 @@ where
             }
             // Only successes are kept: after a transient failure the next request tries again.
             Landing::Renewed { value, next } => {
-                if ours && !grace.is_zero() {
+                if !grace.is_zero() {
                     let until = Instant::now() + grace;
                     if let Some(entry) = table.entries.get_mut(&self.key) {
                         entry.slot = Slot::Kept {
@@ -427,7 +428,7 @@ where
                     }
                     table.kept.push_back((self.key, self.generation));
                     table.make_room(self.flights.max_entries(), 0);
-                } else if ours {
+                } else {
                     table.remove(&self.key);
                 }
                 Ok(value)
@@ -538,13 +539,6 @@ impl<T, E> Table<T, E> {
         let chain = self.chain(key);
         self.end_keys(&chain, now, grace);
         chain.len()
-    }
-
-    fn is_ended(&self, key: &SessionKey) -> bool {
-        matches!(
-            self.entries.get(key).map(|e| &e.slot),
-            Some(Slot::Ended { .. })
-        )
     }
 
     fn end_keys(&mut self, keys: &[SessionKey], now: Instant, grace: Duration) {
@@ -959,7 +953,9 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(flights.end(key(1)), 1);
         assert!(flights.is_empty());
-        assert_eq!(running.await.unwrap().0, Ok(1));
+        // The waiters of a flight ended meanwhile still get the logout.
+        assert_eq!(running.await.unwrap().0, Err(TestError::Ended));
+        assert!(flights.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
