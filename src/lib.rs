@@ -10,6 +10,7 @@ pub mod auth_api;
 pub mod config;
 pub mod cookies;
 pub mod decision;
+pub mod downstream;
 pub mod flight;
 #[doc(hidden)]
 pub mod fuzzing;

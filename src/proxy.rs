@@ -17,6 +17,7 @@ use crate::auth_api::{AuthApiClient, AuthApiError};
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, assess};
+use crate::downstream;
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
@@ -323,6 +324,8 @@ impl ProxyHttp for EtlsProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        downstream::header_read(session);
+        downstream::keepalive(session, ctx.config.keepalive_secs);
         match self.decide(session.req_header(), ctx).await {
             Step::Forward => Ok(false),
             Step::Reply(reply) => {
@@ -450,6 +453,7 @@ impl ProxyHttp for EtlsProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        downstream::next_request(session, ctx.config.header_timeout);
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
         let app_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
         let decision = decision(ctx.outcome, status, app_failed);

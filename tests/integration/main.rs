@@ -11,4 +11,5 @@ mod matrix;
 mod ops;
 mod rotation;
 mod support;
+mod timeouts;
 mod tls;
