@@ -14,6 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::access_log::AccessEntry;
 use crate::answer::Answer;
 use crate::auth_api::{AuthApiClient, AuthApiError};
+use crate::cache_control;
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, assess};
@@ -409,13 +410,7 @@ impl ProxyHttp for EtlsProxy {
                 }
             }
             // A response carrying session cookies must never sit in a shared cache.
-            let private = response.headers.get_all("cache-control").iter().any(|v| {
-                let v = v.as_bytes();
-                contains_ignore_case(v, b"no-store") || contains_ignore_case(v, b"private")
-            });
-            if !private {
-                response.insert_header("Cache-Control", "private, no-store")?;
-            }
+            cache_control::keep_private(response)?;
         }
         Ok(())
     }
@@ -503,10 +498,4 @@ fn auth_api_outcome<T>(result: &std::result::Result<T, RefreshError>) -> AuthApi
         Err(RefreshError::AuthApi(AuthApiError::Timeout(_))) => AuthApiOutcome::Timeout,
         Err(_) => AuthApiOutcome::Failed,
     }
-}
-
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
