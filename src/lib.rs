@@ -15,6 +15,7 @@ pub mod downstream;
 pub mod flight;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

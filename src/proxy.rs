@@ -20,6 +20,7 @@ use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, assess};
 use crate::downstream;
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::guard;
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
 use crate::renewal::{RefreshError, RenewedSession, renew};
@@ -69,6 +70,10 @@ pub enum Outcome {
     AuthApiFailed,
     MethodNotAllowed,
     CookiesTooLarge,
+    /// No Host, or an invalid one (400).
+    BadHost,
+    /// A cross-site POST to an endpoint of the proxy (403).
+    CrossSite,
 }
 
 pub struct RequestCtx {
@@ -117,6 +122,8 @@ enum Reply {
     LoggedOut,
     MethodNotAllowed,
     CookiesTooLarge,
+    BadRequest,
+    Forbidden,
     Refreshed(Arc<RenewedSession>),
     RefreshFailed(RefreshError),
 }
@@ -126,6 +133,14 @@ impl EtlsProxy {
         let config = Arc::clone(&ctx.config);
         let config = config.as_ref();
         let post = req.method == http::Method::POST;
+        let host = match guard::check_host(req) {
+            Ok(host) => host,
+            Err(bad) => {
+                log::debug!("bad Host ({bad:?}): 400");
+                ctx.outcome = Outcome::BadHost;
+                return Step::Reply(Reply::BadRequest);
+            }
+        };
         let cookies = req.headers.get_all("cookie");
         let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
         if cookie_bytes > config.max_cookie_bytes + 2 {
@@ -136,6 +151,12 @@ impl EtlsProxy {
             Route::Public => {
                 ctx.outcome = Outcome::Public;
                 return Step::Forward;
+            }
+            Route::LogoutEndpoint | Route::RefreshEndpoint
+                if post && !guard::same_origin_request(req, host) =>
+            {
+                ctx.outcome = Outcome::CrossSite;
+                return Step::Reply(Reply::Forbidden);
             }
             Route::LogoutEndpoint if post => {
                 ctx.outcome = Outcome::LoggedOut;
@@ -240,6 +261,12 @@ impl EtlsProxy {
             Reply::LoggedOut => Answer::logged_out(clear),
             Reply::MethodNotAllowed => Answer::method_not_allowed(),
             Reply::CookiesTooLarge => Answer::cookies_too_large(),
+            Reply::BadRequest => {
+                // As nginx: a request this broken ends its connection.
+                session.set_keepalive(None);
+                Answer::bad_request()
+            }
+            Reply::Forbidden => Answer::forbidden(),
             Reply::Refreshed(renewed) => Answer::refreshed(renewed),
             Reply::RefreshFailed(error) => Answer::refresh_failed(error),
         };
@@ -374,6 +401,7 @@ impl ProxyHttp for EtlsProxy {
             upstream_request.remove_header("cookie");
             upstream_request.insert_header("cookie", cookie.clone())?;
         }
+        guard::drop_underscore_names(upstream_request);
         // Whatever the client sent under an identity header's name never reaches the app.
         for name in ctx.config.identity.names() {
             upstream_request.remove_header(name);
@@ -437,6 +465,11 @@ impl ProxyHttp for EtlsProxy {
         }
     }
 
+    /// Pingora's error lines name the request: never with its query or raw Host bytes.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        guard::request_summary(session.req_header())
+    }
+
     /// A browser that goes away mid-answer is not the proxy's error: keep it out of the error
     /// log (the per-request debug line still records it).
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
@@ -485,9 +518,11 @@ fn decision(outcome: Outcome, status: u16, app_failed: bool) -> Decision {
         Outcome::Refused(_) if status == 302 => Decision::Redirected,
         Outcome::Refused(_) => Decision::LoggedOut,
         Outcome::AuthApiFailed => Decision::AuthApiError,
-        Outcome::Pending | Outcome::MethodNotAllowed | Outcome::CookiesTooLarge => {
-            Decision::Rejected
-        }
+        Outcome::Pending
+        | Outcome::MethodNotAllowed
+        | Outcome::CookiesTooLarge
+        | Outcome::BadHost
+        | Outcome::CrossSite => Decision::Rejected,
     }
 }
 
