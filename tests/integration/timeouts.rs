@@ -162,3 +162,60 @@ async fn a_prompt_header_after_a_slow_request_body_still_passes() {
     assert_eq!(app.calls(), 2);
     assert_eq!(app.requests()[0].body, b"abcd");
 }
+
+/// An HTTP/2 connection (openssl s_client with ALPN h2, the client preface and an empty
+/// SETTINGS frame, then nothing) is closed by the proxy once idle for the keep-alive timeout.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_keepalive_timeout() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+
+    let certificate = crate::tls::Certificate::new();
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .tls(&certificate.cert(), &certificate.key())
+        .extra("downstream: {keepalive_timeout_secs: 1}")
+        .start()
+        .await;
+    let addr = proxy.addr.to_string();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut client = Command::new("openssl")
+            .args(["s_client", "-quiet", "-alpn", "h2", "-connect", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl runs");
+        let mut stdin = client.stdin.take().unwrap();
+        stdin
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .unwrap();
+        stdin.flush().unwrap();
+        // The server's frames, until it closes (or 15 s, then the client is killed).
+        let mut stdout = client.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let _ = stdout.read_to_end(&mut got);
+            got
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = client.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = client.kill();
+        let _ = client.wait();
+        drop(stdin);
+        let got = reader.join().unwrap();
+        // The server spoke HTTP/2: its first frame is SETTINGS (type 4).
+        assert!(got.len() >= 9 && got[3] == 4, "{got:?}");
+        exited
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the idle HTTP/2 connection stayed open");
+}
