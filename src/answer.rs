@@ -122,7 +122,12 @@ impl<'a> Answer<'a> {
             h.insert_header("Content-Type", "application/json")?;
         }
         h.insert_header("Content-Length", self.body.len().to_string())?;
-        h.insert_header("Cache-Control", "no-store")?;
+        // An answer carrying session cookies says `private` too, as the app's answers get it.
+        let cache = match self.set_cookie {
+            [] => "no-store",
+            _ => crate::cache_control::PRIVATE,
+        };
+        h.insert_header("Cache-Control", cache)?;
         if let Some(location) = &self.location {
             h.insert_header("Location", location.as_str())?;
         }
@@ -213,6 +218,8 @@ mod tests {
             h.headers["content-length"],
             a.body.len().to_string().as_str()
         );
+        assert_eq!(h.headers["cache-control"], "private, no-store");
+        let h = Answer::cookies_too_large().header().unwrap();
         assert_eq!(h.headers["cache-control"], "no-store");
     }
 

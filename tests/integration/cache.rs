@@ -46,4 +46,18 @@ async fn a_refreshed_answer_is_private_whatever_the_app_said() {
     );
     assert_eq!(r.header("cdn-cache-control"), Some("max-age=600"));
     assert_eq!(auth.calls(), 1);
+
+    // The proxy's own answers carrying session cookies say the same.
+    let r = proxy
+        .post(
+            "/api/auth/refreshtoken",
+            &expired_session("rt-cache-2"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.set_cookies().len(), 5);
+    assert_eq!(r.all("cache-control"), ["private, no-store"]);
+    let r = proxy.post("/api/auth/logout", "", b"").await;
+    assert_eq!(r.all("cache-control"), ["private, no-store"]);
 }
