@@ -211,16 +211,12 @@ fn query_strings(text: &[u8], spans: &mut Vec<(usize, usize)>) {
 /// escaped (`\n`, `\u{2028}`): one record stays one line whatever a client sent, in any log
 /// viewer. Borrowed when there is none.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(unsafe_char) {
+    if !text.chars().any(unsafe_in_log) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if !unsafe_char(c) {
+        if !unsafe_in_log(c) {
             out.push(c);
         } else if c.is_ascii() {
             out.extend(c.escape_default());
@@ -229,6 +225,16 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// A character no log line may carry raw: a control character (C0, DEL, C1), or a Unicode line,
+/// paragraph or bidi control, which some viewers show as a new line or a reordered one.
+pub fn unsafe_in_log(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 fn literal(text: &[u8], needle: &[u8], spans: &mut Vec<(usize, usize)>) {

@@ -65,3 +65,28 @@ async fn a_failed_request_logs_neither_its_query_nor_raw_host_bytes() {
     assert!(!log.contains("password"), "{log}");
     assert!(!log.contains('\u{2028}'), "{log}");
 }
+
+#[tokio::test]
+async fn no_raw_line_separator_reaches_the_json_access_log() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("log: {format: json}")
+        .start()
+        .await;
+    for path in ["/a\u{2028}b", "/a\u{2029}b", "/a\u{202e}b"] {
+        let r = proxy
+            .send(&format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n"))
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while proxy.log().matches("\"decision\"").count() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let log = proxy.log();
+    assert_eq!(log.matches("\"decision\"").count(), 3, "{log}");
+    assert!(log.contains(r#""path":"/a\u2028b""#), "{log}");
+    for raw in ['\u{2028}', '\u{2029}', '\u{202e}'] {
+        assert!(!log.contains(raw), "{log}");
+    }
+}
