@@ -50,7 +50,10 @@ impl AccessEntry<'_> {
                     "session": self.session,
                 })
                 .to_string();
-                json_escape_separators(&mut line);
+                // Only the path comes from the client (a method is a token).
+                if self.path.chars().any(crate::redact::unsafe_in_log) {
+                    json_escape_separators(&mut line);
+                }
                 line.push('\n');
                 line
             }
@@ -85,9 +88,6 @@ impl AccessEntry<'_> {
 /// serde_json leaves U+2028, U+2029, C1 and bidi controls raw (valid JSON, but some viewers
 /// break the line on them): written as `\uXXXX`, the same string to a JSON reader.
 fn json_escape_separators(line: &mut String) {
-    if !line.chars().any(crate::redact::unsafe_in_log) {
-        return;
-    }
     let mut out = String::with_capacity(line.len() + 16);
     for c in line.chars() {
         if crate::redact::unsafe_in_log(c) {
