@@ -2,12 +2,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 use pingora::server::Server;
 use pingora::server::configuration::Opt;
 use pingora::services::background::background_service;
@@ -15,6 +17,7 @@ use pingora::services::listening::Service;
 
 use etls_proxy::admin::AdminApp;
 use etls_proxy::config::{self, Loaded};
+use etls_proxy::downstream::HeaderDeadlineApp;
 use etls_proxy::metrics::Metrics;
 use etls_proxy::proxy::{EtlsProxy, Flights};
 use etls_proxy::redact::{self, Redactor};
@@ -120,10 +123,18 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
         );
         server.add_service(health_checks);
     }
+    // HTTP/2 connections idle as long as HTTP/1 ones may (nginx's `keepalive_timeout` governs
+    // both since 1.19.7); fixed at start.
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(Duration::from_secs(runtime.keepalive_secs.max(1)));
     let live = Arc::new(LiveConfig::new(cli.conf.clone(), runtime));
     let metrics = Arc::new(Metrics::new());
     let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app);
-    let mut service = http_proxy_service(&server.configuration, proxy);
+    let mut proxy = http_proxy(&server.configuration, proxy);
+    proxy.server_options = Some(options);
+    let header_live = live.clone();
+    let app = HeaderDeadlineApp::new(proxy, move || header_live.load().header_timeout);
+    let mut service = Service::new("Pingora HTTP Proxy Service".to_owned(), app);
     for listener in &listen {
         let buffers = L4BufferSettings::default().read(read_buffer);
         let mut endpoint = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);

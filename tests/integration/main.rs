@@ -2,15 +2,20 @@
 
 mod auth_api_bound;
 mod balance;
+mod cache;
 mod cli;
 mod concurrency;
+mod cross_site;
 mod demo;
 mod endpoints;
 mod flow;
+mod host;
 mod logs;
 mod matrix;
 mod ops;
 mod rotation;
 mod session_end;
 mod support;
+mod timeouts;
 mod tls;
+mod underscores;
