@@ -72,13 +72,30 @@ fn main() -> ExitCode {
         let keys = listen.map(|(i, l)| (format!("listen[{i}]"), &l.address));
         let admin = loaded.runtime.admin_listen.iter();
         for (key, addr) in keys.chain(admin.map(|a| ("admin.listen".to_owned(), a))) {
-            if let Err(e) = std::net::TcpListener::bind(addr) {
+            if let Err(e) = check_bind(addr) {
                 eprintln!("etls-proxy: {key}: cannot listen on {addr}: {e}");
                 return ExitCode::from(2);
             }
         }
     }
     run(cli, loaded)
+}
+
+/// Whether Pingora will be able to bind `addr`: the same socket Pingora makes (first resolved
+/// address, `SO_REUSEADDR`), bound and closed but never listening. A listening probe (as
+/// `std::net::TcpListener::bind`) would accept connections for that moment, and reset them
+/// when it is closed: a client connecting then would lose its request.
+fn check_bind(addr: &str) -> std::io::Result<()> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let sock_addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    })?;
+    let socket = match sock_addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(sock_addr)
 }
 
 fn run(cli: Cli, loaded: Loaded) -> ExitCode {
