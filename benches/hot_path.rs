@@ -109,10 +109,12 @@ fn benches(c: &mut Criterion) {
         })
     });
     let cookie_policy = CookiePolicy::default();
+    let send_cookies = vec!["refreshToken".to_string()];
     let minting = Minting {
         keys: &keys,
         names: &names,
         policy: &cookie_policy,
+        send_cookies: &send_cookies,
     };
     let claims: Claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let record: Claims =
@@ -126,7 +128,7 @@ fn benches(c: &mut Criterion) {
                     refresh_token: "api-refresh".into(),
                     user: Some(UserData::Record(record.clone())),
                 };
-                mint_session(&minting, black_box(&claims), api, now).unwrap()
+                mint_session(&minting, black_box(&claims), api, "refreshToken=old", now).unwrap()
             })
         },
     );

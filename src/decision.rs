@@ -2,10 +2,12 @@
 //!
 //! Plain function over plain types: the glue hands in the cookies and the clock, and acts on the
 //! verdict. The signature of the access token is checked before anything else, so only a token
-//! we issued ever leads to a refresh.
+//! we issued ever leads to a refresh. A refresh token refreshes only together with the auth API
+//! session it was minted for (its `sid`): checked here, before any auth API call and before the
+//! flight table (so before every grace hit) is consulted.
 
 use crate::cookies::{CookieJar, CookieNames, is_cookie_octets};
-use crate::tokens::{AccessState, RefreshState, TokenFault, TokenKeys};
+use crate::tokens::{AccessState, Binding, RefreshState, TokenFault, TokenKeys, UnboundRefresh};
 
 /// What the decision needs from the configuration.
 pub struct SessionPolicy<'c> {
@@ -36,6 +38,9 @@ pub struct RefreshPlan<'a> {
     /// Refresh-ahead: the access token still passes, so a failing auth API must not fail the
     /// request. Holds what `Forward` would have held.
     pub fallback: Option<Option<&'a [u8]>>,
+    /// The refresh token carries no binding (old routes), let through by
+    /// `tokens.unbound_refresh: allow`: counted, and kept apart in the flight table.
+    pub unbound: bool,
 }
 
 /// Why the session is over; every refusal is answered with the logout response.
@@ -50,6 +55,10 @@ pub enum Refusal {
     NoApiSession,
     /// The auth API refused the refresh token.
     AuthApiRejected,
+    /// The refresh token is bound to another auth API session than the cookies sent with it.
+    SessionMismatch,
+    /// The refresh token carries no binding and `tokens.unbound_refresh` is `refuse`.
+    RefreshUnbound,
 }
 
 impl Refusal {
@@ -62,6 +71,8 @@ impl Refusal {
             Refusal::RefreshInvalid(_) => "refresh_invalid",
             Refusal::NoApiSession => "no_api_session",
             Refusal::AuthApiRejected => "auth_api_rejected",
+            Refusal::SessionMismatch => "session_mismatch",
+            Refusal::RefreshUnbound => "refresh_unbound",
         }
     }
 }
@@ -122,18 +133,29 @@ pub fn assess<'a>(
         Some(keep_access) => Verdict::Forward { keep_access },
         None => Verdict::Refuse(refusal),
     };
-    let refresh_token = match valid_refresh(jar, policy, now) {
+    let api_cookies = api_cookie_header(jar, policy.send_cookies);
+    let (refresh_token, binding) = match valid_refresh(jar, policy, &api_cookies, now) {
         Ok(found) => found,
         Err(refusal) => return refuse(refusal),
     };
-    let api_cookies = api_cookie_header(jar, policy.send_cookies);
     if api_cookies.is_empty() {
         return refuse(Refusal::NoApiSession);
     }
+    // The pair must belong together. A mismatch is a logout even when a refresh-ahead access
+    // token still passes: the cookies sent are not the session that token was minted for.
+    let unbound = match binding {
+        Binding::Unbound => match policy.keys.unbound_refresh {
+            UnboundRefresh::Allow => true,
+            UnboundRefresh::Refuse => return Verdict::Refuse(Refusal::RefreshUnbound),
+        },
+        Binding::Bound { .. } if policy.keys.bound_to(binding, &api_cookies) => false,
+        Binding::Bound { .. } => return Verdict::Refuse(Refusal::SessionMismatch),
+    };
     Verdict::Refresh(RefreshPlan {
         refresh_token,
         api_cookies,
         fallback,
+        unbound,
     })
 }
 
@@ -170,33 +192,74 @@ fn best_access<'a>(jar: &CookieJar<'a>, policy: &SessionPolicy<'_>, now: u64) ->
     best
 }
 
-/// The first refresh token that verifies; otherwise why the first one does not.
+/// The first refresh token that verifies and is bound to `api_cookies`, else the first one that
+/// verifies (with its binding, for the caller to judge); otherwise why the first one does not.
 fn valid_refresh<'a>(
     jar: &CookieJar<'a>,
     policy: &SessionPolicy<'_>,
+    api_cookies: &str,
     now: u64,
-) -> Result<&'a [u8], Refusal> {
+) -> Result<(&'a [u8], Binding), Refusal> {
+    let mut first_valid = None;
     let mut first_problem = None;
     for value in jar.values(&policy.names.refresh_etls) {
         let problem = match policy.keys.check_refresh(value, now) {
-            RefreshState::Valid => return Ok(value),
+            RefreshState::Valid(binding) if policy.keys.bound_to(binding, api_cookies) => {
+                return Ok((value, binding));
+            }
+            RefreshState::Valid(binding) => {
+                first_valid.get_or_insert((value, binding));
+                continue;
+            }
             RefreshState::Expired => Refusal::RefreshExpired,
             RefreshState::Invalid(fault) => Refusal::RefreshInvalid(fault),
         };
         first_problem.get_or_insert(problem);
     }
-    Err(first_problem.unwrap_or(Refusal::RefreshMissing))
+    first_valid.ok_or(first_problem.unwrap_or(Refusal::RefreshMissing))
 }
 
 /// `refreshToken=<value>` (seed 002): the first value of each configured cookie that is present
 /// and a valid cookie value (anything else cannot be sent on faithfully, so it counts as absent).
 fn api_cookie_header(jar: &CookieJar<'_>, send_cookies: &[String]) -> String {
+    api_cookies_of(send_cookies, |name| {
+        jar.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    })
+}
+
+/// The auth API cookies of the session a refresh starts, what its new refresh token is bound
+/// to: `request` (the string the refresh sent) with the values the refresh sets (`renewed`,
+/// `(name, value)`) in place of the old ones, so exactly what the browser's next refresh will
+/// send once it holds the new cookies.
+pub fn renewed_api_cookies(
+    send_cookies: &[String],
+    request: &str,
+    renewed: &[(&str, &str)],
+) -> String {
+    api_cookies_of(send_cookies, |name| {
+        renewed
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .or_else(|| {
+                // Built by `api_cookie_header`: cookie names and values never hold `; `.
+                request
+                    .split("; ")
+                    .find_map(|pair| pair.split_once('=').filter(|(n, _)| *n == name))
+                    .map(|(_, v)| v)
+            })
+    })
+}
+
+/// `name=value; ...` over `send_cookies`, in their order, with the value `value_of` gives each
+/// (a missing one, or one that is not a valid cookie value, is left out).
+fn api_cookies_of<'v>(
+    send_cookies: &[String],
+    mut value_of: impl FnMut(&str) -> Option<&'v str>,
+) -> String {
     let mut out = String::new();
     for name in send_cookies {
-        let value = jar
-            .get(name)
-            .filter(|v| is_cookie_octets(v))
-            .and_then(|v| std::str::from_utf8(v).ok());
+        let value = value_of(name).filter(|v| is_cookie_octets(v.as_bytes()));
         if let Some(value) = value {
             if !out.is_empty() {
                 out.push_str("; ");

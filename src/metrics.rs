@@ -101,6 +101,8 @@ pub struct Metrics {
     reloads_ok: IntCounter,
     reloads_refused: IntCounter,
     last_reload_success: IntGauge,
+    /// Refresh tokens without the `sid` binding (old routes): `[allowed, refused]`.
+    unbound_refresh: [IntCounter; 2],
 }
 
 impl Default for Metrics {
@@ -174,7 +176,20 @@ impl Metrics {
         register(Box::new(flights.clone()));
         register(Box::new(reloads));
         register(Box::new(last_reload_success.clone()));
+        let unbound_vec = IntCounterVec::new(
+            Opts::new(
+                "unbound_refresh_total",
+                "Refresh requests whose refresh token carries no session binding (minted by the old routes), by tokens.unbound_refresh",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let unbound_refresh = [
+            unbound_vec.with_label_values(&["allowed"]),
+            unbound_vec.with_label_values(&["refused"]),
+        ];
         register(Box::new(build_info));
+        register(Box::new(unbound_vec));
         Metrics {
             registry,
             requests,
@@ -184,7 +199,13 @@ impl Metrics {
             reloads_ok,
             reloads_refused,
             last_reload_success,
+            unbound_refresh,
         }
+    }
+
+    /// A refresh token without binding, let through (`allow`) or refused.
+    pub fn unbound_refresh(&self, allowed: bool) {
+        self.unbound_refresh[usize::from(!allowed)].inc();
     }
 
     pub fn request(&self, decision: Decision) {
@@ -235,6 +256,9 @@ mod tests {
         m.auth_api(Duration::from_millis(30), AuthApiOutcome::Ok);
         m.auth_api(Duration::from_secs(2), AuthApiOutcome::Timeout);
         m.reload(false);
+        m.unbound_refresh(true);
+        m.unbound_refresh(true);
+        m.unbound_refresh(false);
         let text = m.render(7);
         let v = |s: &str| value(&text, s);
         assert_eq!(
@@ -269,6 +293,14 @@ mod tests {
         );
         assert_eq!(v("etls_proxy_config_last_reload_success"), Some(0.0));
         assert!(text.contains("etls_proxy_build_info{version=\""));
+        assert_eq!(
+            v("etls_proxy_unbound_refresh_total{result=\"allowed\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            v("etls_proxy_unbound_refresh_total{result=\"refused\"}"),
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -150,10 +150,23 @@ impl EtlsProxy {
         let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
         let plan = match verdict {
             Verdict::Forward { keep_access } => return forward(config, ctx, &jar, keep_access),
-            Verdict::Refuse(refusal) => return refuse(config, req, ctx, refusal),
+            Verdict::Refuse(refusal) => {
+                if refusal == Refusal::RefreshUnbound {
+                    self.metrics.unbound_refresh(false);
+                }
+                return refuse(config, req, ctx, refusal);
+            }
             Verdict::Refresh(plan) => plan,
         };
-        let key = self.keyer.key(&[plan.api_cookies.as_bytes()]);
+        // An unbound refresh token (old routes) shares flights and grace hits only with the
+        // same token: another one beside these API cookies calls the auth API itself.
+        let key = if plan.unbound {
+            self.metrics.unbound_refresh(true);
+            self.keyer
+                .key(&[plan.api_cookies.as_bytes(), plan.refresh_token])
+        } else {
+            self.keyer.key(&[plan.api_cookies.as_bytes()])
+        };
         ctx.session = Some(key);
         let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
         let metrics = Arc::clone(&self.metrics);
