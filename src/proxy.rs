@@ -289,6 +289,13 @@ fn refuse(
     ctx: &mut RequestCtx,
     refusal: Refusal,
 ) -> Step {
+    match refusal {
+        // A refresh pair that does not belong together, or one the old routes minted.
+        Refusal::SessionMismatch | Refusal::RefreshUnbound => {
+            log::info!("refresh refused: {}", refusal.as_str());
+        }
+        _ => log::debug!("refused: {}", refusal.as_str()),
+    }
     ctx.outcome = Outcome::Refused(refusal);
     let routes = &config.routes;
     let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
