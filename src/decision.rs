@@ -192,15 +192,17 @@ fn best_access<'a>(jar: &CookieJar<'a>, policy: &SessionPolicy<'_>, now: u64) ->
     best
 }
 
-/// The first refresh token that verifies and is bound to `api_cookies`, else the first one that
-/// verifies (with its binding, for the caller to judge); otherwise why the first one does not.
+/// The first refresh token that verifies and is bound to `api_cookies`, else the first unbound
+/// one that verifies, else the first one that verifies (each with its binding, for the caller
+/// to judge), so duplicates give the same outcome in any order; otherwise why the first one
+/// does not verify.
 fn valid_refresh<'a>(
     jar: &CookieJar<'a>,
     policy: &SessionPolicy<'_>,
     api_cookies: &str,
     now: u64,
 ) -> Result<(&'a [u8], Binding), Refusal> {
-    let mut first_valid = None;
+    let mut first_valid: Option<(&'a [u8], Binding)> = None;
     let mut first_problem = None;
     for value in jar.values(&policy.names.refresh_etls) {
         let problem = match policy.keys.check_refresh(value, now) {
@@ -208,7 +210,13 @@ fn valid_refresh<'a>(
                 return Ok((value, binding));
             }
             RefreshState::Valid(binding) => {
-                first_valid.get_or_insert((value, binding));
+                let better = match first_valid {
+                    None => true,
+                    Some((_, kept)) => binding == Binding::Unbound && kept != Binding::Unbound,
+                };
+                if better {
+                    first_valid = Some((value, binding));
+                }
                 continue;
             }
             RefreshState::Expired => Refusal::RefreshExpired,
@@ -295,8 +303,18 @@ mod tests {
     }
 
     fn run(cookie: &str, purpose: Purpose, ahead: u64) -> Verdict<'static> {
+        run_with(cookie, purpose, ahead, UnboundRefresh::Allow)
+    }
+
+    fn run_with(
+        cookie: &str,
+        purpose: Purpose,
+        ahead: u64,
+        unbound: UnboundRefresh,
+    ) -> Verdict<'static> {
         let mut k = keys();
         k.times.refresh_ahead_secs = ahead;
+        k.unbound_refresh = unbound;
         let names = CookieNames::default();
         let send = vec!["refreshToken".to_string()];
         let policy = SessionPolicy {
@@ -473,5 +491,247 @@ mod tests {
         };
         assert_eq!(plan.api_cookies, "refreshToken=rt-1");
         assert_eq!(plan.refresh_token, r_ok.as_bytes());
+    }
+
+    /// The binding of the pair: every row is one request; `bound(x)` is a refresh token the
+    /// proxy minted for the auth API session `x`, `legacy` one of the old routes (no `sid`).
+    #[test]
+    fn binding_by_table() {
+        let k = keys();
+        let claims: crate::tokens::Claims =
+            serde_json::from_value(json!({"username": "ann"})).unwrap();
+        let bound = |api: &str| k.mint_refresh(&claims, api, NOW).unwrap();
+        let legacy = refresh(NOW + 600);
+        let expired = access(NOW - 10);
+        let due = access(NOW + 20);
+        let (b_rt, b_other) = (bound("refreshToken=rt"), bound("refreshToken=other"));
+        let b_expired = {
+            let mut k = keys();
+            k.times.refresh_ttl_secs = 0;
+            k.mint_refresh(&claims, "refreshToken=rt", NOW - 10)
+                .unwrap()
+        };
+        let allow = UnboundRefresh::Allow;
+        let deny = UnboundRefresh::Refuse;
+        let (req, endpoint) = (Purpose::Request, Purpose::RefreshEndpoint);
+        let cases: Vec<(String, Purpose, u64, UnboundRefresh, &str)> = vec![
+            // Matching sid: refresh, whatever the setting.
+            (
+                format!("refreshTokenEtls={b_rt}; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refresh",
+            ),
+            (
+                format!("accessTokenEtls={expired}; refreshTokenEtls={b_rt}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refresh",
+            ),
+            (
+                format!("refreshTokenEtls={b_rt}; refreshToken=rt"),
+                endpoint,
+                0,
+                allow,
+                "refresh",
+            ),
+            // Other auth API cookies (a throwaway session, an old token): refused.
+            (
+                format!("refreshTokenEtls={b_rt}; refreshToken=throwaway"),
+                req,
+                0,
+                allow,
+                "refuse:session_mismatch",
+            ),
+            (
+                format!("accessTokenEtls={expired}; refreshTokenEtls={b_other}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refuse:session_mismatch",
+            ),
+            (
+                format!("refreshTokenEtls={b_rt}; refreshToken=rtx"),
+                endpoint,
+                0,
+                allow,
+                "refuse:session_mismatch",
+            ),
+            // Even beside a refresh-ahead access token: the pair does not belong together.
+            (
+                format!("accessTokenEtls={due}; refreshTokenEtls={b_other}; refreshToken=rt"),
+                req,
+                60,
+                allow,
+                "refuse:session_mismatch",
+            ),
+            // No sid: allowed (and marked unbound) or refused, as configured.
+            (
+                format!("refreshTokenEtls={legacy}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refresh-unbound",
+            ),
+            (
+                format!("refreshTokenEtls={legacy}; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refuse:refresh_unbound",
+            ),
+            (
+                format!("refreshTokenEtls={legacy}; refreshToken=rt"),
+                endpoint,
+                0,
+                deny,
+                "refuse:refresh_unbound",
+            ),
+            // The other checks come first: expired, missing API session.
+            (
+                format!("refreshTokenEtls={b_expired}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refuse:refresh_expired",
+            ),
+            (
+                format!("refreshTokenEtls={b_other}"),
+                req,
+                0,
+                allow,
+                "refuse:no_api_session",
+            ),
+            (
+                format!("refreshTokenEtls={legacy}"),
+                req,
+                0,
+                deny,
+                "refuse:no_api_session",
+            ),
+            // Duplicates: the value bound to the cookies sent wins, in any order.
+            (
+                format!("refreshTokenEtls={b_other}; refreshTokenEtls={b_rt}; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refresh",
+            ),
+            (
+                format!("refreshTokenEtls={legacy}; refreshTokenEtls={b_rt}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refresh",
+            ),
+            (
+                format!("refreshTokenEtls={b_rt}; refreshTokenEtls={legacy}; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refresh",
+            ),
+            // Otherwise an unbound one over one bound elsewhere, in any order.
+            (
+                format!("refreshTokenEtls={b_other}; refreshTokenEtls={legacy}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refresh-unbound",
+            ),
+            (
+                format!("refreshTokenEtls={legacy}; refreshTokenEtls={b_other}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refresh-unbound",
+            ),
+            (
+                format!("refreshTokenEtls={b_other}; refreshTokenEtls={legacy}; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refuse:refresh_unbound",
+            ),
+            (
+                format!("refreshTokenEtls={b_other}; refreshTokenEtls={b_other}; refreshToken=rt"),
+                req,
+                0,
+                allow,
+                "refuse:session_mismatch",
+            ),
+        ];
+        for (cookie, purpose, ahead, unbound, want) in cases {
+            let verdict = run_with(&cookie, purpose, ahead, unbound);
+            let got = match &verdict {
+                Verdict::Refresh(p) if p.unbound => "refresh-unbound".to_owned(),
+                v => kind(v),
+            };
+            assert_eq!(got, want, "{cookie} ({unbound:?}, {purpose:?})");
+            if let Verdict::Refresh(plan) = verdict
+                && !plan.unbound
+            {
+                assert_eq!(plan.refresh_token, b_rt.as_bytes(), "{cookie}");
+            }
+        }
+    }
+
+    /// The string a new refresh token is bound to is the one the browser's next refresh sends.
+    #[test]
+    fn renewed_api_cookies_are_what_the_next_request_sends() {
+        let send = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let renewed = [
+            ("accessTokenEtls", "new.etls.access"),
+            ("accessToken", "api-access-2"),
+            ("refreshToken", "api-refresh-2"),
+            ("etlsUser", "new.user.token"),
+        ];
+        let cases: [(&[&str], &str, &str); 6] = [
+            (
+                &["refreshToken"],
+                "refreshToken=old",
+                "refreshToken=api-refresh-2",
+            ),
+            (
+                &["theme", "refreshToken", "accessToken"],
+                "theme=dark; refreshToken=old",
+                "theme=dark; refreshToken=api-refresh-2; accessToken=api-access-2",
+            ),
+            // Values holding `=`, names that are prefixes of others.
+            (
+                &["refreshToken", "dev", "device"],
+                "refreshToken=old; device=a=b",
+                "refreshToken=api-refresh-2; device=a=b",
+            ),
+            (
+                &["device", "refreshToken"],
+                "device=1; refreshToken=old",
+                "device=1; refreshToken=api-refresh-2",
+            ),
+            (
+                &["etlsUser", "refreshToken"],
+                "refreshToken=old",
+                "etlsUser=new.user.token; refreshToken=api-refresh-2",
+            ),
+            (&["session"], "session=s1", "session=s1"),
+        ];
+        for (names, request, want) in cases {
+            let names = send(names);
+            let got = renewed_api_cookies(&names, request, &renewed);
+            assert_eq!(got, want, "{names:?} {request}");
+            // The browser once it holds the new cookies: its next request gives the same string.
+            let jar = CookieJar::from_headers([request.as_bytes()]);
+            let rewritten = crate::cookies::rewrite(&jar, &renewed);
+            let next = CookieJar::from_headers([rewritten.as_slice()]);
+            assert_eq!(api_cookie_header(&next, &names), got, "{names:?}");
+        }
+        // A renewed value that cannot be sent as a cookie is left out, as from the browser.
+        let names = send(&["refreshToken"]);
+        assert_eq!(
+            renewed_api_cookies(&names, "refreshToken=old", &[("refreshToken", "a b")]),
+            ""
+        );
     }
 }

@@ -1149,4 +1149,139 @@ pub(crate) mod tests {
             "{accepted:?}"
         );
     }
+
+    /// `typ` (RFC 8725 §3.11): untyped (none, `JWT` in any case) and the expected kind pass;
+    /// another kind is refused once the signature holds; a `typ` that is not a string is not a
+    /// header we read.
+    #[test]
+    fn typ_by_table() {
+        let k = keys();
+        let payload = format!(r#"{{"username":"admin","exp":{}}}"#, NOW + 60);
+        let header = |typ: &str| format!(r#"{{"alg":"HS256","typ":{typ}}}"#);
+        let access = |h: &str| k.check_access(sign_raw_header(ACCESS, h, &payload).as_bytes(), NOW);
+        let refresh =
+            |h: &str| k.check_refresh(sign_raw_header(REFRESH, h, &payload).as_bytes(), NOW);
+        let fresh = AccessState::Fresh;
+        let typed = AccessState::Invalid(TokenFault::Type);
+        let cases: Vec<(String, AccessState, bool)> = vec![
+            // (header, as an access token, passes as a refresh token)
+            (r#"{"alg":"HS256"}"#.into(), fresh, true),
+            (header(r#""JWT""#), fresh, true),
+            (header(r#""jwt""#), fresh, true),
+            (header(r#""application/JWT""#), fresh, true),
+            (header(r#"null"#), fresh, true),
+            (header(r#""\u004aWT""#), fresh, true),
+            (header(r#""etls-access+jwt""#), fresh, false),
+            (header(r#""ETLS-Access+JWT""#), fresh, false),
+            (header(r#""application/etls-access+jwt""#), fresh, false),
+            (header(r#""etls-user+jwt""#), typed, false),
+            (header(r#""application/etls-user+jwt""#), typed, false),
+            (header(r#""etls-refresh+jwt""#), typed, true),
+            (header(r#""at+jwt""#), typed, false),
+            (header(r#""JWS""#), typed, false),
+            (header(r#""""#), typed, false),
+            (header(r#""application/""#), typed, false),
+            (header(r#""jwt ""#), typed, false),
+            (
+                header("7"),
+                AccessState::Invalid(TokenFault::Malformed),
+                false,
+            ),
+        ];
+        for (h, as_access, as_refresh) in cases {
+            assert_eq!(access(&h), as_access, "access {h}");
+            assert_eq!(
+                matches!(refresh(&h), RefreshState::Valid(_)),
+                as_refresh,
+                "refresh {h}"
+            );
+        }
+        // The signature is checked first: a foreign typ under a bad signature is a bad signature.
+        let forged = sign_raw_header(REFRESH, &header(r#""etls-user+jwt""#), &payload);
+        assert_eq!(
+            k.check_access(forged.as_bytes(), NOW),
+            AccessState::Invalid(TokenFault::Signature)
+        );
+        // An expired token of another kind is still refused for its kind, not refreshed.
+        let old = format!(r#"{{"exp":{}}}"#, NOW - 60);
+        let user = sign_raw_header(ACCESS, &header(r#""etls-user+jwt""#), &old);
+        assert_eq!(k.check_access(user.as_bytes(), NOW), typed);
+        // What the proxy mints: each kind passes as itself only.
+        let claims: Claims = serde_json::from_value(json!({"username": "ann"})).unwrap();
+        let user = k.mint_user(&claims, NOW).unwrap();
+        assert_eq!(k.check_access(user.as_bytes(), NOW), typed);
+        let access = k.mint_access(&claims, NOW).unwrap();
+        assert_eq!(k.check_access(access.as_bytes(), NOW), fresh);
+        assert_eq!(
+            jsonwebtoken::decode_header(&user).unwrap().typ.as_deref(),
+            Some(TYP_USER)
+        );
+    }
+
+    /// `sid`: read with the time claims of a refresh token only, exactly as we write it.
+    #[test]
+    fn sid_by_table() {
+        let k = keys();
+        let exp = NOW + 60;
+        let good_sid = k.bindings[0].sid("refreshToken=rt");
+        assert_eq!(good_sid.len(), 22);
+        let with_sid = |sid: &str| format!(r#"{{"username":"ann","exp":{exp},"sid":{sid}}}"#);
+        let check = |payload: &str| k.check_refresh(sign_raw(REFRESH, payload).as_bytes(), NOW);
+        let claims = RefreshState::Invalid(TokenFault::Claims);
+        let cases: Vec<(String, Option<RefreshState>)> = vec![
+            (
+                format!(r#"{{"exp":{exp}}}"#),
+                Some(RefreshState::Valid(Binding::Unbound)),
+            ),
+            (with_sid(&format!("\"{good_sid}\"")), None),
+            (with_sid(&format!("\"{}\"", &good_sid[..21])), Some(claims)),
+            (with_sid(&format!("\"{good_sid}A\"")), Some(claims)),
+            (with_sid(&format!("\"{good_sid}AA\"")), Some(claims)),
+            (with_sid(r#""!!!!!!!!!!!!!!!!!!!!!!""#), Some(claims)),
+            (with_sid(r#""""#), Some(claims)),
+            (with_sid("7"), Some(claims)),
+            (with_sid("null"), Some(claims)),
+            (with_sid(r#"["a"]"#), Some(claims)),
+            // Escaped: never ours (base64url needs none).
+            (
+                with_sid(&format!(
+                    "\"\\u00{:02x}{}\"",
+                    good_sid.as_bytes()[0],
+                    &good_sid[1..]
+                )),
+                Some(claims),
+            ),
+            (
+                format!(r#"{{"exp":{exp},"sid":"{good_sid}","sid":"{good_sid}"}}"#),
+                Some(claims),
+            ),
+        ];
+        for (payload, want) in cases {
+            let got = check(&payload);
+            match want {
+                Some(want) => assert_eq!(got, want, "{payload}"),
+                None => {
+                    let RefreshState::Valid(binding @ Binding::Bound { key: 0, .. }) = got else {
+                        panic!("{payload}: {got:?}");
+                    };
+                    assert!(k.bound_to(binding, "refreshToken=rt"));
+                    for other in ["refreshToken=rt ", "refreshToken=rT", "", "refreshToken=r"] {
+                        assert!(!k.bound_to(binding, other), "{other}");
+                    }
+                }
+            }
+        }
+        assert!(!k.bound_to(Binding::Unbound, "refreshToken=rt"));
+        // Access tokens do not read `sid`: whatever it holds changes nothing for them.
+        let access = sign_raw(ACCESS, &with_sid("7"));
+        assert_eq!(k.check_access(access.as_bytes(), NOW), AccessState::Fresh);
+        // A binding key of one refresh secret does not vouch for another's sid, and the sid is
+        // neither the cookies nor a plain hash of them.
+        let other = TokenKeys::new(ACCESS, b"another-refresh-secret-another-ref", k.times);
+        assert_ne!(other.bindings[0].sid("refreshToken=rt"), good_sid);
+        use sha2::Digest;
+        let plain = URL_SAFE_NO_PAD.encode(&Sha256::digest(b"refreshToken=rt")[..SID_BYTES]);
+        assert_ne!(good_sid, plain);
+        assert_eq!(format!("{:?}", k.bindings[0]), "BindingKey(..)");
+    }
 }
