@@ -135,15 +135,17 @@ pub fn auth_answer(data: &[u8]) {
         secure: true,
         ..CookiePolicy::default()
     };
+    let send_cookies = vec![names.refresh_api.clone()];
     let minting = Minting {
         keys: &keys,
         names: &names,
         policy: &policy,
+        send_cookies: &send_cookies,
     };
     let claims: Claims = serde_json::from_str(r#"{"username":"ann"}"#).expect("claims");
     let expected_api = (api.access_token.clone(), api.refresh_token.clone());
     let has_user = api.user.is_some();
-    let Ok(session) = mint_session(&minting, &claims, api, NOW) else {
+    let Ok(session) = mint_session(&minting, &claims, api, "refreshToken=old", NOW) else {
         return;
     };
     let lines = session.set_cookie();
@@ -169,10 +171,13 @@ pub fn auth_answer(data: &[u8]) {
         keys.check_access(values[0].1.as_bytes(), NOW),
         AccessState::Fresh
     );
-    assert_eq!(
-        keys.check_refresh(values[1].1.as_bytes(), NOW),
-        RefreshState::Valid
-    );
+    // The new refresh token is bound to the new auth API session, not to the old one.
+    let RefreshState::Valid(binding) = keys.check_refresh(values[1].1.as_bytes(), NOW) else {
+        panic!("the minted refresh token does not verify");
+    };
+    let new_session = format!("{}={}", names.refresh_api, expected_api.1);
+    assert!(keys.bound_to(binding, &new_session), "{new_session}");
+    assert!(!keys.bound_to(binding, "refreshToken=old"));
 }
 
 /// jsonwebtoken's reading of a token, the reference the hand-written verifier must agree with:

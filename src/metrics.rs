@@ -131,6 +131,8 @@ pub struct Metrics {
     reloads_ok: IntCounter,
     reloads_refused: IntCounter,
     last_reload_success: IntGauge,
+    /// Refresh tokens without the `sid` binding (old routes): `[allowed, refused]`.
+    unbound_refresh: [IntCounter; 2],
 }
 
 impl Default for Metrics {
@@ -204,6 +206,18 @@ impl Metrics {
         register(Box::new(flights.clone()));
         register(Box::new(reloads));
         register(Box::new(last_reload_success.clone()));
+        let unbound_vec = IntCounterVec::new(
+            Opts::new(
+                "unbound_refresh_total",
+                "Refresh requests whose refresh token carries no session binding (minted by the old routes), by tokens.unbound_refresh",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let unbound_refresh = [
+            unbound_vec.with_label_values(&["allowed"]),
+            unbound_vec.with_label_values(&["refused"]),
+        ];
         register(Box::new(build_info));
         let logouts_vec = IntCounterVec::new(
             Opts::new(
@@ -224,6 +238,7 @@ impl Metrics {
         .expect("valid metric");
         register(Box::new(logouts_vec));
         register(Box::new(auth_api_busy.clone()));
+        register(Box::new(unbound_vec));
         Metrics {
             registry,
             auth_api_logouts,
@@ -235,7 +250,13 @@ impl Metrics {
             reloads_ok,
             reloads_refused,
             last_reload_success,
+            unbound_refresh,
         }
+    }
+
+    /// A refresh token without binding, let through (`allow`) or refused.
+    pub fn unbound_refresh(&self, allowed: bool) {
+        self.unbound_refresh[usize::from(!allowed)].inc();
     }
 
     pub fn request(&self, decision: Decision) {
@@ -297,6 +318,9 @@ mod tests {
         m.logout(LogoutOutcome::Timeout);
         m.auth_api_busy();
         m.auth_api_busy();
+        m.unbound_refresh(true);
+        m.unbound_refresh(true);
+        m.unbound_refresh(false);
         let text = m.render(7);
         let v = |s: &str| value(&text, s);
         assert_eq!(
@@ -340,6 +364,14 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(v("etls_proxy_auth_api_busy_total"), Some(2.0));
+        assert_eq!(
+            v("etls_proxy_unbound_refresh_total{result=\"allowed\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            v("etls_proxy_unbound_refresh_total{result=\"refused\"}"),
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -23,9 +23,7 @@ use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
 use crate::guard;
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
-use crate::renewal::{
-    RefreshError, RenewedSession, backend_logout, land, renew, renewed_api_cookies,
-};
+use crate::renewal::{RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew};
 use crate::routes::{Route, is_page_navigation};
 use crate::upstream::AppUpstream;
 
@@ -176,10 +174,21 @@ impl EtlsProxy {
         let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
         let plan = match verdict {
             Verdict::Forward { keep_access } => return forward(config, ctx, &jar, keep_access),
-            Verdict::Refuse(refusal) => return refuse(config, req, ctx, refusal),
+            Verdict::Refuse(refusal) => {
+                if refusal == Refusal::RefreshUnbound {
+                    self.metrics.unbound_refresh(false);
+                }
+                return refuse(config, req, ctx, refusal);
+            }
             Verdict::Refresh(plan) => plan,
         };
-        let key = self.keyer.key(&[plan.api_cookies.as_bytes()]);
+        // An unbound refresh token (old routes) shares flights and grace hits only with the
+        // same token: another one beside these API cookies calls the auth API itself.
+        if plan.unbound {
+            self.metrics.unbound_refresh(true);
+        }
+        let unbound = plan.unbound.then_some(plan.refresh_token);
+        let key = self.session_key(&plan.api_cookies, unbound);
         ctx.session = Some(key);
         let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
         let (metrics, keyer) = (Arc::clone(&self.metrics), Arc::clone(&self.keyer));
@@ -202,7 +211,7 @@ impl EtlsProxy {
                 metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
                 let send = &config.auth_api.send_cookies;
                 land(result, |renewed| {
-                    keyer.key(&[renewed_api_cookies(&api_cookies, renewed, send).as_bytes()])
+                    keyer.key(&[next_api_cookies(&api_cookies, renewed, send).as_bytes()])
                 })
             }
         };
@@ -272,6 +281,16 @@ impl EtlsProxy {
         }
     }
 
+    /// The flight-table key of a session: its auth API cookies, and for an unbound refresh token
+    /// (old routes) the token too, so such a token shares flights and grace hits only with
+    /// itself.
+    fn session_key(&self, api_cookies: &str, unbound_refresh: Option<&[u8]>) -> SessionKey {
+        match unbound_refresh {
+            Some(token) => self.keyer.key(&[api_cookies.as_bytes(), token]),
+            None => self.keyer.key(&[api_cookies.as_bytes()]),
+        }
+    }
+
     /// Logout: the session of the auth API cookies sent (and its whole chain) is ended in the
     /// table, then the backend logout runs when configured; nothing here can stop the answer.
     async fn end_session(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
@@ -282,9 +301,19 @@ impl EtlsProxy {
         if api_cookies.is_empty() {
             return;
         }
-        let key = self.keyer.key(&[api_cookies.as_bytes()]);
+        let key = self.session_key(&api_cookies, None);
         ctx.session = Some(key);
-        let ended = self.flights.end(key);
+        // The keys an unbound refresh token of this request would have refreshed under too
+        // (unknown keys leave nothing behind).
+        let names = &config.names;
+        let ended = self.flights.end(key)
+            + jar
+                .values(&names.refresh_etls)
+                .map(|token| {
+                    self.flights
+                        .end(self.session_key(&api_cookies, Some(token)))
+                })
+                .sum::<usize>();
         log::debug!(
             "session {}: logout ended {ended} table entries",
             key.short()
@@ -347,6 +376,13 @@ fn refuse(
     ctx: &mut RequestCtx,
     refusal: Refusal,
 ) -> Step {
+    match refusal {
+        // A refresh pair that does not belong together, or one the old routes minted.
+        Refusal::SessionMismatch | Refusal::RefreshUnbound => {
+            log::info!("refresh refused: {}", refusal.as_str());
+        }
+        _ => log::debug!("refused: {}", refusal.as_str()),
+    }
     ctx.outcome = Outcome::Refused(refusal);
     let routes = &config.routes;
     let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());

@@ -11,7 +11,8 @@ use crate::auth_api::{
     ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, MAX_API_TOKEN_BYTES, UserData,
 };
 use crate::config::RuntimeConfig;
-use crate::cookies::{CookieJar, CookieNames};
+use crate::cookies::CookieNames;
+use crate::decision::renewed_api_cookies;
 use crate::flight::{AuthApiBusy, FlightLost, Landing, SessionEnded};
 use crate::flight::{CallGate, SessionKey};
 use crate::metrics::LogoutOutcome;
@@ -89,7 +90,7 @@ impl From<AuthApiBusy> for RefreshError {
 }
 
 /// What a refresh does to its session: a success is kept and chained to `next` (the key of the
-/// renewed cookies, see [`renewed_api_cookies`]); a rejection (400/401/403) ends the session;
+/// renewed cookies, see [`next_api_cookies`]); a rejection (400/401/403) ends the session;
 /// any other failure leaves it for the next request to try again.
 pub fn land<K>(
     result: Result<Arc<RenewedSession>, RefreshError>,
@@ -108,23 +109,15 @@ where
     }
 }
 
-/// The auth API cookies the browser carries once it has stored `renewed`: the renewed value of
-/// each name the refresh set, the request's own (`api_cookies`, as the decision built it) for the
-/// others; built as the decision builds them, so it hashes to the key that browser's next request
-/// gets.
-pub fn renewed_api_cookies(
+/// The auth API cookies the browser carries once it has stored `renewed` (see
+/// [`renewed_api_cookies`]): so it hashes to the key that browser's next request gets.
+pub fn next_api_cookies(
     api_cookies: &str,
     renewed: &RenewedSession,
     send_cookies: &[String],
 ) -> String {
-    let sent = CookieJar::from_headers([api_cookies.as_bytes()]);
-    crate::decision::api_cookies_with(send_cookies, |name| {
-        renewed
-            .cookies()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_bytes())
-            .or_else(|| sent.get(name))
-    })
+    let pairs: Vec<(&str, &str)> = renewed.cookies().collect();
+    renewed_api_cookies(send_cookies, api_cookies, &pairs)
 }
 
 /// What a refresh needs from the configuration.
@@ -132,6 +125,8 @@ pub struct Minting<'c> {
     pub keys: &'c TokenKeys,
     pub names: &'c CookieNames,
     pub policy: &'c CookiePolicy,
+    /// `auth_api.send_cookies`: what the new refresh token is bound to.
+    pub send_cookies: &'c [String],
 }
 
 /// Calls the auth API with the session's cookies, then mints the new session carrying the
@@ -148,7 +143,7 @@ pub async fn renew(
         .refresh_claims(refresh_token)
         .map_err(|fault| RefreshError::Mint(format!("refresh token claims: {fault:?}")))?;
     let tokens = client.refresh(api, api_cookies).await?;
-    mint_session(minting, &claims, tokens, crate::unix_now()).map(Arc::new)
+    mint_session(minting, &claims, tokens, api_cookies, crate::unix_now()).map(Arc::new)
 }
 
 /// The backend logout (`auth_api.logout_url`, when set), as oauth2-proxy's
@@ -201,17 +196,21 @@ pub async fn backend_logout(
 
 /// Seed 000's minting, with seed 002's user token: new `accessTokenEtls` and
 /// `refreshTokenEtls` carrying the old refresh token's claims, the auth API's tokens as they
-/// came, and `etlsUser` signed from `userData` (or taken as is when it is a string).
+/// came, and `etlsUser` signed from `userData` (or taken as is when it is a string). The new
+/// `refreshTokenEtls` is bound to the new auth API session: `api_cookies` (what this refresh
+/// sent) with the values this refresh sets.
 pub fn mint_session(
     minting: &Minting<'_>,
     claims: &Claims,
     api: ApiTokens,
+    api_cookies: &str,
     now: u64,
 ) -> Result<RenewedSession, RefreshError> {
     let Minting {
         keys,
         names,
         policy,
+        send_cookies,
     } = minting;
     let mint_err = |e: crate::tokens::MintError| RefreshError::Mint(e.to_string());
     let mut cookies = vec![
@@ -219,10 +218,8 @@ pub fn mint_session(
             names.access_etls.clone(),
             keys.mint_access(claims, now).map_err(mint_err)?,
         ),
-        (
-            names.refresh_etls.clone(),
-            keys.mint_refresh(claims, now).map_err(mint_err)?,
-        ),
+        // The refresh token, bound once every other value is known.
+        (names.refresh_etls.clone(), String::new()),
         (names.access_api.clone(), api.access_token),
         (names.refresh_api.clone(), api.refresh_token),
     ];
@@ -241,6 +238,15 @@ pub fn mint_session(
         Some(UserData::Token(token)) => cookies.push((names.user.clone(), token)),
         None => {}
     }
+    let renewed: Vec<(&str, &str)> = cookies
+        .iter()
+        .filter(|(name, _)| *name != names.refresh_etls)
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let bound_to = renewed_api_cookies(send_cookies, api_cookies, &renewed);
+    cookies[1].1 = keys
+        .mint_refresh(claims, &bound_to, now)
+        .map_err(mint_err)?;
     let lines: Vec<String> = cookies
         .iter()
         .map(|(name, value)| policy.set_line(name, value))
@@ -251,9 +257,16 @@ pub fn mint_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::AccessState;
     use crate::tokens::tests::{NOW, keys};
+    use crate::tokens::{AccessState, RefreshState, TYP_ACCESS, TYP_REFRESH, TYP_USER, TokenFault};
     use serde_json::json;
+
+    const OLD_SESSION: &str = "theme=dark; refreshToken=api-refresh-old";
+
+    /// `auth_api.send_cookies` with a cookie the refresh does not set, before the one it does.
+    fn send() -> Vec<String> {
+        vec!["theme".into(), "refreshToken".into()]
+    }
 
     fn claims() -> Claims {
         serde_json::from_value(json!({"username": "ann"})).unwrap()
@@ -270,13 +283,22 @@ mod tests {
     #[test]
     fn mints_five_cookies_with_a_signed_user_record() {
         let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
+        let send = send();
         let m = Minting {
             keys: &k,
             names: &names,
             policy: &policy,
+            send_cookies: &send,
         };
         let record: Claims = serde_json::from_value(json!({"id": 1, "role": "admin"})).unwrap();
-        let s = mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap();
+        let s = mint_session(
+            &m,
+            &claims(),
+            api(Some(UserData::Record(record))),
+            OLD_SESSION,
+            NOW,
+        )
+        .unwrap();
         let cookies: Vec<(&str, &str)> = s.cookies().collect();
         let names_set: Vec<&str> = cookies.iter().map(|(n, _)| *n).collect();
         assert_eq!(
@@ -295,11 +317,36 @@ mod tests {
         );
         assert_eq!(cookies[2].1, "api-access");
         assert_eq!(cookies[3].1, "api-refresh");
-        // etlsUser is an access-key JWT of the record.
+        // etlsUser is an access-key JWT of the record, typed so it never passes as the access
+        // token; each minted token carries its kind's typ.
         assert_eq!(
             k.check_access(cookies[4].1.as_bytes(), NOW),
-            AccessState::Fresh
+            AccessState::Invalid(TokenFault::Type)
         );
+        let typ = |token: &str| jsonwebtoken::decode_header(token).unwrap().typ;
+        assert_eq!(typ(cookies[0].1).as_deref(), Some(TYP_ACCESS));
+        assert_eq!(typ(cookies[1].1).as_deref(), Some(TYP_REFRESH));
+        assert_eq!(typ(cookies[4].1).as_deref(), Some(TYP_USER));
+        // The new refresh token is bound to the new auth API session (the request's other
+        // cookie, the renewed refreshToken), never to the old one, and its sid holds no token.
+        let RefreshState::Valid(binding) = k.check_refresh(cookies[1].1.as_bytes(), NOW) else {
+            panic!("the new refresh token verifies");
+        };
+        assert!(k.bound_to(binding, "theme=dark; refreshToken=api-refresh"));
+        assert!(!k.bound_to(binding, OLD_SESSION));
+        assert!(!k.bound_to(binding, "refreshToken=api-refresh"));
+        let payload: serde_json::Value = {
+            use base64::Engine;
+            let part = cookies[1].1.split('.').nth(1).unwrap();
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert_eq!(payload["username"], "ann");
+        let sid = payload["sid"].as_str().unwrap();
+        assert_eq!(sid.len(), 22);
+        assert!(!sid.contains("api-refresh") && !sid.contains("dark"));
         assert_eq!(s.set_cookie().len(), 5);
         for (line, (name, value)) in s.set_cookie().iter().zip(&cookies) {
             let line = line.to_str().unwrap();
@@ -314,20 +361,23 @@ mod tests {
     #[test]
     fn string_user_is_kept_and_no_user_sets_four() {
         let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
+        let send = send();
         let m = Minting {
             keys: &k,
             names: &names,
             policy: &policy,
+            send_cookies: &send,
         };
         let s = mint_session(
             &m,
             &claims(),
             api(Some(UserData::Token("u.t.v".into()))),
+            OLD_SESSION,
             NOW,
         )
         .unwrap();
         assert_eq!(s.cookies().nth(4), Some(("etlsUser", "u.t.v")));
-        let s = mint_session(&m, &claims(), api(None), NOW).unwrap();
+        let s = mint_session(&m, &claims(), api(None), OLD_SESSION, NOW).unwrap();
         assert_eq!(s.cookies().count(), 4);
         assert_eq!(s.set_cookie().len(), 4);
     }
@@ -357,7 +407,7 @@ mod tests {
         ];
         for (sent, names, want) in cases {
             assert_eq!(
-                renewed_api_cookies(sent, &renewed, &send(names)),
+                next_api_cookies(sent, &renewed, &send(names)),
                 want,
                 "{sent}"
             );
@@ -386,14 +436,22 @@ mod tests {
     #[test]
     fn oversized_user_record_is_the_auth_apis_fault() {
         let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
+        let send = send();
         let m = Minting {
             keys: &k,
             names: &names,
             policy: &policy,
+            send_cookies: &send,
         };
         let record: Claims = serde_json::from_value(json!({"blob": "x".repeat(5000)})).unwrap();
-        let err =
-            mint_session(&m, &claims(), api(Some(UserData::Record(record))), NOW).unwrap_err();
+        let err = mint_session(
+            &m,
+            &claims(),
+            api(Some(UserData::Record(record))),
+            OLD_SESSION,
+            NOW,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, RefreshError::AuthApi(AuthApiError::BadAnswer(_))),
             "{err:?}"

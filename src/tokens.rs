@@ -7,6 +7,12 @@
 //! expired token is only ever reported as such once its signature has been checked. Minting,
 //! once per refresh, uses `jsonwebtoken`, which the tests also use to cross-check verification.
 //!
+//! Each kind of token the proxy mints carries its own `typ` header (RFC 8725 §3.11): an access
+//! token is refused where its `typ` names another kind (an `etlsUser` is signed with the same
+//! secret), while tokens without `typ`, or with the generic `JWT`, keep working (the old routes).
+//! Refresh tokens carry `sid`, a keyed hash of the auth API cookies they were minted with, so a
+//! refresh token only refreshes together with its own auth API session (see [`Binding`]).
+//!
 //! Time checks take an injected `now`, so `exp`, `nbf`, leeway and refresh-ahead behave the same
 //! way in tests and in production.
 
@@ -29,6 +35,17 @@ const MAX_PAYLOAD_BYTES: usize = MAX_TOKEN_BYTES / 4 * 3;
 /// JWT claims defined by RFC 7519 §4.1; everything else is the session's own and is carried over
 /// on refresh.
 const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+/// Claims of the proxy's own that describe one token, never carried into the next one.
+const PER_TOKEN_CLAIMS: [&str; 2] = ["sid", "typ"];
+
+/// The `typ` header of each kind of token the proxy mints (RFC 8725 §3.11).
+pub const TYP_ACCESS: &str = "etls-access+jwt";
+pub const TYP_REFRESH: &str = "etls-refresh+jwt";
+pub const TYP_USER: &str = "etls-user+jwt";
+
+/// Bytes of the `sid` claim's keyed hash (HMAC-SHA256 truncated to 128 bits, as RFC 4868 does),
+/// 22 characters in base64url.
+pub const SID_BYTES: usize = 16;
 
 pub type Claims = Map<String, Value>;
 
@@ -84,13 +101,15 @@ impl KeySet {
         &self.keys[0]
     }
 
-    /// Checks structure, `alg`, `kid` and signature, and decodes the payload into `buf`. Only
-    /// configured keys are ever tried: a `kid` naming none of them is a bad signature.
+    /// Checks structure, `alg`, `kid`, signature and `typ` (against `typ`, the kind expected), and
+    /// decodes the payload into `buf`; also says which key verified it. Only configured keys are
+    /// ever tried: a `kid` naming none of them is a bad signature.
     fn verify<'b>(
         &self,
         token: &[u8],
+        typ: &str,
         buf: &'b mut [u8; MAX_PAYLOAD_BYTES],
-    ) -> Result<&'b [u8], TokenFault> {
+    ) -> Result<(usize, &'b [u8]), TokenFault> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenFault::TooLarge);
         }
@@ -102,8 +121,11 @@ impl KeySet {
         };
         let mut header_buf = [0u8; MAX_HEADER_BYTES];
         let header = decode_segment(header, &mut header_buf)?;
-        let JwtHeader { alg, kid } =
-            serde_json::from_slice(header).map_err(|_| TokenFault::Malformed)?;
+        let JwtHeader {
+            alg,
+            kid,
+            typ: token_typ,
+        } = serde_json::from_slice(header).map_err(|_| TokenFault::Malformed)?;
         if alg != "HS256" {
             return Err(TokenFault::Signature);
         }
@@ -120,27 +142,47 @@ impl KeySet {
             Some(kid) => self
                 .keys
                 .iter()
-                .find(|k| k.kid == *kid)
-                .is_some_and(signed_by),
-            None => self.keys.iter().any(signed_by),
+                .position(|k| k.kid == *kid)
+                .filter(|i| signed_by(&self.keys[*i])),
+            None => self.keys.iter().position(signed_by),
         };
-        if !valid {
+        let Some(index) = valid else {
             return Err(TokenFault::Signature);
+        };
+        if !typ_allows(token_typ.as_deref(), typ) {
+            return Err(TokenFault::Type);
         }
-        decode_segment(payload, buf)
+        Ok((index, decode_segment(payload, buf)?))
     }
 }
 
-/// `{"alg": "...", "kid": "..."}`; other header fields (`typ`) do not change how HS256
-/// verifies. The `kid` is borrowed from the decoded header; only one written with JSON escapes
-/// (never ours: they are base64url) is unescaped into a `String`, so it names the same key as
-/// it does for jsonwebtoken.
+/// `{"alg": "...", "kid": "...", "typ": "..."}`; other header fields do not change how HS256
+/// verifies. `kid` and `typ` are borrowed from the decoded header; only one written with JSON
+/// escapes (never ours: they are base64url or plain ASCII) is unescaped into a `String`, so it
+/// reads as it does for jsonwebtoken.
 #[derive(Deserialize)]
 struct JwtHeader<'a> {
     #[serde(borrow)]
     alg: &'a str,
     #[serde(borrow, default, deserialize_with = "borrowed_kid")]
     kid: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_kid")]
+    typ: Option<Cow<'a, str>>,
+}
+
+/// Whether a token whose header says `typ` may be taken as the kind `expected`: untyped tokens
+/// (no `typ`, or the generic `JWT` that most libraries write, jsonwebtoken's `Header::new`
+/// included) pass, as the old routes' do; a `typ` naming another kind does not. Media type names
+/// are case-insensitive and may carry the `application/` prefix (RFC 7515 §4.1.9).
+fn typ_allows(typ: Option<&str>, expected: &str) -> bool {
+    let Some(typ) = typ else {
+        return true;
+    };
+    let typ = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    };
+    typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case(expected)
 }
 
 /// `Option<Cow<str>>` borrowing when it can (serde's own `Cow` impl always allocates).
@@ -184,7 +226,12 @@ pub struct TokenTimes {
 pub struct TokenKeys {
     access: KeySet,
     refresh: KeySet,
+    /// One per refresh secret, in the same order: a token verified under one is checked with
+    /// that one's; new tokens are bound with the first.
+    bindings: Vec<BindingKey>,
     pub times: TokenTimes,
+    /// `tokens.unbound_refresh`: what a refresh token without `sid` gets.
+    pub unbound_refresh: UnboundRefresh,
 }
 
 /// What the access token says about the request.
@@ -215,9 +262,89 @@ impl AccessState {
 /// actually calls the auth API: the others of the flight and of the grace window need not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshState {
-    Valid,
+    /// Signature, `typ` and time claims fine; with the auth API session it is bound to.
+    Valid(Binding),
     Expired,
     Invalid(TokenFault),
+}
+
+/// The auth API session a refresh token belongs to: its `sid` claim, read with the time claims.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// No `sid`: minted by the old Next.js routes (`tokens.unbound_refresh` decides).
+    Unbound,
+    /// `sid`, decoded, and which refresh secret verified the token (whose binding key checks it).
+    Bound { key: usize, sid: [u8; SID_BYTES] },
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Binding::Unbound => f.write_str("Unbound"),
+            Binding::Bound { key, .. } => write!(f, "Bound(key {key})"),
+        }
+    }
+}
+
+/// The key `sid` hashes are made with, one per refresh secret: HMAC-SHA256 under
+/// HMAC(secret, "etls-proxy binding v1"), so neither the secret nor any token ever is the key.
+/// Prints nothing of itself.
+struct BindingKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for BindingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindingKey(..)")
+    }
+}
+
+impl BindingKey {
+    fn new(refresh_secret: &[u8]) -> Self {
+        let mut derive = Hmac::<Sha256>::new_from_slice(refresh_secret)
+            .expect("HMAC accepts keys of any length");
+        derive.update(b"etls-proxy binding v1");
+        let key = derive.finalize().into_bytes();
+        BindingKey(Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length"))
+    }
+
+    fn mac(&self, api_cookies: &str) -> Hmac<Sha256> {
+        let mut mac = self.0.clone();
+        mac.update(api_cookies.as_bytes());
+        mac
+    }
+
+    /// The `sid` claim for a token minted for the auth API session `api_cookies`.
+    fn sid(&self, api_cookies: &str) -> String {
+        let tag = self.mac(api_cookies).finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(&tag[..SID_BYTES])
+    }
+
+    /// Constant-time comparison of a presented `sid` with the one `api_cookies` gives.
+    fn matches(&self, api_cookies: &str, sid: &[u8; SID_BYTES]) -> bool {
+        self.mac(api_cookies).verify_truncated_left(sid).is_ok()
+    }
+}
+
+/// `sid` as we write it: exactly [`SID_BYTES`] in base64url; anything else is not ours.
+fn decode_sid(sid: &str) -> Result<[u8; SID_BYTES], TokenFault> {
+    let mut buf = [0u8; 24];
+    match decode_segment(sid.as_bytes(), &mut buf) {
+        Ok(bytes) if bytes.len() == SID_BYTES && sid.len() == 22 => {
+            let mut out = [0u8; SID_BYTES];
+            out.copy_from_slice(bytes);
+            Ok(out)
+        }
+        _ => Err(TokenFault::Claims),
+    }
+}
+
+/// What to do with a refresh token without `sid` (`tokens.unbound_refresh`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnboundRefresh {
+    /// Refresh it (once; the new token is bound): the migration from the old routes.
+    #[default]
+    Allow,
+    /// The logout response.
+    Refuse,
 }
 
 /// Why a token was refused; logged (never the token itself).
@@ -229,37 +356,61 @@ pub enum TokenFault {
     /// An `alg` other than HS256, or a signature that does not match.
     Signature,
     /// Signature fine but the claims are not what we issue (`exp` missing or not a positive
-    /// integer, `nbf` in the future).
+    /// integer, `nbf` in the future, a `sid` that is not one of ours).
     Claims,
+    /// Signature fine but the `typ` header names another kind of token (an `etlsUser` sent as
+    /// the access token).
+    Type,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("could not sign a token: {0}")]
 pub struct MintError(String);
 
-/// `exp` and `nbf` read loosely, so a wrongly typed claim is reported as such. Only a JSON
-/// object is accepted (a derived struct would also take an array), and the other claims are
-/// skipped without being stored.
-struct TimeFields {
+/// `exp` and `nbf` read loosely, so a wrongly typed claim is reported as such, and, for refresh
+/// tokens (`SID`), `sid` borrowed from the payload. Only a JSON object is accepted (a derived
+/// struct would also take an array), and the other claims are skipped without being stored.
+struct TimeFields<'a> {
     exp: Option<Value>,
     nbf: Option<Value>,
+    sid: Option<&'a str>,
 }
 
-impl<'de> Deserialize<'de> for TimeFields {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+/// Reads [`TimeFields`] from a payload; `sid` only when `SID`, so an access token's claims are
+/// read exactly as before.
+fn read_fields<const SID: bool>(payload: &[u8]) -> Result<TimeFields<'_>, TokenFault> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let fields = FieldsSeed::<SID>
+        .deserialize(&mut de)
+        .map_err(|_| TokenFault::Claims)?;
+    de.end().map_err(|_| TokenFault::Claims)?;
+    Ok(fields)
+}
+
+struct FieldsSeed<const SID: bool>;
+
+impl<'de, const SID: bool> serde::de::DeserializeSeed<'de> for FieldsSeed<SID> {
+    type Value = TimeFields<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
         #[derive(Deserialize)]
         #[serde(field_identifier, rename_all = "lowercase")]
         enum Field {
             Exp,
             Nbf,
+            Sid,
             #[serde(other)]
             Other,
         }
 
-        struct ClaimsVisitor;
+        struct ClaimsVisitor<const SID: bool>;
 
-        impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
-            type Value = TimeFields;
+        impl<'de, const SID: bool> serde::de::Visitor<'de> for ClaimsVisitor<SID> {
+            type Value = TimeFields<'de>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object of claims")
@@ -268,10 +419,11 @@ impl<'de> Deserialize<'de> for TimeFields {
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<TimeFields, A::Error> {
+            ) -> Result<TimeFields<'de>, A::Error> {
                 let mut fields = TimeFields {
                     exp: None,
                     nbf: None,
+                    sid: None,
                 };
                 while let Some(field) = map.next_key::<Field>()? {
                     match field {
@@ -282,9 +434,14 @@ impl<'de> Deserialize<'de> for TimeFields {
                         Field::Nbf if fields.nbf.is_some() => {
                             return Err(serde::de::Error::duplicate_field("nbf"));
                         }
+                        Field::Sid if SID && fields.sid.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("sid"));
+                        }
                         Field::Exp => fields.exp = Some(map.next_value()?),
                         Field::Nbf => fields.nbf = Some(map.next_value()?),
-                        Field::Other => {
+                        // Borrowed: ours is base64url, never escaped; an escaped one is refused.
+                        Field::Sid if SID => fields.sid = Some(map.next_value()?),
+                        Field::Sid | Field::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
                     }
@@ -293,7 +450,7 @@ impl<'de> Deserialize<'de> for TimeFields {
             }
         }
 
-        deserializer.deserialize_map(ClaimsVisitor)
+        deserializer.deserialize_map(ClaimsVisitor::<SID>)
     }
 }
 
@@ -320,26 +477,44 @@ impl TokenKeys {
         TokenKeys {
             access: KeySet::new(access),
             refresh: KeySet::new(refresh),
+            bindings: refresh.iter().map(|s| BindingKey::new(s)).collect(),
             times,
+            unbound_refresh: UnboundRefresh::default(),
         }
     }
 
     pub fn check_access(&self, token: &[u8], now: u64) -> AccessState {
         let mut buf = [0u8; MAX_PAYLOAD_BYTES];
-        match self.verify_times(&self.access, token, &mut buf, now) {
+        match self.verify_times::<false>(&self.access, TYP_ACCESS, token, &mut buf, now) {
             Err(fault) => AccessState::Invalid(fault),
-            Ok((0, _)) => AccessState::Expired,
-            Ok((left, _)) if left <= self.times.refresh_ahead_secs => AccessState::Due,
+            Ok((0, ..)) => AccessState::Expired,
+            Ok((left, ..)) if left <= self.times.refresh_ahead_secs => AccessState::Due,
             Ok(_) => AccessState::Fresh,
         }
     }
 
     pub fn check_refresh(&self, token: &[u8], now: u64) -> RefreshState {
         let mut buf = [0u8; MAX_PAYLOAD_BYTES];
-        match self.verify_times(&self.refresh, token, &mut buf, now) {
+        match self.verify_times::<true>(&self.refresh, TYP_REFRESH, token, &mut buf, now) {
             Err(fault) => RefreshState::Invalid(fault),
-            Ok((0, _)) => RefreshState::Expired,
-            Ok(_) => RefreshState::Valid,
+            Ok((0, ..)) => RefreshState::Expired,
+            Ok((_, key, sid)) => match sid.map(decode_sid) {
+                None => RefreshState::Valid(Binding::Unbound),
+                Some(Ok(sid)) => RefreshState::Valid(Binding::Bound { key, sid }),
+                Some(Err(fault)) => RefreshState::Invalid(fault),
+            },
+        }
+    }
+
+    /// Whether a refresh token's binding names the auth API session `api_cookies` (the string
+    /// sent to the auth API). Compared in constant time; an unbound token names none.
+    pub fn bound_to(&self, binding: Binding, api_cookies: &str) -> bool {
+        match binding {
+            Binding::Unbound => false,
+            Binding::Bound { key, sid } => self
+                .bindings
+                .get(key)
+                .is_some_and(|b| b.matches(api_cookies, &sid)),
         }
     }
 
@@ -347,25 +522,26 @@ impl TokenKeys {
     /// tokens.
     pub fn refresh_claims(&self, token: &[u8]) -> Result<Claims, TokenFault> {
         let mut buf = [0u8; MAX_PAYLOAD_BYTES];
-        let payload = self.refresh.verify(token, &mut buf)?;
+        let (_, payload) = self.refresh.verify(token, TYP_REFRESH, &mut buf)?;
         serde_json::from_slice::<Claims>(payload)
             .map(session_claims)
             .map_err(|_| TokenFault::Claims)
     }
 
-    /// Verifies `token` with `key` and reads its time claims: the seconds it has left, and its
-    /// payload for whoever needs more of it.
-    fn verify_times<'b>(
+    /// Verifies `token` with `key` as a token of kind `typ` and reads its time claims: the
+    /// seconds it has left, the index of the key that verified it, and (`SID`) its `sid`.
+    fn verify_times<'b, const SID: bool>(
         &self,
         key: &KeySet,
+        typ: &str,
         token: &[u8],
         buf: &'b mut [u8; MAX_PAYLOAD_BYTES],
         now: u64,
-    ) -> Result<(u64, &'b [u8]), TokenFault> {
-        let payload = key.verify(token, buf)?;
-        let fields: TimeFields = serde_json::from_slice(payload).map_err(|_| TokenFault::Claims)?;
+    ) -> Result<(u64, usize, Option<&'b str>), TokenFault> {
+        let (index, payload) = key.verify(token, typ, buf)?;
+        let fields = read_fields::<SID>(payload)?;
         let left = self.remaining(fields.exp.as_ref(), fields.nbf.as_ref(), now)?;
-        Ok((left, payload))
+        Ok((left, index, fields.sid))
     }
 
     /// Seconds of validity left (0: expired), leeway included.
@@ -388,35 +564,62 @@ impl TokenKeys {
             claims,
             now.saturating_add(self.times.access_ttl_secs),
             self.access.signing(),
+            TYP_ACCESS,
         )
     }
 
-    pub fn mint_refresh(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
+    /// A refresh token bound to the auth API session `api_cookies` (the string the next refresh
+    /// will send the auth API): its `sid` is that string's keyed hash under the first secret's
+    /// binding key, never the cookies themselves.
+    pub fn mint_refresh(
+        &self,
+        claims: &Claims,
+        api_cookies: &str,
+        now: u64,
+    ) -> Result<String, MintError> {
+        let mut claims = claims.clone();
+        claims.insert("sid".into(), Value::from(self.bindings[0].sid(api_cookies)));
         self.mint(
-            claims,
+            &claims,
             now.saturating_add(self.times.refresh_ttl_secs),
             self.refresh.signing(),
+            TYP_REFRESH,
         )
     }
 
     /// Seed 002's user token: the auth API's `userData` fields, signed with the access secret and
-    /// the access lifetime.
+    /// the access lifetime, typed so it never passes as an access token.
     pub fn mint_user(&self, user: &Claims, now: u64) -> Result<String, MintError> {
-        self.mint_access(user, now)
+        self.mint(
+            user,
+            now.saturating_add(self.times.access_ttl_secs),
+            self.access.signing(),
+            TYP_USER,
+        )
     }
 
-    fn mint(&self, claims: &Claims, exp: u64, key: &HmacKey) -> Result<String, MintError> {
+    fn mint(
+        &self,
+        claims: &Claims,
+        exp: u64,
+        key: &HmacKey,
+        typ: &str,
+    ) -> Result<String, MintError> {
         let mut body = claims.clone();
         body.insert("exp".into(), Value::from(exp));
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key.kid.clone());
+        header.typ = Some(typ.to_owned());
         jsonwebtoken::encode(&header, &body, &key.encoding).map_err(|e| MintError(e.to_string()))
     }
 }
 
-/// The claims a refreshed token carries over: all but the registered ones, which are re-issued.
+/// The claims a refreshed token carries over: all but the registered ones, which are re-issued,
+/// and the per-token ones (`sid`, `typ`), which describe the old token only.
 fn session_claims(mut claims: Claims) -> Claims {
-    claims.retain(|k, _| !REGISTERED_CLAIMS.contains(&k.as_str()));
+    claims.retain(|k, _| {
+        !REGISTERED_CLAIMS.contains(&k.as_str()) && !PER_TOKEN_CLAIMS.contains(&k.as_str())
+    });
     claims
 }
 
@@ -659,7 +862,10 @@ pub(crate) mod tests {
             Algorithm::HS256,
             json!({"username":"ann","role":"x","exp": NOW + 60,"iat": NOW - 5,"sub":"s"}),
         );
-        assert_eq!(k.check_refresh(token.as_bytes(), NOW), RefreshState::Valid);
+        assert_eq!(
+            k.check_refresh(token.as_bytes(), NOW),
+            RefreshState::Valid(Binding::Unbound)
+        );
         let claims = k.refresh_claims(token.as_bytes()).unwrap();
         assert_eq!(Value::Object(claims), json!({"username":"ann","role":"x"}));
         let expired = sign(
@@ -688,7 +894,7 @@ pub(crate) mod tests {
         let k = keys();
         let claims: Claims = serde_json::from_value(json!({"username":"ann"})).unwrap();
         let access = k.mint_access(&claims, NOW).unwrap();
-        let refresh = k.mint_refresh(&claims, NOW).unwrap();
+        let refresh = k.mint_refresh(&claims, "refreshToken=rt", NOW).unwrap();
         assert_eq!(k.check_access(access.as_bytes(), NOW), AccessState::Fresh);
         assert_eq!(
             k.check_access(access.as_bytes(), NOW + 900),
@@ -698,10 +904,11 @@ pub(crate) mod tests {
             k.check_access(refresh.as_bytes(), NOW),
             AccessState::Invalid(_)
         ));
-        assert_eq!(
+        assert!(matches!(
             k.check_refresh(refresh.as_bytes(), NOW + 43_199),
-            RefreshState::Valid
-        );
+            RefreshState::Valid(Binding::Bound { key: 0, .. })
+        ));
+        // The claims carried on hold no `sid` (nor `typ`) of the old token.
         assert_eq!(k.refresh_claims(refresh.as_bytes()), Ok(claims.clone()));
         let header = jsonwebtoken::decode_header(&access).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
@@ -793,9 +1000,11 @@ pub(crate) mod tests {
         // The refresh secrets rotate the same way, independently of the access ones.
         const OLD_R: &[u8] = b"old-refresh-secret-old-refresh-secr";
         let refresh_phase = |refresh: &[&[u8]]| TokenKeys::rotating(&[NEW], refresh, times);
-        let old_refresh = refresh_phase(&[OLD_R]).mint_refresh(&claims, NOW).unwrap();
+        let old_refresh = refresh_phase(&[OLD_R])
+            .mint_refresh(&claims, "refreshToken=rt", NOW)
+            .unwrap();
         let new_refresh = refresh_phase(&[REFRESH, OLD_R])
-            .mint_refresh(&claims, NOW)
+            .mint_refresh(&claims, "refreshToken=rt", NOW)
             .unwrap();
         assert!(signed_with(&new_refresh, REFRESH) && !signed_with(&new_refresh, OLD_R));
         let no_kid_old_refresh = sign(OLD_R, Algorithm::HS256, json!({"exp": NOW + 60}));
@@ -815,8 +1024,14 @@ pub(crate) mod tests {
         ];
         for (what, secrets, token, passes) in cases {
             let keys = refresh_phase(secrets);
-            let valid = keys.check_refresh(token.as_bytes(), NOW) == RefreshState::Valid;
+            let state = keys.check_refresh(token.as_bytes(), NOW);
+            let valid = matches!(state, RefreshState::Valid(_));
             assert_eq!(valid, passes, "refresh: {what}");
+            // A bound token is checked with the binding key of the secret that verified it.
+            if let RefreshState::Valid(binding @ Binding::Bound { .. }) = state {
+                assert!(keys.bound_to(binding, "refreshToken=rt"), "bound: {what}");
+                assert!(!keys.bound_to(binding, "refreshToken=rx"), "bound: {what}");
+            }
             assert_eq!(
                 keys.refresh_claims(token.as_bytes()).is_ok(),
                 passes,
@@ -933,5 +1148,140 @@ pub(crate) mod tests {
             accepted[1] > accepted[0] && accepted[0] >= 6,
             "{accepted:?}"
         );
+    }
+
+    /// `typ` (RFC 8725 §3.11): untyped (none, `JWT` in any case) and the expected kind pass;
+    /// another kind is refused once the signature holds; a `typ` that is not a string is not a
+    /// header we read.
+    #[test]
+    fn typ_by_table() {
+        let k = keys();
+        let payload = format!(r#"{{"username":"admin","exp":{}}}"#, NOW + 60);
+        let header = |typ: &str| format!(r#"{{"alg":"HS256","typ":{typ}}}"#);
+        let access = |h: &str| k.check_access(sign_raw_header(ACCESS, h, &payload).as_bytes(), NOW);
+        let refresh =
+            |h: &str| k.check_refresh(sign_raw_header(REFRESH, h, &payload).as_bytes(), NOW);
+        let fresh = AccessState::Fresh;
+        let typed = AccessState::Invalid(TokenFault::Type);
+        let cases: Vec<(String, AccessState, bool)> = vec![
+            // (header, as an access token, passes as a refresh token)
+            (r#"{"alg":"HS256"}"#.into(), fresh, true),
+            (header(r#""JWT""#), fresh, true),
+            (header(r#""jwt""#), fresh, true),
+            (header(r#""application/JWT""#), fresh, true),
+            (header(r#"null"#), fresh, true),
+            (header(r#""\u004aWT""#), fresh, true),
+            (header(r#""etls-access+jwt""#), fresh, false),
+            (header(r#""ETLS-Access+JWT""#), fresh, false),
+            (header(r#""application/etls-access+jwt""#), fresh, false),
+            (header(r#""etls-user+jwt""#), typed, false),
+            (header(r#""application/etls-user+jwt""#), typed, false),
+            (header(r#""etls-refresh+jwt""#), typed, true),
+            (header(r#""at+jwt""#), typed, false),
+            (header(r#""JWS""#), typed, false),
+            (header(r#""""#), typed, false),
+            (header(r#""application/""#), typed, false),
+            (header(r#""jwt ""#), typed, false),
+            (
+                header("7"),
+                AccessState::Invalid(TokenFault::Malformed),
+                false,
+            ),
+        ];
+        for (h, as_access, as_refresh) in cases {
+            assert_eq!(access(&h), as_access, "access {h}");
+            assert_eq!(
+                matches!(refresh(&h), RefreshState::Valid(_)),
+                as_refresh,
+                "refresh {h}"
+            );
+        }
+        // The signature is checked first: a foreign typ under a bad signature is a bad signature.
+        let forged = sign_raw_header(REFRESH, &header(r#""etls-user+jwt""#), &payload);
+        assert_eq!(
+            k.check_access(forged.as_bytes(), NOW),
+            AccessState::Invalid(TokenFault::Signature)
+        );
+        // An expired token of another kind is still refused for its kind, not refreshed.
+        let old = format!(r#"{{"exp":{}}}"#, NOW - 60);
+        let user = sign_raw_header(ACCESS, &header(r#""etls-user+jwt""#), &old);
+        assert_eq!(k.check_access(user.as_bytes(), NOW), typed);
+        // What the proxy mints: each kind passes as itself only.
+        let claims: Claims = serde_json::from_value(json!({"username": "ann"})).unwrap();
+        let user = k.mint_user(&claims, NOW).unwrap();
+        assert_eq!(k.check_access(user.as_bytes(), NOW), typed);
+        let access = k.mint_access(&claims, NOW).unwrap();
+        assert_eq!(k.check_access(access.as_bytes(), NOW), fresh);
+        assert_eq!(
+            jsonwebtoken::decode_header(&user).unwrap().typ.as_deref(),
+            Some(TYP_USER)
+        );
+    }
+
+    /// `sid`: read with the time claims of a refresh token only, exactly as we write it.
+    #[test]
+    fn sid_by_table() {
+        let k = keys();
+        let exp = NOW + 60;
+        let good_sid = k.bindings[0].sid("refreshToken=rt");
+        assert_eq!(good_sid.len(), 22);
+        let with_sid = |sid: &str| format!(r#"{{"username":"ann","exp":{exp},"sid":{sid}}}"#);
+        let check = |payload: &str| k.check_refresh(sign_raw(REFRESH, payload).as_bytes(), NOW);
+        let claims = RefreshState::Invalid(TokenFault::Claims);
+        let cases: Vec<(String, Option<RefreshState>)> = vec![
+            (
+                format!(r#"{{"exp":{exp}}}"#),
+                Some(RefreshState::Valid(Binding::Unbound)),
+            ),
+            (with_sid(&format!("\"{good_sid}\"")), None),
+            (with_sid(&format!("\"{}\"", &good_sid[..21])), Some(claims)),
+            (with_sid(&format!("\"{good_sid}A\"")), Some(claims)),
+            (with_sid(&format!("\"{good_sid}AA\"")), Some(claims)),
+            (with_sid(r#""!!!!!!!!!!!!!!!!!!!!!!""#), Some(claims)),
+            (with_sid(r#""""#), Some(claims)),
+            (with_sid("7"), Some(claims)),
+            (with_sid("null"), Some(claims)),
+            (with_sid(r#"["a"]"#), Some(claims)),
+            // Escaped: never ours (base64url needs none).
+            (
+                with_sid(&format!(
+                    "\"\\u00{:02x}{}\"",
+                    good_sid.as_bytes()[0],
+                    &good_sid[1..]
+                )),
+                Some(claims),
+            ),
+            (
+                format!(r#"{{"exp":{exp},"sid":"{good_sid}","sid":"{good_sid}"}}"#),
+                Some(claims),
+            ),
+        ];
+        for (payload, want) in cases {
+            let got = check(&payload);
+            match want {
+                Some(want) => assert_eq!(got, want, "{payload}"),
+                None => {
+                    let RefreshState::Valid(binding @ Binding::Bound { key: 0, .. }) = got else {
+                        panic!("{payload}: {got:?}");
+                    };
+                    assert!(k.bound_to(binding, "refreshToken=rt"));
+                    for other in ["refreshToken=rt ", "refreshToken=rT", "", "refreshToken=r"] {
+                        assert!(!k.bound_to(binding, other), "{other}");
+                    }
+                }
+            }
+        }
+        assert!(!k.bound_to(Binding::Unbound, "refreshToken=rt"));
+        // Access tokens do not read `sid`: whatever it holds changes nothing for them.
+        let access = sign_raw(ACCESS, &with_sid("7"));
+        assert_eq!(k.check_access(access.as_bytes(), NOW), AccessState::Fresh);
+        // A binding key of one refresh secret does not vouch for another's sid, and the sid is
+        // neither the cookies nor a plain hash of them.
+        let other = TokenKeys::new(ACCESS, b"another-refresh-secret-another-ref", k.times);
+        assert_ne!(other.bindings[0].sid("refreshToken=rt"), good_sid);
+        use sha2::Digest;
+        let plain = URL_SAFE_NO_PAD.encode(&Sha256::digest(b"refreshToken=rt")[..SID_BYTES]);
+        assert_ne!(good_sid, plain);
+        assert_eq!(format!("{:?}", k.bindings[0]), "BindingKey(..)");
     }
 }

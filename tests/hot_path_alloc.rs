@@ -131,6 +131,22 @@ fn a_valid_request_allocates_nothing() {
         decide();
         assert_eq!(allocations_in(decide), 0, "{token}");
     }
+    // Typed tokens (as the proxy mints them) and the refresh token's `sid`, read with its time
+    // claims and checked against the auth API cookies, allocate nothing either.
+    let refresh = rotating
+        .mint_refresh(&claims, "refreshToken=rt", now)
+        .unwrap();
+    assert!(minted.starts_with("eyJ") && refresh.starts_with("eyJ"));
+    let check = || {
+        let etls_proxy::tokens::RefreshState::Valid(binding) =
+            rotating.check_refresh(refresh.as_bytes(), now)
+        else {
+            panic!("the minted refresh token verifies");
+        };
+        assert!(rotating.bound_to(binding, "refreshToken=rt"));
+    };
+    check();
+    assert_eq!(allocations_in(check), 0, "refresh token with sid");
     // The counter does count: a refresh-path rewrite allocates.
     assert!(
         allocations_in(|| drop(etls_proxy::cookies::rewrite(

@@ -62,10 +62,10 @@ fn main() {
             auth,
             auth_delay_ms,
         } => serve(&app, &auth, Duration::from_millis(auth_delay_ms)),
-        Command::Tokens => match demo_tokens() {
+        Command::Tokens => match demo_tokens(&format!("{DEMO_PREFIX}{}", random_hex())) {
             Ok(t) => println!(
                 "{}",
-                json!({"valid": t.valid, "expired": t.expired, "refresh": t.refresh, "tampered": t.tampered})
+                json!({"valid": t.valid, "expired": t.expired, "refresh": t.refresh, "refresh_api": t.refresh_api, "tampered": t.tampered})
             ),
             Err(e) => {
                 eprintln!("etls-demo: {e}");
@@ -218,12 +218,14 @@ fn secret(name: &str) -> Result<Vec<u8>, String> {
 struct DemoTokens {
     valid: String,
     expired: String,
+    /// Bound to the auth API session `refreshToken=<refresh_api>`.
     refresh: String,
+    refresh_api: String,
     /// The valid token with an admin payload under its old signature.
     tampered: String,
 }
 
-fn demo_tokens() -> Result<DemoTokens, String> {
+fn demo_tokens(refresh_api: &str) -> Result<DemoTokens, String> {
     let times = TokenTimes {
         access_ttl_secs: 900,
         refresh_ttl_secs: 43_200,
@@ -243,20 +245,26 @@ fn demo_tokens() -> Result<DemoTokens, String> {
     Ok(DemoTokens {
         tampered: parts.join("."),
         expired: mint(keys.mint_access(&claims("demo")?, now - times.access_ttl_secs - 60))?,
-        refresh: mint(keys.mint_refresh(&claims("demo")?, now))?,
+        refresh: mint(keys.mint_refresh(
+            &claims("demo")?,
+            &format!("refreshToken={refresh_api}"),
+            now,
+        ))?,
+        refresh_api: refresh_api.to_owned(),
         valid,
     })
 }
 
 fn curl_lines(proxy: &str) -> Result<(), String> {
+    let api = format!("{DEMO_PREFIX}{}", random_hex());
     let DemoTokens {
         valid,
         expired,
         refresh,
         tampered,
-    } = demo_tokens()?;
+        ..
+    } = demo_tokens(&api)?;
     let url = format!("http://{proxy}/dashboard");
-    let api = format!("{DEMO_PREFIX}{}", random_hex());
     println!("# 1. a valid access token passes; the app gets the Cookie header untouched:");
     println!("curl -i -H 'Cookie: accessTokenEtls={valid}; refreshTokenEtls={refresh}' {url}");
     println!();

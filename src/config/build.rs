@@ -20,7 +20,7 @@ use crate::cookies::{CookieNames, is_cookie_name};
 use crate::identity::{IdentityHeaders, is_reserved};
 use crate::routes::{Routes, is_local_path};
 use crate::set_cookie::{CookiePolicy, header_value};
-use crate::tokens::{TokenKeys, TokenTimes};
+use crate::tokens::{TokenKeys, TokenTimes, UnboundRefresh};
 use http::HeaderName;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
@@ -613,7 +613,19 @@ fn check_tokens(
             format!("must be at most {MAX_WINDOW_SECS} seconds"),
         );
     }
+    let unbound_refresh = match t.unbound_refresh.to_ascii_lowercase().as_str() {
+        "allow" => Some(UnboundRefresh::Allow),
+        "refuse" => Some(UnboundRefresh::Refuse),
+        _ => {
+            c.problem(
+                "tokens.unbound_refresh",
+                format!("`{}` must be allow or refuse", t.unbound_refresh),
+            );
+            None
+        }
+    };
     let (access, refresh, access_ttl, refresh_ttl) = (access?, refresh?, access_ttl?, refresh_ttl?);
+    let unbound_refresh = unbound_refresh?;
     let times = TokenTimes {
         access_ttl_secs: access_ttl,
         refresh_ttl_secs: refresh_ttl,
@@ -622,7 +634,8 @@ fn check_tokens(
     };
     let values = |s: &[Secret]| s.iter().map(|(_, _, v)| v.clone()).collect::<Vec<_>>();
     let (access, refresh) = (values(&access), values(&refresh));
-    let keys = TokenKeys::rotating(&as_slices(&access), &as_slices(&refresh), times);
+    let mut keys = TokenKeys::rotating(&as_slices(&access), &as_slices(&refresh), times);
+    keys.unbound_refresh = unbound_refresh;
     Some((keys, access.into_iter().chain(refresh).collect()))
 }
 
@@ -1156,7 +1169,7 @@ mod tests {
         let claims = serde_json::from_str(r#"{"username": "ann"}"#).unwrap();
         let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid;
         let access = keys.mint_access(&claims, now).unwrap();
-        let refresh = keys.mint_refresh(&claims, now).unwrap();
+        let refresh = keys.mint_refresh(&claims, "refreshToken=rt", now).unwrap();
         assert_eq!(kid(&access), Some(crate::tokens::key_id(A.as_bytes())));
         assert_eq!(kid(&refresh), Some(crate::tokens::key_id(R.as_bytes())));
         let previous = |secret: &str| {
@@ -1173,7 +1186,38 @@ mod tests {
         );
         assert_eq!(
             keys.check_refresh(previous(PREVIOUS_R).as_bytes(), now),
-            crate::tokens::RefreshState::Valid
+            crate::tokens::RefreshState::Valid(crate::tokens::Binding::Unbound)
+        );
+        // Bound with the first secret's binding key, checked with the key of the secret that
+        // verified the token.
+        let crate::tokens::RefreshState::Valid(binding) =
+            keys.check_refresh(refresh.as_bytes(), now)
+        else {
+            panic!("the minted refresh token verifies");
+        };
+        assert!(keys.bound_to(binding, "refreshToken=rt"));
+        assert!(!keys.bound_to(binding, "refreshToken=other"));
+        assert_eq!(keys.unbound_refresh, UnboundRefresh::Allow, "the default");
+    }
+
+    #[test]
+    fn unbound_refresh_is_allow_or_refuse() {
+        let env = env_with(SECRETS);
+        for (yaml, want) in [
+            ("tokens: {unbound_refresh: allow}", UnboundRefresh::Allow),
+            ("tokens: {unbound_refresh: refuse}", UnboundRefresh::Refuse),
+            ("tokens: {unbound_refresh: Refuse}", UnboundRefresh::Refuse),
+        ] {
+            let rt = build(parse(yaml).unwrap(), outside(&env))
+                .unwrap_or_else(|p| panic!("{yaml}: {p:?}"))
+                .runtime;
+            assert_eq!(rt.keys.unbound_refresh, want, "{yaml}");
+        }
+        let got = problems("tokens: {unbound_refresh: maybe}", SECRETS);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("tokens.unbound_refresh") && got[0].contains("allow or refuse"),
+            "{got:?}"
         );
     }
 

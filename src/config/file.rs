@@ -270,6 +270,10 @@ pub struct TokensFile {
     pub refresh_ahead_secs: u64,
     #[serde(default)]
     pub allow_short_secrets: bool,
+    /// `allow` or `refuse`: a refresh token without the `sid` binding (minted by the old
+    /// Next.js routes).
+    #[serde(default = "default_unbound_refresh")]
+    pub unbound_refresh: String,
 }
 
 impl Default for TokensFile {
@@ -286,8 +290,13 @@ impl Default for TokensFile {
             leeway_secs: 0,
             refresh_ahead_secs: 0,
             allow_short_secrets: false,
+            unbound_refresh: default_unbound_refresh(),
         }
     }
+}
+
+fn default_unbound_refresh() -> String {
+    "allow".into()
 }
 
 fn default_access_ttl_env() -> Option<String> {

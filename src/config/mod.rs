@@ -118,6 +118,7 @@ impl RuntimeConfig {
             keys: &self.keys,
             names: &self.names,
             policy: &self.cookie_policy,
+            send_cookies: &self.auth_api.send_cookies,
         }
     }
 }

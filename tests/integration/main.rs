@@ -2,6 +2,7 @@
 
 mod auth_api_bound;
 mod balance;
+mod binding;
 mod cache;
 mod cli;
 mod concurrency;

@@ -284,9 +284,11 @@ async fn a_logout_during_a_refresh_wins_over_its_result() {
     assert_logout(&racing.await.unwrap());
     // Neither the old cookies nor the ones the auth API handed out can refresh.
     assert_logout(&proxy.get("/page", &old).await);
+    // As the proxy would have minted them: bound to the new auth API session.
+    let new_api = "refreshToken=api-refresh-after-opaque-rt-racing";
     let handed_out = format!(
-        "refreshTokenEtls={}; refreshToken=api-refresh-after-opaque-rt-racing",
-        refresh_token(3600)
+        "refreshTokenEtls={}; {new_api}",
+        bound_refresh_token(new_api, 3600)
     );
     assert_logout(&proxy.post(REFRESH, &handed_out, b"").await);
     assert_eq!(auth.calls(), 1);

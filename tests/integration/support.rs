@@ -45,6 +45,29 @@ pub fn refresh_token(exp_from_now: i64) -> String {
     )
 }
 
+/// The `sid` the proxy must write for the auth API session `api_cookies`, computed here from
+/// the documented construction: HMAC-SHA256 under HMAC(refresh secret, "etls-proxy binding
+/// v1"), first 16 bytes, base64url.
+pub fn expected_sid(api_cookies: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut derive = Hmac::<sha2::Sha256>::new_from_slice(REFRESH_SECRET.as_bytes()).unwrap();
+    derive.update(b"etls-proxy binding v1");
+    let key = derive.finalize().into_bytes();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(api_cookies.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
+}
+
+/// A `refreshTokenEtls` as the proxy mints it: bound (`sid`) to the auth API session
+/// `api_cookies`.
+pub fn bound_refresh_token(api_cookies: &str, exp_from_now: i64) -> String {
+    sign(
+        REFRESH_SECRET,
+        json!({"username": "ann", "exp": now() as i64 + exp_from_now, "sid": expected_sid(api_cookies)}),
+    )
+}
+
 /// Decodes a JWT's payload without checking it (the test checks the signature separately).
 pub fn payload(token: &str) -> Value {
     use base64::Engine;
