@@ -386,8 +386,8 @@ impl ProxyHttp for EtlsProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Interim responses (100, 103) carry no cookies a browser keeps.
-        if response.status.is_informational() {
+        // Interim responses (100, 103) carry no cookies a browser keeps; a 101 is final.
+        if crate::status::is_interim(response.status) {
             return Ok(());
         }
         if let Some(renewed) = &ctx.renewed {
@@ -426,7 +426,7 @@ impl ProxyHttp for EtlsProxy {
         let code = failure_status(e);
         let final_written = session
             .response_written()
-            .is_some_and(|h| !h.status.is_informational());
+            .is_some_and(|h| !crate::status::is_interim(h.status));
         if code > 0 && !final_written {
             let answer = Answer::app_failed(code, ctx.renewed.as_deref());
             if let Err(write_error) = answer.send(session).await {

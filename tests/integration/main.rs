@@ -13,3 +13,4 @@ mod ops;
 mod rotation;
 mod support;
 mod tls;
+mod websocket;
