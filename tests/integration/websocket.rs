@@ -36,6 +36,8 @@ impl WsApp {
                 conns.fetch_add(1, Ordering::SeqCst);
                 let seen = seen.clone();
                 tokio::spawn(async move {
+                    // The callback type is tungstenite's, large error and all.
+                    #[allow(clippy::result_large_err)]
                     let record =
                         |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
                             let cookie = req
