@@ -11,6 +11,7 @@ pub mod config;
 pub mod cookies;
 pub mod decision;
 pub mod flight;
+pub mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

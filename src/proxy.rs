@@ -18,6 +18,7 @@ use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, assess};
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::forwarded::{Caller, client_address};
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
 use crate::renewal::{RefreshError, RenewedSession, renew};
@@ -85,6 +86,8 @@ pub struct RequestCtx {
     renewed: Option<Arc<RenewedSession>>,
     pub outcome: Outcome,
     pub session: Option<SessionKey>,
+    /// Peer, trust and request id, settled first so every answer carries the id.
+    caller: Option<Caller>,
 }
 
 impl RequestCtx {
@@ -99,6 +102,7 @@ impl RequestCtx {
             renewed: None,
             outcome: Outcome::Pending,
             session: None,
+            caller: None,
         }
     }
 }
@@ -241,7 +245,7 @@ impl EtlsProxy {
             Reply::Refreshed(renewed) => Answer::refreshed(renewed),
             Reply::RefreshFailed(error) => Answer::refresh_failed(error),
         };
-        answer.send(session).await
+        answer.with_request_id(request_id(ctx)).send(session).await
     }
 }
 
@@ -291,6 +295,20 @@ fn refuse(
     Step::Reply(Reply::Logout(location))
 }
 
+fn caller(session: &Session, ctx: &RequestCtx) -> Caller {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let sent_id = session.req_header().headers.get("x-request-id");
+    Caller::new(peer, tls, sent_id, &ctx.config.trusted_proxies)
+}
+
+fn request_id(ctx: &RequestCtx) -> Option<&HeaderValue> {
+    ctx.caller.as_ref().map(|c| &c.request_id)
+}
+
 fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
     // Built from bytes that already were header values, joined with `; `.
     HeaderValue::from_bytes(&bytes).ok()
@@ -323,6 +341,7 @@ impl ProxyHttp for EtlsProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.caller = Some(caller(session, ctx));
         match self.decide(session.req_header(), ctx).await {
             Step::Forward => Ok(false),
             Step::Reply(reply) => {
@@ -377,6 +396,9 @@ impl ProxyHttp for EtlsProxy {
         for (name, value) in &ctx.identity {
             upstream_request.insert_header(name.clone(), value.clone())?;
         }
+        if let Some(caller) = &ctx.caller {
+            caller.apply(upstream_request)?;
+        }
         Ok(())
     }
 
@@ -389,6 +411,9 @@ impl ProxyHttp for EtlsProxy {
         // Interim responses (100, 103) carry no cookies a browser keeps; a 101 is final.
         if crate::status::is_interim(response.status) {
             return Ok(());
+        }
+        if let Some(id) = request_id(ctx) {
+            response.insert_header("X-Request-Id", id.clone())?;
         }
         if let Some(renewed) = &ctx.renewed {
             // The app deleting one of our cookies (logging the user out) wins over the refresh;
@@ -428,7 +453,8 @@ impl ProxyHttp for EtlsProxy {
             .response_written()
             .is_some_and(|h| !crate::status::is_interim(h.status));
         if code > 0 && !final_written {
-            let answer = Answer::app_failed(code, ctx.renewed.as_deref());
+            let answer =
+                Answer::app_failed(code, ctx.renewed.as_deref()).with_request_id(request_id(ctx));
             if let Err(write_error) = answer.send(session).await {
                 log::debug!("could not send the error answer: {write_error}");
             }
@@ -456,6 +482,10 @@ impl ProxyHttp for EtlsProxy {
         self.metrics.request(decision);
         if let Some(format) = ctx.config.access_log {
             let req = session.req_header();
+            let client = ctx.caller.as_ref().and_then(|c| c.peer).map(|peer| {
+                let sent = req.headers.get_all("x-forwarded-for");
+                client_address(sent.iter(), &ctx.config.trusted_proxies, peer)
+            });
             AccessEntry {
                 method: req.method.as_str(),
                 path: req.uri.path(),
@@ -464,6 +494,8 @@ impl ProxyHttp for EtlsProxy {
                 total: ctx.started.elapsed(),
                 auth_api: ctx.auth_wait,
                 session: ctx.session.map(|k| k.short()),
+                client,
+                request_id: request_id(ctx).and_then(|id| id.to_str().ok()),
             }
             .write(format);
         }

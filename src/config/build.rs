@@ -17,6 +17,7 @@ use super::{Env, Listener, Loaded, Outside, Problem, Resolve, RuntimeConfig, Tls
 use crate::access_log::AccessLogFormat;
 use crate::auth_api::{AuthApiSettings, AuthFields};
 use crate::cookies::{CookieNames, is_cookie_name};
+use crate::forwarded::{Cidr, TrustedProxies};
 use crate::identity::{IdentityHeaders, is_reserved};
 use crate::routes::{Routes, is_local_path};
 use crate::set_cookie::{CookiePolicy, header_value};
@@ -70,6 +71,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             "must be between 1024 and 1048576",
         );
     }
+    let trusted_proxies = check_trusted_proxies(&mut c, &file.downstream.trusted_proxies);
     let admin_listen = check_admin(&mut c, file.admin.listen, &listen);
     let identity = check_identity(&mut c, &file.upstream_headers);
     let format = AccessLogFormat::parse(&file.log.format);
@@ -119,6 +121,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             listen,
             read_buffer_bytes,
             max_cookie_bytes,
+            trusted_proxies,
             upstream,
             auth_api,
             keys,
@@ -814,6 +817,17 @@ fn is_attribute_value(v: &str) -> bool {
     v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';')
 }
 
+fn check_trusted_proxies(c: &mut Checker, entries: &[String]) -> TrustedProxies {
+    let mut cidrs = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        match Cidr::parse(entry) {
+            Ok(cidr) => cidrs.push(cidr),
+            Err(e) => c.problem(format!("downstream.trusted_proxies[{i}]"), e),
+        }
+    }
+    TrustedProxies(cidrs)
+}
+
 fn check_routes(c: &mut Checker, r: RoutesFile) -> Option<Routes> {
     let mut ok = true;
     for (i, p) in r.public.iter().enumerate() {
@@ -1303,6 +1317,52 @@ pingora: {threads: 2, no_such_key: 1}
         .unwrap();
         assert_eq!(loaded.warnings.len(), 2);
         assert!(loaded.warnings[0].contains("ETLS_ACCESS"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_checked_entry_by_entry() {
+        let got = problems(
+            "downstream: {trusted_proxies: ['10.0.0.0/8', '10.0.0.1/8', '::1', 'proxy.local', '::/129']}",
+            SECRETS,
+        );
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got[0].starts_with("downstream.trusted_proxies[1]") && got[0].contains("10.0.0.0/8"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("downstream.trusted_proxies[3]"),
+            "{got:?}"
+        );
+        assert!(
+            got[2].starts_with("downstream.trusted_proxies[4]"),
+            "{got:?}"
+        );
+        let env = env_with(SECRETS);
+        let loaded = build(
+            parse("downstream: {trusted_proxies: ['127.0.0.1/32', 'fd00::/8']}").unwrap(),
+            outside(&env),
+        )
+        .ok()
+        .unwrap();
+        assert!(
+            loaded
+                .runtime
+                .trusted_proxies
+                .contains("127.0.0.1".parse().unwrap())
+        );
+        assert!(
+            loaded
+                .runtime
+                .trusted_proxies
+                .contains("fd00::5".parse().unwrap())
+        );
+        assert!(
+            !loaded
+                .runtime
+                .trusted_proxies
+                .contains("127.0.0.2".parse().unwrap())
+        );
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub struct DownstreamFile {
     /// All Cookie headers of a request together; more is answered 431 before any check.
     /// Node.js (so Next.js) refuses request headers over 16 KiB by default.
     pub max_cookie_bytes: usize,
+    /// CIDR blocks (or addresses) of proxies in front whose X-Forwarded-* and X-Request-Id
+    /// are believed; from anyone else they are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for DownstreamFile {
@@ -138,6 +141,7 @@ impl Default for DownstreamFile {
         DownstreamFile {
             read_buffer_bytes: 16 * 1024,
             max_cookie_bytes: 16 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -83,6 +83,8 @@ pub struct RuntimeConfig {
     pub listen: Vec<Listener>,
     pub read_buffer_bytes: usize,
     pub max_cookie_bytes: usize,
+    /// `downstream.trusted_proxies`.
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
     pub upstream: Upstream,
     pub auth_api: AuthApiSettings,
     pub keys: TokenKeys,

@@ -6,6 +6,7 @@ mod concurrency;
 mod demo;
 mod endpoints;
 mod flow;
+mod forwarding;
 mod login_page;
 mod logs;
 mod matrix;
