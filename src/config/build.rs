@@ -1345,24 +1345,10 @@ pingora: {threads: 2, no_such_key: 1}
         )
         .ok()
         .unwrap();
-        assert!(
-            loaded
-                .runtime
-                .trusted_proxies
-                .contains("127.0.0.1".parse().unwrap())
-        );
-        assert!(
-            loaded
-                .runtime
-                .trusted_proxies
-                .contains("fd00::5".parse().unwrap())
-        );
-        assert!(
-            !loaded
-                .runtime
-                .trusted_proxies
-                .contains("127.0.0.2".parse().unwrap())
-        );
+        let trusted = &loaded.runtime.trusted_proxies;
+        assert!(trusted.contains("127.0.0.1".parse().unwrap()));
+        assert!(trusted.contains("fd00::5".parse().unwrap()));
+        assert!(!trusted.contains("127.0.0.2".parse().unwrap()));
     }
 
     #[test]
