@@ -221,3 +221,54 @@ async fn an_upgrade_with_a_valid_session_passes_untouched() {
     assert_eq!(echo(&mut ws, "ping").await, "ping");
     ws.close(None).await.unwrap();
 }
+
+/// An app that accepts the upgrade and then resets the connection: the 101 still carried the new
+/// cookies, the tunnel ends, and nothing is written after the 101 (no error answer inside the
+/// upgraded stream; `fail_to_proxy` counts the 101 as final, and Pingora 0.9.1 would also drop
+/// a second header by itself).
+#[tokio::test]
+async fn an_app_failing_after_the_101_gets_no_error_answer_written_into_the_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = stream.set_zero_linger();
+            drop(stream); // a reset
+        }
+    });
+    let auth = Stub::auth_api().await;
+    let proxy = Proxy::builder_at(app_addr, auth.addr).start().await;
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "GET /_ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {}\r\n\r\n",
+        expired_session("rt-reset")
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("the proxy kept the connection open after the app's reset"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert_eq!(text.matches("Set-Cookie: ").count(), 5, "{text}");
+}
