@@ -1,8 +1,10 @@
 //! One line per request on stderr, text or JSON. It names the session by a short hash of its
-//! key and the path without its query (a query may carry anything): never a token.
+//! key and the path without its query (a query may carry anything): never a token. The client
+//! address and the request id (`X-Request-Id`, as the app got it) tie it to the app's logs.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,10 @@ pub struct AccessEntry<'a> {
     /// Time this request waited for a refresh (its own auth API call, or the one it shared).
     pub auth_api: Option<Duration>,
     pub session: Option<String>,
+    /// The client: the peer, or behind trusted proxies the first untrusted X-Forwarded-For hop.
+    pub client: Option<IpAddr>,
+    /// Only ever `[A-Za-z0-9._-]` (`forwarded::is_valid_request_id`, or one we made).
+    pub request_id: Option<&'a str>,
 }
 
 impl AccessEntry<'_> {
@@ -48,6 +54,8 @@ impl AccessEntry<'_> {
                     "ms": round3(ms(self.total)),
                     "auth_api_ms": self.auth_api.map(|d| round3(ms(d))),
                     "session": self.session,
+                    "client": self.client.map(|ip| ip.to_string()),
+                    "request_id": self.request_id,
                 })
                 .to_string();
                 // Only the path comes from the client (a method is a token).
@@ -58,16 +66,21 @@ impl AccessEntry<'_> {
                 line
             }
             AccessLogFormat::Text => {
-                let mut line = String::with_capacity(96 + self.path.len());
+                let mut line = String::with_capacity(160 + self.path.len());
                 let _ = write!(
                     line,
-                    "{} {:?} {} {} {:.3}ms auth_api=",
+                    "{} {:?} {} {} {:.3}ms client=",
                     self.method,
                     self.path,
                     self.status,
                     self.decision,
                     ms(self.total)
                 );
+                let _ = match self.client {
+                    Some(ip) => write!(line, "{ip}"),
+                    None => write!(line, "-"),
+                };
+                let _ = write!(line, " id={} auth_api=", self.request_id.unwrap_or("-"));
                 let _ = match self.auth_api {
                     Some(d) => write!(line, "{:.3}ms", ms(d)),
                     None => write!(line, "-"),
@@ -116,6 +129,8 @@ mod tests {
             total: Duration::from_micros(12_345),
             auth_api: Some(Duration::from_micros(10_000)),
             session: Some("a1b2c3d4".into()),
+            client: Some("203.0.113.9".parse().unwrap()),
+            request_id: Some("0af7651916cd43dd8448eb211c80319c"),
         }
     }
 
@@ -123,17 +138,19 @@ mod tests {
     fn text_lines_quote_the_path_and_end_with_a_newline() {
         assert_eq!(
             entry().format(AccessLogFormat::Text),
-            "GET \"/dash \\\"x\\\"\" 200 refreshed 12.345ms auth_api=10.000ms session=a1b2c3d4\n"
+            "GET \"/dash \\\"x\\\"\" 200 refreshed 12.345ms client=203.0.113.9 id=0af7651916cd43dd8448eb211c80319c auth_api=10.000ms session=a1b2c3d4\n"
         );
         let plain = AccessEntry {
             auth_api: None,
             session: None,
+            client: None,
+            request_id: None,
             ..entry()
         };
         assert!(
             plain
                 .format(AccessLogFormat::Text)
-                .ends_with("auth_api=- session=-\n")
+                .ends_with(" client=- id=- auth_api=- session=-\n")
         );
     }
 
@@ -148,6 +165,8 @@ mod tests {
         assert_eq!(v["ms"], 12.345);
         assert_eq!(v["auth_api_ms"], 10.0);
         assert_eq!(v["session"], "a1b2c3d4");
+        assert_eq!(v["client"], "203.0.113.9");
+        assert_eq!(v["request_id"], "0af7651916cd43dd8448eb211c80319c");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub struct Answer<'a> {
     set_cookie: &'a [HeaderValue],
     allow: Option<&'static str>,
     retry_after: Option<&'static str>,
+    request_id: Option<&'a HeaderValue>,
 }
 
 /// `Retry-After` of a refresh refused because the auth API is busy: a refresh takes well under
@@ -38,7 +39,13 @@ impl<'a> Answer<'a> {
             set_cookie: &[],
             allow: None,
             retry_after: None,
+            request_id: None,
         }
+    }
+
+    /// The request's `X-Request-Id`, on every answer the proxy writes itself.
+    pub fn with_request_id(self, request_id: Option<&'a HeaderValue>) -> Self {
+        Answer { request_id, ..self }
     }
 
     /// Seed 000's `logoutResponse()`: 401 and the five cookies cleared; a page navigation gets
@@ -131,7 +138,7 @@ impl<'a> Answer<'a> {
     }
 
     pub fn header(&self) -> pingora::Result<ResponseHeader> {
-        let mut h = ResponseHeader::build(self.status, Some(6 + self.set_cookie.len()))?;
+        let mut h = ResponseHeader::build(self.status, Some(7 + self.set_cookie.len()))?;
         if !self.body.is_empty() {
             h.insert_header("Content-Type", "application/json")?;
         }
@@ -150,6 +157,9 @@ impl<'a> Answer<'a> {
         }
         if let Some(seconds) = self.retry_after {
             h.insert_header("Retry-After", seconds)?;
+        }
+        if let Some(id) = self.request_id {
+            h.insert_header("X-Request-Id", id.clone())?;
         }
         for line in self.set_cookie {
             h.append_header("Set-Cookie", line.clone())?;
@@ -307,6 +317,16 @@ mod tests {
             assert_eq!(answer.body, body);
             assert!(set_cookies(&h).is_empty());
         }
+    }
+
+    #[test]
+    fn the_request_id_is_on_the_answer_when_given() {
+        let id = HeaderValue::from_static("0af7651916cd43dd8448eb211c80319c");
+        let clear = lines(5);
+        let with = Answer::logout(&clear, None).with_request_id(Some(&id));
+        assert_eq!(with.header().unwrap().headers["x-request-id"], id);
+        let without = Answer::logout(&clear, None).header().unwrap();
+        assert!(!without.headers.contains_key("x-request-id"));
     }
 
     #[test]

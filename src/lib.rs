@@ -13,6 +13,7 @@ pub mod cookies;
 pub mod decision;
 pub mod downstream;
 pub mod flight;
+pub mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
@@ -24,6 +25,7 @@ pub mod reload;
 pub mod renewal;
 pub mod routes;
 pub mod set_cookie;
+pub mod status;
 pub mod tokens;
 pub mod upstream;
 

@@ -20,6 +20,7 @@ use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
 use crate::downstream;
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::forwarded::{Caller, client_address};
 use crate::guard;
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
@@ -92,6 +93,8 @@ pub struct RequestCtx {
     renewed: Option<Arc<RenewedSession>>,
     pub outcome: Outcome,
     pub session: Option<SessionKey>,
+    /// Peer, trust and request id, settled first so every answer carries the id.
+    caller: Option<Caller>,
 }
 
 impl RequestCtx {
@@ -106,6 +109,7 @@ impl RequestCtx {
             renewed: None,
             outcome: Outcome::Pending,
             session: None,
+            caller: None,
         }
     }
 }
@@ -341,7 +345,7 @@ impl EtlsProxy {
             Reply::Refreshed(renewed) => Answer::refreshed(renewed),
             Reply::RefreshFailed(error) => Answer::refresh_failed(error),
         };
-        answer.send(session).await
+        answer.with_request_id(request_id(ctx)).send(session).await
     }
 }
 
@@ -398,6 +402,20 @@ fn refuse(
     Step::Reply(Reply::Logout(location))
 }
 
+fn caller(session: &Session, ctx: &RequestCtx) -> Caller {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let sent_id = session.req_header().headers.get("x-request-id");
+    Caller::new(peer, tls, sent_id, &ctx.config.trusted_proxies)
+}
+
+fn request_id(ctx: &RequestCtx) -> Option<&HeaderValue> {
+    ctx.caller.as_ref().map(|c| &c.request_id)
+}
+
 fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
     // Built from bytes that already were header values, joined with `; `.
     HeaderValue::from_bytes(&bytes).ok()
@@ -432,6 +450,7 @@ impl ProxyHttp for EtlsProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         downstream::header_read(session);
         downstream::keepalive(session, ctx.config.keepalive_secs);
+        ctx.caller = Some(caller(session, ctx));
         match self.decide(session.req_header(), ctx).await {
             Step::Forward => Ok(false),
             Step::Reply(reply) => {
@@ -487,6 +506,9 @@ impl ProxyHttp for EtlsProxy {
         for (name, value) in &ctx.identity {
             upstream_request.insert_header(name.clone(), value.clone())?;
         }
+        if let Some(caller) = &ctx.caller {
+            caller.apply(upstream_request)?;
+        }
         Ok(())
     }
 
@@ -496,9 +518,12 @@ impl ProxyHttp for EtlsProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Interim responses (100, 103) carry no cookies a browser keeps.
-        if response.status.is_informational() {
+        // Interim responses (100, 103) carry no cookies a browser keeps; a 101 is final.
+        if crate::status::is_interim(response.status) {
             return Ok(());
+        }
+        if let Some(id) = request_id(ctx) {
+            response.insert_header("X-Request-Id", id.clone())?;
         }
         if let Some(renewed) = &ctx.renewed {
             // The app deleting one of our cookies (logging the user out) wins over the refresh;
@@ -530,9 +555,10 @@ impl ProxyHttp for EtlsProxy {
         let code = failure_status(e);
         let final_written = session
             .response_written()
-            .is_some_and(|h| !h.status.is_informational());
+            .is_some_and(|h| !crate::status::is_interim(h.status));
         if code > 0 && !final_written {
-            let answer = Answer::app_failed(code, ctx.renewed.as_deref());
+            let answer =
+                Answer::app_failed(code, ctx.renewed.as_deref()).with_request_id(request_id(ctx));
             if let Err(write_error) = answer.send(session).await {
                 log::debug!("could not send the error answer: {write_error}");
             }
@@ -566,6 +592,10 @@ impl ProxyHttp for EtlsProxy {
         self.metrics.request(decision);
         if let Some(format) = ctx.config.access_log {
             let req = session.req_header();
+            let client = ctx.caller.as_ref().and_then(|c| c.peer).map(|peer| {
+                let sent = req.headers.get_all("x-forwarded-for");
+                client_address(sent.iter(), &ctx.config.trusted_proxies, peer)
+            });
             AccessEntry {
                 method: req.method.as_str(),
                 path: req.uri.path(),
@@ -574,6 +604,8 @@ impl ProxyHttp for EtlsProxy {
                 total: ctx.started.elapsed(),
                 auth_api: ctx.auth_wait,
                 session: ctx.session.map(|k| k.short()),
+                client,
+                request_id: request_id(ctx).and_then(|id| id.to_str().ok()),
             }
             .write(format);
         }

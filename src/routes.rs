@@ -50,6 +50,17 @@ impl Routes {
         self.public
             .iter()
             .any(|p| prefix_matches(p.as_bytes(), path))
+            || self.is_login_page(path)
+    }
+
+    /// The login redirect's path (without its query) is public without being listed: the
+    /// logged-out user must be able to load it. Exactly that path, not what lies under it
+    /// (`login_redirect: /` must not make the whole site public).
+    fn is_login_page(&self, path: &[u8]) -> bool {
+        self.login_redirect
+            .as_deref()
+            .and_then(|target| target.split(['?', '#']).next())
+            .is_some_and(|login| login.as_bytes() == path)
     }
 
     /// `login_redirect?next=<original path and query>`, or `None` when not configured.
@@ -176,6 +187,40 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(r.classify(path.as_bytes()), want, "{path}");
         }
+    }
+
+    #[test]
+    fn the_login_page_is_public_without_being_listed() {
+        let r = Routes {
+            public: vec![],
+            login_redirect: Some("/signin?lang=uk".into()),
+            ..routes()
+        };
+        let cases = [
+            ("/signin", Route::Public),
+            ("/%73ignin", Route::Protected), // raw and decoded must both be public
+            ("/signin/x", Route::Protected),
+            ("/signinx", Route::Protected),
+            ("/x/../signin", Route::Protected),
+            ("/login", Route::Protected),
+            ("/", Route::Protected),
+        ];
+        for (path, want) in cases {
+            assert_eq!(r.classify(path.as_bytes()), want, "{path}");
+        }
+        let root = Routes {
+            public: vec![],
+            login_redirect: Some("/".into()),
+            ..routes()
+        };
+        assert_eq!(root.classify(b"/"), Route::Public);
+        assert_eq!(root.classify(b"/dashboard"), Route::Protected);
+        let none = Routes {
+            public: vec![],
+            login_redirect: None,
+            ..routes()
+        };
+        assert_eq!(none.classify(b"/login"), Route::Protected);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{Env, Listener, Loaded, Outside, Problem, Resolve, RuntimeConfig, Tls
 use crate::access_log::AccessLogFormat;
 use crate::auth_api::{ApiEndpoint, AuthApiSettings, AuthFields};
 use crate::cookies::{CookieNames, is_cookie_name};
+use crate::forwarded::{Cidr, TrustedProxies};
 use crate::identity::{IdentityHeaders, is_reserved};
 use crate::routes::{Routes, is_local_path};
 use crate::set_cookie::{CookiePolicy, header_value};
@@ -86,6 +87,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             format!("must be between 1 and {MAX_DOWNSTREAM_SECS} seconds"),
         );
     }
+    let trusted_proxies = check_trusted_proxies(&mut c, &file.downstream.trusted_proxies);
     let admin_listen = check_admin(&mut c, file.admin.listen, &listen);
     let identity = check_identity(&mut c, &file.upstream_headers);
     let format = AccessLogFormat::parse(&file.log.format);
@@ -137,6 +139,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             max_cookie_bytes,
             keepalive_secs,
             header_timeout: Duration::from_secs(header_secs),
+            trusted_proxies,
             upstream,
             auth_api,
             keys,
@@ -866,6 +869,17 @@ fn is_attribute_value(v: &str) -> bool {
     v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';')
 }
 
+fn check_trusted_proxies(c: &mut Checker, entries: &[String]) -> TrustedProxies {
+    let mut cidrs = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        match Cidr::parse(entry) {
+            Ok(cidr) => cidrs.push(cidr),
+            Err(e) => c.problem(format!("downstream.trusted_proxies[{i}]"), e),
+        }
+    }
+    TrustedProxies(cidrs)
+}
+
 fn check_routes(c: &mut Checker, r: RoutesFile) -> Option<Routes> {
     let mut ok = true;
     for (i, p) in r.public.iter().enumerate() {
@@ -904,21 +918,15 @@ fn check_routes(c: &mut Checker, r: RoutesFile) -> Option<Routes> {
         logout_endpoint: r.logout_endpoint,
         login_redirect: r.login_redirect,
     };
-    if let Some(target) = &routes.login_redirect {
-        let path = target.split('?').next().unwrap_or_default();
-        if !is_local_path(target) {
-            c.problem(
-                "routes.login_redirect",
-                format!("`{target}` must be a local path (starting with /, no scheme, no //)"),
-            );
-            ok = false;
-        } else if routes.classify(path.as_bytes()) != crate::routes::Route::Public {
-            c.problem(
-                "routes.login_redirect",
-                format!("`{path}` must also be listed in routes.public, or the login page would redirect to itself"),
-            );
-            ok = false;
-        }
+    // The login page itself is public without being listed (`Routes::classify`).
+    if let Some(target) = &routes.login_redirect
+        && !is_local_path(target)
+    {
+        c.problem(
+            "routes.login_redirect",
+            format!("`{target}` must be a local path (starting with /, no scheme, no //)"),
+        );
+        ok = false;
     }
     ok.then_some(routes)
 }
@@ -1485,18 +1493,47 @@ pingora: {threads: 2, no_such_key: 1}
     }
 
     #[test]
-    fn login_redirect_must_be_public() {
-        let got = problems("routes: {login_redirect: /login}", SECRETS);
-        assert!(
-            got.iter()
-                .any(|p| p.starts_with("routes.login_redirect") && p.contains("routes.public")),
-            "{got:?}"
-        );
-        let ok = problems(
-            "routes: {login_redirect: '/login?x=1', public: [/login]}",
+    fn trusted_proxies_are_checked_entry_by_entry() {
+        let got = problems(
+            "downstream: {trusted_proxies: ['10.0.0.0/8', '10.0.0.1/8', '::1', 'proxy.local', '::/129']}",
             SECRETS,
         );
-        assert!(ok.is_empty(), "{ok:?}");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got[0].starts_with("downstream.trusted_proxies[1]") && got[0].contains("10.0.0.0/8"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("downstream.trusted_proxies[3]"),
+            "{got:?}"
+        );
+        assert!(
+            got[2].starts_with("downstream.trusted_proxies[4]"),
+            "{got:?}"
+        );
+        let env = env_with(SECRETS);
+        let loaded = build(
+            parse("downstream: {trusted_proxies: ['127.0.0.1/32', 'fd00::/8']}").unwrap(),
+            outside(&env),
+        )
+        .ok()
+        .unwrap();
+        let trusted = &loaded.runtime.trusted_proxies;
+        assert!(trusted.contains("127.0.0.1".parse().unwrap()));
+        assert!(trusted.contains("fd00::5".parse().unwrap()));
+        assert!(!trusted.contains("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn login_redirect_is_public_without_being_listed() {
+        for yaml in [
+            "routes: {login_redirect: /login}",
+            "routes: {login_redirect: /login, public: []}",
+            "routes: {login_redirect: '/login?x=1', public: [/login]}",
+        ] {
+            let got = problems(yaml, SECRETS);
+            assert!(got.is_empty(), "{yaml}: {got:?}");
+        }
     }
 
     #[test]

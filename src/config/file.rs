@@ -137,6 +137,9 @@ pub struct DownstreamFile {
     /// Time allowed for a whole request header, from the connection's start or a later
     /// request's first byte. nginx's `client_header_timeout` default.
     pub header_timeout_secs: u64,
+    /// CIDR blocks (or addresses) of proxies in front whose X-Forwarded-* and X-Request-Id
+    /// are believed; from anyone else they are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for DownstreamFile {
@@ -146,6 +149,7 @@ impl Default for DownstreamFile {
             max_cookie_bytes: 16 * 1024,
             keepalive_timeout_secs: 75,
             header_timeout_secs: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }

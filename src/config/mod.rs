@@ -87,6 +87,8 @@ pub struct RuntimeConfig {
     pub keepalive_secs: u64,
     /// `downstream.header_timeout_secs`.
     pub header_timeout: Duration,
+    /// `downstream.trusted_proxies`.
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
     pub upstream: Upstream,
     pub auth_api: AuthApiSettings,
     pub keys: TokenKeys,
