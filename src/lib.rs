@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod admin;
 pub mod answer;
 pub mod auth_api;
+pub mod chunks;
 pub mod config;
 pub mod cookies;
 pub mod decision;
