@@ -139,6 +139,8 @@ pub fn auth_answer(data: &[u8]) {
         keys: &keys,
         names: &names,
         policy: &policy,
+        max_chunks: 8,
+        max_cookie_bytes: 64 * 1024,
     };
     let claims: Claims = serde_json::from_str(r#"{"username":"ann"}"#).expect("claims");
     let expected_api = (api.access_token.clone(), api.refresh_token.clone());

@@ -88,6 +88,8 @@ pub struct RuntimeConfig {
     pub keys: TokenKeys,
     pub names: CookieNames,
     pub cookie_policy: CookiePolicy,
+    /// `cookies.max_chunks`: the most cookies one value is split into.
+    pub max_chunks: usize,
     /// The logout response's Set-Cookie lines, built once.
     pub clear_cookies: Vec<HeaderValue>,
     pub routes: Routes,
@@ -114,6 +116,8 @@ impl RuntimeConfig {
             keys: &self.keys,
             names: &self.names,
             policy: &self.cookie_policy,
+            max_chunks: self.max_chunks,
+            max_cookie_bytes: self.max_cookie_bytes,
         }
     }
 }
