@@ -113,6 +113,8 @@ fn benches(c: &mut Criterion) {
         keys: &keys,
         names: &names,
         policy: &cookie_policy,
+        max_chunks: 8,
+        max_cookie_bytes: 16 * 1024,
     };
     let claims: Claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let record: Claims =

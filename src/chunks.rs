@@ -175,7 +175,13 @@ pub fn normalise(jar: &CookieJar<'_>, names: &CookieNames, max_chunks: usize) ->
             if count == 0 || count > max_chunks {
                 return None;
             }
-            Some((0..count).filter_map(|i| part(slot, i)).flatten().copied().collect())
+            Some(
+                (0..count)
+                    .filter_map(|i| part(slot, i))
+                    .flatten()
+                    .copied()
+                    .collect(),
+            )
         })
         .collect();
     let mut written = [false; 5];
@@ -246,21 +252,15 @@ pub fn clear_lines(
     out
 }
 
-/// The logout's extra lines: every chunk the request holds.
-pub fn logout_lines(
+/// The per-request lines of an answer: what the request's cookies hold (one scan) against what
+/// the answer does with each name (`[Layout::Cleared; 5]` for a logout).
+pub fn clears_for(
     policy: &CookiePolicy,
     names: &CookieNames,
     jar: &CookieJar<'_>,
+    layout: &[Layout; 5],
 ) -> Vec<HeaderValue> {
-    if !any_chunk(jar, names) {
-        return Vec::new();
-    }
-    clear_lines(
-        policy,
-        names,
-        &Held::scan(jar, names),
-        &[Layout::Cleared; 5],
-    )
+    clear_lines(policy, names, &Held::scan(jar, names), layout)
 }
 
 #[cfg(test)]
@@ -321,14 +321,29 @@ mod tests {
         // Fits exactly at the bound; one byte more needs chunks.
         let fixed = policy.set_line("etlsUser", "").len();
         let at_bound = "v".repeat(MAX_LINE_BYTES - fixed);
-        assert_eq!(set_lines(&policy, "etlsUser", &at_bound, 8).unwrap().len(), 1);
+        assert_eq!(
+            set_lines(&policy, "etlsUser", &at_bound, 8).unwrap().len(),
+            1
+        );
         let cases: &[(usize, usize, Result<usize, SplitError>)] = &[
             (MAX_LINE_BYTES - fixed + 1, 8, Ok(2)),
             (12_000, 8, Ok(3)),
-            (13_000, 3, Err(SplitError::TooManyChunks { needed: 4, max: 3 })),
-            (5000, 1, Err(SplitError::TooManyChunks { needed: 2, max: 1 })),
+            (
+                13_000,
+                3,
+                Err(SplitError::TooManyChunks { needed: 4, max: 3 }),
+            ),
+            (
+                5000,
+                1,
+                Err(SplitError::TooManyChunks { needed: 2, max: 1 }),
+            ),
             (30_000, 8, Ok(8)),
-            (40_000, 8, Err(SplitError::TooManyChunks { needed: 10, max: 8 })),
+            (
+                40_000,
+                8,
+                Err(SplitError::TooManyChunks { needed: 10, max: 8 }),
+            ),
             (200_000, 64, Ok(50)),
         ];
         for (len, max, want) in cases {
@@ -378,7 +393,11 @@ mod tests {
             ),
             // Across Cookie headers (HTTP/2 crumbs).
             (
-                &["etlsUser.0=AA", "refreshToken.0=R1; etlsUser.1=BB", "refreshToken.1=R2"],
+                &[
+                    "etlsUser.0=AA",
+                    "refreshToken.0=R1; etlsUser.1=BB",
+                    "refreshToken.1=R2",
+                ],
                 8,
                 Some("etlsUser=AABB; refreshToken=R1R2"),
             ),
@@ -394,7 +413,11 @@ mod tests {
             (&["x=1; etlsUser.1=BB; etlsUser.2=CC"], 8, Some("x=1")),
             // More than max_chunks: absent.
             (&["etlsUser.0=A; etlsUser.1=B; etlsUser.2=C"], 2, Some("")),
-            (&["etlsUser.0=A; etlsUser.1=B; z=9"], 2, Some("etlsUser=AB; z=9")),
+            (
+                &["etlsUser.0=A; etlsUser.1=B; z=9"],
+                2,
+                Some("etlsUser=AB; z=9"),
+            ),
             // The first crumb of an index counts; one without `=` is dropped.
             (
                 &["etlsUser.0=A; etlsUser.0=X; etlsUser.1; etlsUser.1=B"],
@@ -456,17 +479,27 @@ mod tests {
         for (headers, user, want) in cases {
             assert_eq!(cleared(headers, *user), *want, "{headers:?} {user:?}");
         }
-        for line in clear_lines(&p, &n, &Held::scan(&jar(&["etlsUser.1=x"]), &n), &[Layout::Cleared; 5]) {
+        for line in clear_lines(
+            &p,
+            &n,
+            &Held::scan(&jar(&["etlsUser.1=x"]), &n),
+            &[Layout::Cleared; 5],
+        ) {
             let line = line.to_str().unwrap();
-            assert!(line.contains("Max-Age=0") && line.contains("Path=/"), "{line}");
+            assert!(
+                line.contains("Max-Age=0") && line.contains("Path=/"),
+                "{line}"
+            );
         }
     }
 
     #[test]
-    fn logout_lines_clear_every_chunk_held() {
+    fn logout_clears_every_chunk_held() {
         let (p, n) = (CookiePolicy::default(), names());
-        assert!(logout_lines(&p, &n, &jar(&["etlsUser=u; a=1"])).is_empty());
-        let lines = logout_lines(&p, &n, &jar(&["accessToken.0=a; accessToken.1=b; x.0=1"]));
+        let logout = [Layout::Cleared; 5];
+        assert!(clears_for(&p, &n, &jar(&["etlsUser=u; a=1"]), &logout).is_empty());
+        let held = jar(&["accessToken.0=a; accessToken.1=b; x.0=1"]);
+        let lines = clears_for(&p, &n, &held, &logout);
         let got: Vec<&str> = lines.iter().map(|l| pair(l.to_str().unwrap()).0).collect();
         assert_eq!(got, ["accessToken.0", "accessToken.1"]);
     }

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::auth_api::{
-    ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, UserData,
-};
+use crate::auth_api::{ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, UserData};
 use crate::chunks::{self, Layout};
 use crate::cookies::CookieNames;
 use crate::flight::FlightLost;
@@ -64,7 +62,11 @@ impl RenewedSession {
     /// What this refresh does with each of the five names, for the per-request clear lines.
     pub fn layout(&self, names: &CookieNames) -> [Layout; 5] {
         names.all().map(|name| {
-            match self.entries.iter().find(|e| &self.text[e.name.clone()] == name) {
+            match self
+                .entries
+                .iter()
+                .find(|e| &self.text[e.name.clone()] == name)
+            {
                 None => Layout::Untouched,
                 Some(e) if e.lines > 1 => Layout::Chunks(e.lines),
                 Some(_) => Layout::Plain,
@@ -345,7 +347,13 @@ mod tests {
         };
         // (what, answer, max_chunks, max_cookie_bytes, layout of accessToken, refreshToken,
         // etlsUser, or the error's text)
-        type Case = (&'static str, ApiTokens, usize, usize, Result<[Layout; 3], &'static str>);
+        type Case = (
+            &'static str,
+            ApiTokens,
+            usize,
+            usize,
+            Result<[Layout; 3], &'static str>,
+        );
         let cases: Vec<Case> = vec![
             ("small", api(record(10)), 8, 16384, Ok([Layout::Plain; 3])),
             (
@@ -374,14 +382,18 @@ mod tests {
                 api(record(9000)),
                 2,
                 16384,
-                Err("`etlsUser` needs 4 cookies of at most 4096 bytes, over cookies.max_chunks (2)"),
+                Err(
+                    "`etlsUser` needs 4 cookies of at most 4096 bytes, over cookies.max_chunks (2)",
+                ),
             ),
             (
                 "chunking off",
                 big_api(4500),
                 1,
                 16384,
-                Err("`refreshToken` needs 2 cookies of at most 4096 bytes, over cookies.max_chunks (1)"),
+                Err(
+                    "`refreshToken` needs 2 cookies of at most 4096 bytes, over cookies.max_chunks (1)",
+                ),
             ),
             (
                 "over max_cookie_bytes",

@@ -1148,8 +1148,14 @@ upstream_headers: {username: Cookie, role: "bad name", id: X-User, sub: x-user}
         assert_eq!(loaded.runtime.max_chunks, 8);
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         for (yaml, want) in [
-            ("cookies: {max_chunks: 0}", "cookies.max_chunks: must be between 1 and 64, got 0"),
-            ("cookies: {max_chunks: 65}", "cookies.max_chunks: must be between 1 and 64, got 65"),
+            (
+                "cookies: {max_chunks: 0}",
+                "cookies.max_chunks: must be between 1 and 64, got 0",
+            ),
+            (
+                "cookies: {max_chunks: 65}",
+                "cookies.max_chunks: must be between 1 and 64, got 65",
+            ),
         ] {
             assert_eq!(problems(yaml, SECRETS), [want], "{yaml}");
         }
@@ -1161,7 +1167,9 @@ upstream_headers: {username: Cookie, role: "bad name", id: X-User, sub: x-user}
         assert_eq!(loaded.runtime.max_chunks, 8);
         assert_eq!(
             loaded.warnings,
-            ["cookies.max_chunks: 8 cookies of up to 4096 bytes (32768) exceed downstream.max_cookie_bytes (20000); a refresh whose cookies would take more is answered 502"]
+            [
+                "cookies.max_chunks: 8 cookies of up to 4096 bytes (32768) exceed downstream.max_cookie_bytes (20000); a refresh whose cookies would take more is answered 502"
+            ]
         );
     }
 
