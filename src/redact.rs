@@ -146,7 +146,10 @@ fn cookie_values(text: &[u8], name: &[u8], spans: &mut Vec<(usize, usize)>) {
     while let Some(pos) = find(&text[i..], name) {
         let mut j = i + pos + name.len();
         if text.get(j) == Some(&b'.') {
-            let digits = text[j + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            let digits = text[j + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
             if digits > 0 {
                 j += 1 + digits;
             }

@@ -1,6 +1,7 @@
 //! Integration tests: the real proxy binary on loopback, in front of stand-in servers.
 
 mod balance;
+mod chunks;
 mod cli;
 mod concurrency;
 mod demo;
