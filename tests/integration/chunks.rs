@@ -360,3 +360,24 @@ fn check_reports_max_chunks_by_its_path() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn an_app_failure_after_a_refresh_still_clears_the_stale_chunks() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    app.stop().await;
+    let mut jar = Jar::from_header(&expired_session("rt-app-down"));
+    jar.0.retain(|(n, _)| n != "etlsUser");
+    for i in 0..3 {
+        jar.set(&format!("etlsUser.{i}"), &format!("old{i}"));
+    }
+    let r = proxy.get("/", &jar.header()).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["reason"], "app unavailable");
+    let (set, cleared) = set_and_cleared(&r);
+    assert_eq!(
+        set, CLEARED,
+        "the five new cookies, the user record plain again"
+    );
+    assert_eq!(cleared, ["etlsUser.0", "etlsUser.1", "etlsUser.2"]);
+}
