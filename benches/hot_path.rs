@@ -95,6 +95,12 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
+    c.bench_function("scan a valid request's cookies for chunks (none)", |b| {
+        b.iter(|| {
+            let jar = CookieJar::from_headers([black_box(cookie.as_bytes())]);
+            etls_proxy::chunks::any_chunk(&jar, &names)
+        })
+    });
     let updates: Vec<(String, String)> = names
         .all()
         .iter()
