@@ -102,11 +102,37 @@ fn chunk_of(name: &[u8], names: &[&str; 5]) -> Option<(usize, usize)> {
     Some((slot, index))
 }
 
-/// True when the request carries a chunk of one of the five names: the one check every request
-/// pays, a pass over the crumbs without allocation.
+/// True when the request carries a chunk (with a value) of one of the five names: the one
+/// check every request pays. No allocation, and no crumb parsing: a SIMD search for `=`, and
+/// only a name ending in a digit is looked at further.
 pub fn any_chunk(jar: &CookieJar<'_>, names: &CookieNames) -> bool {
     let all = names.all();
-    jar.crumbs().any(|c| chunk_of(c.name, &all).is_some())
+    jar.headers().any(|header| {
+        memchr::memchr_iter(b'=', header).any(|eq| {
+            let before = trim_end_ows(&header[..eq]);
+            if !before.last().is_some_and(u8::is_ascii_digit) {
+                return false;
+            }
+            // The crumb's name; for a later `=` of a value this holds the first `=`, so it
+            // never matches one of the five names.
+            let start = memchr::memrchr(b';', before).map_or(0, |p| p + 1);
+            chunk_of(trim_start_ows(&before[start..]), &all).is_some()
+        })
+    })
+}
+
+fn trim_end_ows(mut s: &[u8]) -> &[u8] {
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn trim_start_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    s
 }
 
 /// What a request holds of the five names: the plain cookie, and which chunk indices.
@@ -508,7 +534,52 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        fn crumb() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                prop::sample::select(vec![
+                    "etlsUser",
+                    "etlsUser.0",
+                    "etlsUser.12",
+                    "etlsUser.01",
+                    "refreshToken.3",
+                    "x.1",
+                    "a",
+                    "etlsUser.",
+                    "etlsUser.100",
+                ])
+                .prop_map(str::to_owned),
+                "[a-z.0-9]{0,6}",
+            ];
+            (
+                name,
+                prop::option::of("[a-z0-9=.]{0,6}"),
+                "[ \t]{0,2}",
+                "[ \t]{0,2}",
+            )
+                .prop_map(|(n, v, pre, post)| match v {
+                    Some(v) => format!("{pre}{n}{post}={pre}{v}{post}"),
+                    None => format!("{pre}{n}{post}"),
+                })
+        }
+
         proptest! {
+            /// The fast scan finds a chunk exactly when the crumb-by-crumb reading does.
+            #[test]
+            fn fast_scan_agrees_with_the_crumbs(
+                crumbs in prop::collection::vec(crumb(), 0..8),
+                split in 0usize..8,
+            ) {
+                let n = names();
+                let all = n.all();
+                let split = split.min(crumbs.len());
+                let (a, b) = (crumbs[..split].join(";"), crumbs[split..].join(";"));
+                let j = jar(&[&a, &b]);
+                let slow = j
+                    .crumbs()
+                    .any(|c| c.value.is_some() && chunk_of(c.name, &all).is_some());
+                prop_assert_eq!(any_chunk(&j, &n), slow, "{:?} {:?}", a, b);
+            }
+
             /// Split then join is the identity, and every line stays within 4096 bytes.
             #[test]
             fn split_then_join_is_identity(
