@@ -109,6 +109,12 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
+    c.bench_function("scan a valid request's cookies for chunks (none)", |b| {
+        b.iter(|| {
+            let jar = CookieJar::from_headers([black_box(cookie.as_bytes())]);
+            etls_proxy::chunks::any_chunk(&jar, &names)
+        })
+    });
     let updates: Vec<(String, String)> = names
         .all()
         .iter()
@@ -129,6 +135,8 @@ fn benches(c: &mut Criterion) {
         names: &names,
         policy: &cookie_policy,
         send_cookies: &send_cookies,
+        max_chunks: 8,
+        max_cookie_bytes: 16 * 1024,
     };
     let claims: Claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let record: Claims =

@@ -491,10 +491,48 @@ routes: {public: ["/_next/static/", "/_next/image", "/favicon.ico"]}
   out.websocket = { calls: calls5d, renewed: NAMES.length }
   log('  5. WebSocket with an expired session: 101, the five new cookies in the jar (HttpOnly, Path=/, SameSite=Lax), the app saw the new tokens, echo through the tunnel, one auth API call')
 
+  await chunkedUserStep(browser, base)
   await context.close()
   await stop(proxy)
   await stop(next)
   return out
+}
+
+// A user record too large for one cookie (the demo auth API answers one for refresh tokens
+// starting demo-rt-big-): Chromium's jar then holds etlsUser.0..k, each within 4096 bytes, the
+// app's server code sees one etlsUser, reassembled, on that request and the next, and logout
+// clears every chunk.
+async function chunkedUserStep(browser, base) {
+  step = 'proxy 6 (a user record over one cookie, chunked)'
+  const { context, page } = await newContext(browser)
+  const s = await mintSession(-30)
+  s.refreshToken = `demo-rt-big-${hex()}`
+  await putSession(context, s)
+  const chunksIn = async () => {
+    const all = (await context.cookies()).filter((c) => c.name.startsWith('etlsUser'))
+    return all.sort((a, b) => a.name.localeCompare(b.name, 'en', { numeric: true }))
+  }
+  const r = await page.goto(base + '/api/whoami')
+  check(r.status() === 200, `the refresh with a large user record answered ${r.status()}: ${(await r.text()).slice(0, 200)}`)
+  const seen = await r.json()
+  const lines = await setCookieLines(r)
+  for (const l of lines) check(l.length <= 4096, `a Set-Cookie line of ${l.length} bytes`)
+  const held = await chunksIn()
+  const names = held.map((c) => c.name)
+  check(held.length >= 2 && held.every((c, i) => c.name === `etlsUser.${i}`), `the jar holds ${names.join(', ')}, not etlsUser.0..k`)
+  for (const c of held) check(c.name.length + c.value.length <= 4096 && c.httpOnly, `${c.name} is ${c.value.length} bytes or not HttpOnly`)
+  const joined = held.map((c) => c.value).join('')
+  const perms = JSON.parse(Buffer.from(joined.split('.')[1], 'base64url').toString()).perms
+  check(perms && perms.length === 400, 'the joined etlsUser does not carry the 400 permissions')
+  check(seen.etlsUser === joined && seen.etlsUserChunks === 0, `the app saw etlsUser of ${seen.etlsUser.length} bytes and ${seen.etlsUserChunks} chunk cookies on the refreshed request`)
+  const again = await (await page.goto(base + '/api/whoami')).json()
+  check(again.etlsUser === joined && again.etlsUserChunks === 0, `from the jar's chunks, the app saw etlsUser of ${again.etlsUser.length} bytes and ${again.etlsUserChunks} chunk cookies`)
+  const status = await page.evaluate(() => fetch('/api/auth/logout', { method: 'POST' }).then((x) => x.status))
+  check(status === 200, `logout answered ${status}`)
+  const left = await chunksIn()
+  check(left.length === 0, `cookies left after logout: ${left.map((c) => c.name).join(', ')}`)
+  log(`  6. a user record over one cookie: ${held.length} chunks (${held.map((c) => c.name.length + c.value.length + 1).join(' + ')} bytes) in the jar, the app saw one etlsUser of ${joined.length} bytes, logout cleared them all`)
+  await context.close()
 }
 
 // The same app and build, no proxy: its middleware checks and refreshes (measured, not judged).

@@ -1,6 +1,7 @@
 //! Every response the proxy writes itself, and the one place where outcomes and errors become
 //! HTTP status codes.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +19,11 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 pub struct Answer<'a> {
     pub status: u16,
-    body: &'static [u8],
+    body: Cow<'static, [u8]>,
     location: Option<String>,
     set_cookie: &'a [HeaderValue],
+    /// Per-request lines after `set_cookie`: chunk cookies to clear.
+    more_cookies: &'a [HeaderValue],
     allow: Option<&'static str>,
     retry_after: Option<&'static str>,
     request_id: Option<&'a HeaderValue>,
@@ -34,9 +37,10 @@ impl<'a> Answer<'a> {
     fn json(status: u16, body: &'static [u8]) -> Self {
         Answer {
             status,
-            body,
+            body: Cow::Borrowed(body),
             location: None,
             set_cookie: &[],
+            more_cookies: &[],
             allow: None,
             retry_after: None,
             request_id: None,
@@ -60,6 +64,14 @@ impl<'a> Answer<'a> {
         };
         answer.set_cookie = clear_cookies;
         answer
+    }
+
+    /// Adds per-request Set-Cookie lines after the others (chunk cookies to clear).
+    pub fn with_cookies(self, more: &'a [HeaderValue]) -> Self {
+        Answer {
+            more_cookies: more,
+            ..self
+        }
     }
 
     pub fn logged_out(clear_cookies: &'a [HeaderValue]) -> Self {
@@ -115,6 +127,23 @@ impl<'a> Answer<'a> {
                 504,
                 br#"{"error":"Gateway Timeout","reason":"auth API timed out"}"#,
             ),
+            // It answered, but not with what a session can be built from: say why (the reasons
+            // name fields and sizes, never a value).
+            RefreshError::AuthApi(AuthApiError::BadAnswer(why)) => {
+                let body = serde_json::json!({
+                    "error": "Bad Gateway",
+                    "reason": format!("auth API answer unusable: {why}"),
+                });
+                Answer {
+                    body: Cow::Owned(body.to_string().into_bytes()),
+                    ..Answer::json(502, b"")
+                }
+            }
+            // The auth API answered; the proxy could not sign the new tokens.
+            RefreshError::Mint(_) => Answer::json(
+                500,
+                br#"{"error":"Internal Server Error","reason":"could not mint the new tokens"}"#,
+            ),
             _ => Answer::json(
                 502,
                 br#"{"error":"Bad Gateway","reason":"auth API unavailable"}"#,
@@ -138,7 +167,8 @@ impl<'a> Answer<'a> {
     }
 
     pub fn header(&self) -> pingora::Result<ResponseHeader> {
-        let mut h = ResponseHeader::build(self.status, Some(7 + self.set_cookie.len()))?;
+        let lines = self.set_cookie.len() + self.more_cookies.len();
+        let mut h = ResponseHeader::build(self.status, Some(7 + lines))?;
         if !self.body.is_empty() {
             h.insert_header("Content-Type", "application/json")?;
         }
@@ -161,7 +191,7 @@ impl<'a> Answer<'a> {
         if let Some(id) = self.request_id {
             h.insert_header("X-Request-Id", id.clone())?;
         }
-        for line in self.set_cookie {
+        for line in self.set_cookie.iter().chain(self.more_cookies) {
             h.append_header("Set-Cookie", line.clone())?;
         }
         Ok(h)
@@ -178,10 +208,19 @@ impl<'a> Answer<'a> {
             .await?;
         if !self.body.is_empty() && !head_only {
             session
-                .write_response_body(Some(Bytes::from_static(self.body)), true)
+                .write_response_body(Some(self.body_bytes()), true)
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl Answer<'_> {
+    fn body_bytes(&self) -> Bytes {
+        match &self.body {
+            Cow::Borrowed(b) => Bytes::from_static(b),
+            Cow::Owned(v) => Bytes::copy_from_slice(v),
+        }
     }
 }
 
@@ -239,7 +278,7 @@ mod tests {
         let a = Answer::logout(&clear, None);
         let h = a.header().unwrap();
         assert_eq!(h.status.as_u16(), 401);
-        assert_eq!(a.body, br#"{"error":"Unauthorized"}"#);
+        assert_eq!(&*a.body, br#"{"error":"Unauthorized"}"#);
         assert_eq!(set_cookies(&h).len(), 5);
         assert_eq!(
             h.headers["content-length"],
@@ -286,11 +325,72 @@ mod tests {
         let h = a.header().unwrap();
         assert_eq!(h.status.as_u16(), 503);
         assert_eq!(
-            a.body,
-            br#"{"error":"Service Unavailable","reason":"auth API busy"}"#
+            &*a.body,
+            &br#"{"error":"Service Unavailable","reason":"auth API busy"}"#[..]
         );
         assert_eq!(h.headers["retry-after"], "1");
         assert!(set_cookies(&h).is_empty());
+    }
+
+    #[test]
+    fn refresh_failure_reasons_tell_what_happened() {
+        let cases = [
+            (
+                RefreshError::AuthApi(AuthApiError::Unreachable("refused".into())),
+                "auth API unavailable",
+            ),
+            (
+                RefreshError::AuthApi(AuthApiError::BadAnswer("HTTP 500".into())),
+                "auth API answer unusable: HTTP 500",
+            ),
+            (
+                RefreshError::AuthApi(AuthApiError::BadAnswer(
+                    "`etlsUser` needs 9 cookies of at most 4096 bytes, over cookies.max_chunks (8)"
+                        .into(),
+                )),
+                "auth API answer unusable: `etlsUser` needs 9 cookies of at most 4096 bytes, over cookies.max_chunks (8)",
+            ),
+            (
+                RefreshError::Mint("`accessTokenEtls` is over 8192 bytes".into()),
+                "could not mint the new tokens",
+            ),
+            (
+                RefreshError::AuthApi(AuthApiError::BadAnswer("`a\"b` is missing".into())),
+                "auth API answer unusable: `a\"b` is missing",
+            ),
+        ];
+        for (err, reason) in cases {
+            let a = Answer::refresh_failed(&err);
+            let h = a.header().unwrap();
+            let mint = matches!(err, RefreshError::Mint(_));
+            assert_eq!(h.status.as_u16(), if mint { 500 } else { 502 });
+            assert_eq!(
+                h.headers["content-length"],
+                a.body.len().to_string().as_str()
+            );
+            let body: serde_json::Value = serde_json::from_slice(&a.body_bytes()).unwrap();
+            assert_eq!(
+                body["error"],
+                if mint {
+                    "Internal Server Error"
+                } else {
+                    "Bad Gateway"
+                }
+            );
+            assert_eq!(body["reason"], reason, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn per_request_lines_follow_the_shared_ones() {
+        let (clear, more) = (lines(5), lines(2));
+        let h = Answer::logged_out(&clear)
+            .with_cookies(&more[1..])
+            .header()
+            .unwrap();
+        let got = set_cookies(&h);
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[5], "c1=; Max-Age=0");
     }
 
     #[test]

@@ -72,6 +72,11 @@ impl<'a> CookieJar<'a> {
         !self.more.is_empty()
     }
 
+    /// Every Cookie header value, as sent.
+    pub fn headers(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.first.into_iter().chain(self.more.iter().copied())
+    }
+
     pub fn crumbs(&self) -> impl Iterator<Item = Crumb<'a>> + '_ {
         self.first
             .into_iter()

@@ -104,7 +104,8 @@ pub fn check_rewrite(headers: &[&[u8]], updates: &[(&str, &str)]) {
 }
 
 /// The Set-Cookie builder fed with an auth API answer: whatever the body, either a clean error
-/// or five (four without a user record) well-formed lines whose values are the API's tokens
+/// or five (four without a user record) cookies of well-formed lines (several chunks for a
+/// value over one cookie) whose values are the API's tokens
 /// and freshly minted eTLS tokens that verify.
 pub fn auth_answer(data: &[u8]) {
     let (fields, body) = match data.split_first() {
@@ -141,6 +142,8 @@ pub fn auth_answer(data: &[u8]) {
         names: &names,
         policy: &policy,
         send_cookies: &send_cookies,
+        max_chunks: 8,
+        max_cookie_bytes: 64 * 1024,
     };
     let claims: Claims = serde_json::from_str(r#"{"username":"ann"}"#).expect("claims");
     let expected_api = (api.access_token.clone(), api.refresh_token.clone());
@@ -148,21 +151,37 @@ pub fn auth_answer(data: &[u8]) {
     let Ok(session) = mint_session(&minting, &claims, api, "refreshToken=old", NOW) else {
         return;
     };
-    let lines = session.set_cookie();
-    assert_eq!(lines.len(), if has_user { 5 } else { 4 });
-    for (line, name) in lines.iter().zip(names.all()) {
-        let text = line.to_str().expect("a Set-Cookie line is visible ASCII");
-        let parsed = cookie::Cookie::parse(text).expect("a Set-Cookie line parses");
-        assert_eq!(parsed.name(), name, "{text}");
-        assert_eq!(parsed.http_only(), Some(true), "{text}");
-        assert_eq!(parsed.secure(), Some(true), "{text}");
-        assert_eq!(parsed.path(), Some("/"), "{text}");
-        assert_eq!(parsed.domain(), Some("example.test"), "{text}");
-        assert_eq!(
-            text.matches(';').count(),
-            5 + 1,
-            "one value, six attributes: {text}"
-        );
+    let cookies: Vec<(&str, &[http::HeaderValue])> = session.cookie_lines().collect();
+    assert_eq!(cookies.len(), if has_user { 5 } else { 4 });
+    for ((cookie, lines), name) in cookies.iter().zip(names.all()) {
+        assert_eq!(*cookie, name);
+        let mut joined = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let text = line.to_str().expect("a Set-Cookie line is visible ASCII");
+            assert!(
+                text.len() <= crate::chunks::MAX_LINE_BYTES,
+                "{}",
+                text.len()
+            );
+            let parsed = cookie::Cookie::parse(text).expect("a Set-Cookie line parses");
+            let want = match lines.len() {
+                1 => name.to_owned(),
+                _ => crate::chunks::chunk_name(name, i),
+            };
+            assert_eq!(parsed.name(), want, "{text}");
+            assert_eq!(parsed.http_only(), Some(true), "{text}");
+            assert_eq!(parsed.secure(), Some(true), "{text}");
+            assert_eq!(parsed.path(), Some("/"), "{text}");
+            assert_eq!(parsed.domain(), Some("example.test"), "{text}");
+            assert_eq!(
+                text.matches(';').count(),
+                5 + 1,
+                "one value, six attributes: {text}"
+            );
+            joined.push_str(parsed.value());
+        }
+        let whole = session.cookies().find(|(n, _)| n == cookie).map(|(_, v)| v);
+        assert_eq!(Some(joined.as_str()), whole, "chunks join to the value");
     }
     let values: Vec<(&str, &str)> = session.cookies().collect();
     assert_eq!(values[2].1, expected_api.0);

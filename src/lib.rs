@@ -8,6 +8,7 @@ pub mod admin;
 pub mod answer;
 pub mod auth_api;
 pub mod cache_control;
+pub mod chunks;
 pub mod config;
 pub mod cookies;
 pub mod decision;

@@ -15,6 +15,7 @@ use crate::access_log::AccessEntry;
 use crate::answer::Answer;
 use crate::auth_api::{AuthApiClient, AuthApiError};
 use crate::cache_control;
+use crate::chunks::{self, Layout};
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
@@ -154,6 +155,8 @@ impl EtlsProxy {
         let purpose = match config.routes.classify(req.uri.path().as_bytes()) {
             Route::Public => {
                 ctx.outcome = Outcome::Public;
+                let jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+                ctx.forward_cookie = joined_chunks(config, &jar).and_then(header_value);
                 return Step::Forward;
             }
             Route::LogoutEndpoint | Route::RefreshEndpoint
@@ -174,7 +177,15 @@ impl EtlsProxy {
             Route::RefreshEndpoint => Purpose::RefreshEndpoint,
             _ => Purpose::Request,
         };
-        let jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+        let joined: Vec<u8>;
+        let mut jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+        // Chunked values are joined: the decision, the session key, the auth API and the app
+        // all read one cookie per name.
+        if let Some(header) = joined_chunks(config, &jar) {
+            joined = header;
+            ctx.forward_cookie = HeaderValue::from_bytes(&joined).ok();
+            jar = CookieJar::from_headers([joined.as_slice()]);
+        }
         let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
         let plan = match verdict {
             Verdict::Forward { keep_access } => return forward(config, ctx, &jar, keep_access),
@@ -299,8 +310,14 @@ impl EtlsProxy {
     /// table, then the backend logout runs when configured; nothing here can stop the answer.
     async fn end_session(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
         let config = &ctx.config;
-        let jar =
+        let sent =
             CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+        // A chunked `refreshToken` names its session joined, as the refresh read it.
+        let joined = joined_chunks(config, &sent);
+        let jar = match &joined {
+            Some(header) => CookieJar::from_headers([header.as_slice()]),
+            None => sent,
+        };
         let api_cookies = api_cookie_header(&jar, &config.auth_api.send_cookies);
         if api_cookies.is_empty() {
             return;
@@ -331,6 +348,17 @@ impl EtlsProxy {
 
     async fn reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
         let clear = &ctx.config.clear_cookies;
+        let more = match &reply {
+            Reply::Logout(_) | Reply::LoggedOut => {
+                chunk_clears(&ctx.config, session.req_header(), &[Layout::Cleared; 5])
+            }
+            Reply::Refreshed(renewed) => chunk_clears(
+                &ctx.config,
+                session.req_header(),
+                &renewed.layout(&ctx.config.names),
+            ),
+            _ => Vec::new(),
+        };
         let answer = match &reply {
             Reply::Logout(location) => Answer::logout(clear, location.clone()),
             Reply::LoggedOut => Answer::logged_out(clear),
@@ -345,7 +373,11 @@ impl EtlsProxy {
             Reply::Refreshed(renewed) => Answer::refreshed(renewed),
             Reply::RefreshFailed(error) => Answer::refresh_failed(error),
         };
-        answer.with_request_id(request_id(ctx)).send(session).await
+        answer
+            .with_request_id(request_id(ctx))
+            .with_cookies(&more)
+            .send(session)
+            .await
     }
 }
 
@@ -414,6 +446,25 @@ fn caller(session: &Session, ctx: &RequestCtx) -> Caller {
 
 fn request_id(ctx: &RequestCtx) -> Option<&HeaderValue> {
     ctx.caller.as_ref().map(|c| &c.request_id)
+}
+
+/// The Cookie header with chunked values joined, when the request carries chunks (a scan
+/// without allocation otherwise).
+fn joined_chunks(config: &RuntimeConfig, jar: &CookieJar<'_>) -> Option<Vec<u8>> {
+    if !chunks::any_chunk(jar, &config.names) {
+        return None;
+    }
+    chunks::normalise(jar, &config.names, config.max_chunks)
+}
+
+/// This request's chunk cookies that the answer's `layout` no longer uses, to clear.
+fn chunk_clears(
+    config: &RuntimeConfig,
+    req: &RequestHeader,
+    layout: &[Layout; 5],
+) -> Vec<HeaderValue> {
+    let jar = CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+    chunks::clears_for(&config.cookie_policy, &config.names, &jar, layout)
 }
 
 fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
@@ -514,7 +565,7 @@ impl ProxyHttp for EtlsProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -535,10 +586,24 @@ impl ProxyHttp for EtlsProxy {
                 .iter()
                 .filter_map(|v| policy.deleted_by(v.to_str().ok()?).map(str::to_owned))
                 .collect();
-            for ((name, _), line) in renewed.cookies().zip(renewed.set_cookie()) {
+            for (name, lines) in renewed.cookie_lines() {
                 if !deleted.iter().any(|d| d == name) {
-                    response.append_header("Set-Cookie", line.clone())?;
+                    for line in lines {
+                        response.append_header("Set-Cookie", line.clone())?;
+                    }
                 }
+            }
+            // Chunks this request holds that the new values no longer use; all of them for a
+            // cookie the app deleted.
+            let names = &ctx.config.names;
+            let mut layout = renewed.layout(names);
+            for (slot, name) in names.all().iter().enumerate() {
+                if deleted.iter().any(|d| d == name) {
+                    layout[slot] = Layout::Cleared;
+                }
+            }
+            for line in chunk_clears(&ctx.config, session.req_header(), &layout) {
+                response.append_header("Set-Cookie", line)?;
             }
             // A response carrying session cookies must never sit in a shared cache.
             cache_control::keep_private(response)?;
@@ -557,8 +622,16 @@ impl ProxyHttp for EtlsProxy {
             .response_written()
             .is_some_and(|h| !crate::status::is_interim(h.status));
         if code > 0 && !final_written {
-            let answer =
-                Answer::app_failed(code, ctx.renewed.as_deref()).with_request_id(request_id(ctx));
+            let more = ctx.renewed.as_deref().map_or_else(Vec::new, |r| {
+                chunk_clears(
+                    &ctx.config,
+                    session.req_header(),
+                    &r.layout(&ctx.config.names),
+                )
+            });
+            let answer = Answer::app_failed(code, ctx.renewed.as_deref())
+                .with_cookies(&more)
+                .with_request_id(request_id(ctx));
             if let Err(write_error) = answer.send(session).await {
                 log::debug!("could not send the error answer: {write_error}");
             }

@@ -141,11 +141,20 @@ fn header_value_end(text: &[u8], mut j: usize) -> usize {
     text.len()
 }
 
-/// `name=value` of a managed cookie wherever it appears.
+/// `name=value` (or a chunk's `name.3=value`) of a managed cookie wherever it appears.
 fn cookie_values(text: &[u8], name: &[u8], spans: &mut Vec<(usize, usize)>) {
     let mut i = 0;
     while let Some(pos) = find(&text[i..], name) {
         let mut j = i + pos + name.len();
+        if text.get(j) == Some(&b'.') {
+            let digits = text[j + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if digits > 0 {
+                j += 1 + digits;
+            }
+        }
         if j < text.len() && text[j] == b'=' {
             j += 1;
             let start = j;
@@ -355,6 +364,7 @@ mod tests {
             "GET / HTTP/1.1\r\nCOOKIE: refreshToken=opaque-api-token\r\n".to_owned(),
             r#"set-cookie": "etlsUser=opaque-user; HttpOnly""#.to_owned(),
             "accessToken=opaque-api-token&x=1".to_owned(),
+            "joined etlsUser.0=opaque-user and refreshToken.12=opaque-api-token".to_owned(),
             format!("token {jwt} went by"),
             "secret super-secret-value-0123456789abcd leaked".to_owned(),
             // Escaped quotes and folded lines do not end the header value.

@@ -100,6 +100,8 @@ fn a_valid_request_allocates_nothing() {
         let ctx = RequestCtx::new(std::sync::Arc::clone(&runtime));
         assert_eq!(routes.classify(b"/dashboard/settings"), Route::Protected);
         let jar = CookieJar::from_headers([cookie.as_bytes()]);
+        // The scan for chunk cookies (`chunks`) every request pays.
+        assert!(!etls_proxy::chunks::any_chunk(&jar, &runtime.names));
         let verdict = assess(&jar, &policy, now, Purpose::Request);
         assert_eq!(verdict, Verdict::Forward { keep_access: None });
         drop(ctx);
@@ -147,6 +149,11 @@ fn a_valid_request_allocates_nothing() {
     };
     check();
     assert_eq!(allocations_in(check), 0, "refresh token with sid");
+    // Joining chunks is off the hot path: it allocates.
+    let chunked = format!("{cookie}; etlsUser.0=a; etlsUser.1=b");
+    let jar = CookieJar::from_headers([chunked.as_bytes()]);
+    assert!(etls_proxy::chunks::any_chunk(&jar, &names));
+    assert!(allocations_in(|| drop(etls_proxy::chunks::normalise(&jar, &names, 8))) > 0);
     // The counter does count: a refresh-path rewrite allocates.
     assert!(
         allocations_in(|| drop(etls_proxy::cookies::rewrite(

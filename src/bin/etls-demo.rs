@@ -22,6 +22,9 @@ use etls_proxy::tokens::{Claims, TokenKeys, TokenTimes};
 /// Refresh tokens the demo auth API accepts once each (then rotates): any value with this
 /// prefix it has not seen before, as if the session had logged in elsewhere.
 const DEMO_PREFIX: &str = "demo-rt-";
+/// Sessions whose user record is too large for one cookie (400 permissions, about 7 KB of
+/// JSON): the proxy splits `etlsUser` into chunks. Rotation keeps the prefix.
+const BIG_USER_PREFIX: &str = "demo-rt-big-";
 
 #[derive(Parser)]
 #[command(
@@ -172,6 +175,7 @@ impl ServeHttp for DemoAuthApi {
         else {
             return json_response(401, json!({"error": "No refresh token provided"}));
         };
+        let big = token.starts_with(BIG_USER_PREFIX);
         let fresh = token.starts_with(DEMO_PREFIX) && {
             let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
             if used.len() > 100_000 {
@@ -190,12 +194,24 @@ impl ServeHttp for DemoAuthApi {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        let (prefix, user) = if big {
+            let perms: Vec<String> = (0..400).map(|i| format!("perm:read:{i:05}")).collect();
+            (
+                BIG_USER_PREFIX,
+                json!({"id": 1, "role": "admin", "username": "demo", "perms": perms}),
+            )
+        } else {
+            (
+                DEMO_PREFIX,
+                json!({"id": 1, "role": "admin", "username": "demo"}),
+            )
+        };
         json_response(
             200,
             json!({
                 "accessToken": format!("demo-at-{}", random_hex()),
-                "refreshToken": format!("{DEMO_PREFIX}{}", random_hex()),
-                "userData": {"id": 1, "role": "admin", "username": "demo"},
+                "refreshToken": format!("{prefix}{}", random_hex()),
+                "userData": user,
             }),
         )
     }

@@ -16,6 +16,7 @@ use super::file::{DEFAULT_APP_ADDRESS, ListenFile};
 use super::{Env, Listener, Loaded, Outside, Problem, Resolve, RuntimeConfig, TlsFiles, Upstream};
 use crate::access_log::AccessLogFormat;
 use crate::auth_api::{ApiEndpoint, AuthApiSettings, AuthFields};
+use crate::chunks::{MAX_CHUNKS, MAX_LINE_BYTES};
 use crate::cookies::{CookieNames, is_cookie_name};
 use crate::forwarded::{Cidr, TrustedProxies};
 use crate::identity::{IdentityHeaders, is_reserved};
@@ -33,6 +34,7 @@ const MAX_WINDOW_SECS: u64 = 86_400;
 /// `downstream.*_timeout_secs`: an hour at most (nginx has no upper bound; more only holds sockets).
 const MAX_DOWNSTREAM_SECS: u64 = 3_600;
 const MAX_HEALTH_CHECK_SECS: u64 = 3600;
+const DEFAULT_MAX_CHUNKS: usize = 8;
 
 #[derive(Default)]
 struct Checker {
@@ -88,6 +90,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
         );
     }
     let trusted_proxies = check_trusted_proxies(&mut c, &file.downstream.trusted_proxies);
+    let max_chunks = check_max_chunks(&mut c, file.cookies.max_chunks, max_cookie_bytes);
     let admin_listen = check_admin(&mut c, file.admin.listen, &listen);
     let identity = check_identity(&mut c, &file.upstream_headers);
     let format = AccessLogFormat::parse(&file.log.format);
@@ -145,6 +148,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             keys,
             names,
             cookie_policy: policy,
+            max_chunks,
             clear_cookies,
             routes,
             grace: Duration::from_secs(file.refresh.grace_secs),
@@ -865,6 +869,27 @@ fn check_cookies(
     ok.then_some((names, policy))
 }
 
+/// `cookies.max_chunks`: 1 (no value is ever split) to 64. Chunks of up to 4096 bytes can add
+/// up to more than `downstream.max_cookie_bytes`; each refresh checks the total (a 502 naming
+/// it rather than a browser locked out by 431), and a bound set that high gets a warning.
+fn check_max_chunks(c: &mut Checker, max_chunks: Option<usize>, max_cookie_bytes: usize) -> usize {
+    let Some(max) = max_chunks else {
+        return DEFAULT_MAX_CHUNKS;
+    };
+    if !(1..=MAX_CHUNKS).contains(&max) {
+        c.problem(
+            "cookies.max_chunks",
+            format!("must be between 1 and {MAX_CHUNKS}, got {max}"),
+        );
+    } else if max * MAX_LINE_BYTES > max_cookie_bytes {
+        c.warnings.push(format!(
+            "cookies.max_chunks: {max} cookies of up to {MAX_LINE_BYTES} bytes ({}) exceed downstream.max_cookie_bytes ({max_cookie_bytes}); a refresh whose cookies would take more is answered 502",
+            max * MAX_LINE_BYTES
+        ));
+    }
+    max
+}
+
 fn is_attribute_value(v: &str) -> bool {
     v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';')
 }
@@ -1294,6 +1319,39 @@ upstream_headers: {username: Cookie, role: "bad name", id: X-User, sub: x-user}
         assert_eq!(rt.admin_listen.as_deref(), Some("127.0.0.1:9901"));
         assert_eq!(rt.access_log, None);
         assert_eq!(rt.identity.map.len(), 1);
+    }
+
+    #[test]
+    fn max_chunks_is_checked_with_its_path() {
+        let env = env_with(SECRETS);
+        let load = |yaml: &str| build(parse(yaml).unwrap(), outside(&env));
+        let loaded = load("").unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(loaded.runtime.max_chunks, 8);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        for (yaml, want) in [
+            (
+                "cookies: {max_chunks: 0}",
+                "cookies.max_chunks: must be between 1 and 64, got 0",
+            ),
+            (
+                "cookies: {max_chunks: 65}",
+                "cookies.max_chunks: must be between 1 and 64, got 65",
+            ),
+        ] {
+            assert_eq!(problems(yaml, SECRETS), [want], "{yaml}");
+        }
+        let loaded = load("cookies: {max_chunks: 3}").unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(loaded.runtime.max_chunks, 3);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let loaded = load("cookies: {max_chunks: 8}\ndownstream: {max_cookie_bytes: 20000}")
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(loaded.runtime.max_chunks, 8);
+        assert_eq!(
+            loaded.warnings,
+            [
+                "cookies.max_chunks: 8 cookies of up to 4096 bytes (32768) exceed downstream.max_cookie_bytes (20000); a refresh whose cookies would take more is answered 502"
+            ]
+        );
     }
 
     #[test]

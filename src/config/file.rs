@@ -332,6 +332,9 @@ pub struct CookiesFile {
     pub secure: Option<bool>,
     #[serde(default = "default_same_site")]
     pub same_site: String,
+    /// The most cookies one value is split into; default 8 (`chunks`).
+    #[serde(default)]
+    pub max_chunks: Option<usize>,
 }
 
 impl Default for CookiesFile {
@@ -343,6 +346,7 @@ impl Default for CookiesFile {
             domain: None,
             secure: None,
             same_site: default_same_site(),
+            max_chunks: None,
         }
     }
 }

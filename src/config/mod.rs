@@ -94,6 +94,8 @@ pub struct RuntimeConfig {
     pub keys: TokenKeys,
     pub names: CookieNames,
     pub cookie_policy: CookiePolicy,
+    /// `cookies.max_chunks`: the most cookies one value is split into.
+    pub max_chunks: usize,
     /// The logout response's Set-Cookie lines, built once.
     pub clear_cookies: Vec<HeaderValue>,
     pub routes: Routes,
@@ -121,6 +123,8 @@ impl RuntimeConfig {
             names: &self.names,
             policy: &self.cookie_policy,
             send_cookies: &self.auth_api.send_cookies,
+            max_chunks: self.max_chunks,
+            max_cookie_bytes: self.max_cookie_bytes,
         }
     }
 }

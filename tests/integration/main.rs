@@ -4,6 +4,7 @@ mod auth_api_bound;
 mod balance;
 mod binding;
 mod cache;
+mod chunks;
 mod cli;
 mod concurrency;
 mod cross_site;

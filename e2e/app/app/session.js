@@ -23,6 +23,9 @@ export async function seenCookies() {
   return {
     accessTokenEtls,
     accessToken,
+    // The user token as one cookie, and how many chunk cookies (etlsUser.N) the app saw.
+    etlsUser: jar.get('etlsUser')?.value ?? '',
+    etlsUserChunks: jar.getAll().filter((c) => /^etlsUser\.\d+$/.test(c.name)).length,
     headerAccessTokenEtls: inHeader ?? '',
     exp: expOf(accessTokenEtls),
     renderedAt: Date.now(),
