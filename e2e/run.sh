@@ -19,10 +19,8 @@ if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); proce
   exit 2
 fi
 
-# Install from the lockfile whenever it differs from the one node_modules was installed from.
-# Not `npm ci`: the registry reachable here has no macOS/Windows builds of @next/swc, so the
-# lockfile made here lacks those optional entries and `npm ci` refuses it as out of sync;
-# `npm install --no-save` installs the locked versions all the same and leaves the lockfile be.
+# Install from the lockfile whenever it differs from the one node_modules was installed from;
+# `npm install --no-save` installs the locked versions and leaves the lockfile be.
 if ! cmp -s package-lock.json node_modules/.e2e-installed-lock 2>/dev/null; then
   echo "e2e: npm install (versions from package-lock.json)"
   timeout 900 npm install --no-save --no-audit --no-fund --loglevel=error

@@ -9,20 +9,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-async fn admin_get(admin: SocketAddr, path: &str) -> Response {
-    send_raw(
-        admin,
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
-    )
-    .await
-}
-
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
-}
-
 /// Polls `check` every 20 ms for up to `limit`.
 async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

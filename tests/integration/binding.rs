@@ -56,12 +56,6 @@ async fn metrics(admin: SocketAddr) -> String {
         .text()
 }
 
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
-}
-
 fn unbound(text: &str, result: &str) -> f64 {
     series(
         text,

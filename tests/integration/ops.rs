@@ -8,21 +8,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-async fn admin_get(admin: SocketAddr, path: &str) -> Response {
-    send_raw(
-        admin,
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
-    )
-    .await
-}
-
-/// The value of one series in the Prometheus text.
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
-}
-
 /// Polls until `check` holds, for up to five seconds.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where

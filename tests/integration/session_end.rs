@@ -45,20 +45,6 @@ fn assert_logged_out(r: &Response) {
     assert!(lines.iter().all(|l| l.contains("Max-Age=0")), "{lines:?}");
 }
 
-async fn admin_get(admin: SocketAddr, path: &str) -> Response {
-    send_raw(
-        admin,
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
-    )
-    .await
-}
-
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
-}
-
 fn admin_yaml() -> (SocketAddr, String) {
     let port = free_port();
     (

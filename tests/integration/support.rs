@@ -944,6 +944,22 @@ impl Response {
     }
 }
 
+/// A GET to the admin listener (`/metrics`, `/healthz`, `/readyz`).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Response {
+    send_raw(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+/// The value of one series in the Prometheus text.
+pub fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
+}
+
 /// `n` concurrent GETs carrying `cookie`, each on its own connection.
 pub async fn fan_out(addr: SocketAddr, cookie: &str, n: usize) -> Vec<Response> {
     let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
