@@ -138,20 +138,7 @@ fn check_refuses_a_zero_bound_and_a_bad_logout_url() {
             "auth_api.logout_url",
         ),
     ] {
-        let conf = TempFile::new("bound.yaml", yaml);
-        let out = Command::new(proxy_bin())
-            .arg("-t")
-            .arg("-c")
-            .arg(&conf.0)
-            .env("ETLS_ACCESS", ACCESS_SECRET)
-            .env("ETLS_REFRESH", REFRESH_SECRET)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (out, text) = check_config(yaml);
         assert_eq!(out.status.code(), Some(2), "{yaml}: {text}");
         assert!(text.contains(&format!("{key}: ")), "{yaml}: {text}");
         assert!(!text.contains("panicked"), "{text}");

@@ -1,8 +1,6 @@
 //! Values over one cookie: split into `name.0..k` chunks on the way out, joined on the way in,
 //! stale chunks cleared, bounded by `cookies.max_chunks`.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -341,20 +339,7 @@ fn check_reports_max_chunks_by_its_path() {
             "cookies.max_chunks: 12 cookies of up to 4096 bytes (49152) exceed downstream.max_cookie_bytes (16384)",
         ),
     ] {
-        let conf = TempFile::new("chunks.yaml", yaml);
-        let out = Command::new(proxy_bin())
-            .arg("-t")
-            .arg("-c")
-            .arg(&conf.0)
-            .env("ETLS_ACCESS", ACCESS_SECRET)
-            .env("ETLS_REFRESH", REFRESH_SECRET)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (out, text) = check_config(yaml);
         assert_eq!(out.status.code(), code, "{text}");
         assert!(text.contains(want), "{text}");
         assert!(!text.contains("panicked"), "{text}");

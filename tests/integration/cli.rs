@@ -1,31 +1,8 @@
 //! `etls-proxy -t` and start-up refusals: clear messages naming the key, never a panic.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::support::*;
-
-fn run(args: &[&str], yaml: &str, env: &[(&str, &str)]) -> (Output, String) {
-    let conf = TempFile::new("cli.yaml", yaml);
-    let mut cmd = Command::new(proxy_bin());
-    cmd.args(args)
-        .arg("-c")
-        .arg(&conf.0)
-        .env_remove("ETLS_ACCESS")
-        .env_remove("ETLS_REFRESH")
-        .env_remove("ETLS_ACCESS_EXPIRE_TIME")
-        .env_remove("ETLS_REFRESH_EXPIRE_TIME");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("panicked"), "{text}");
-    (out, text)
-}
 
 const SECRETS: [(&str, &str); 2] = [
     ("ETLS_ACCESS", ACCESS_SECRET),
@@ -37,7 +14,7 @@ fn the_shipped_config_checks_out() {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/etls-proxy.yaml"))
             .unwrap();
-    let (out, text) = run(&["-t"], &shipped, &SECRETS);
+    let (out, text) = run_cli(&["-t"], &shipped, &SECRETS);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("is valid"), "{text}");
 }
@@ -58,21 +35,21 @@ fn the_deploy_config_checks_out_with_its_secrets_file() {
         ),
     );
     let yaml = deploy.replace("/etc/etls-proxy/secrets.env", secrets.0.to_str().unwrap());
-    let (out, text) = run(&["-t"], &yaml, &[]);
+    let (out, text) = run_cli(&["-t"], &yaml, &[]);
     assert!(out.status.success(), "{text}");
     std::fs::write(
         &secrets.0,
         format!("ETLS_ACCESS={ACCESS_SECRET}\nETLS_REFRESH {REFRESH_SECRET}\n"),
     )
     .unwrap();
-    let (out, text) = run(&["-t"], &yaml, &[]);
+    let (out, text) = run_cli(&["-t"], &yaml, &[]);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains("env_file: line 2: expected KEY=VALUE"),
         "{text}"
     );
     assert!(!text.contains(REFRESH_SECRET), "{text}");
-    let (out, text) = run(
+    let (out, text) = run_cli(
         &["-t"],
         &deploy.replace("/etc/etls-proxy/secrets.env", "/nonexistent/x.env"),
         &[],
@@ -88,10 +65,10 @@ fn the_deploy_config_checks_out_with_its_secrets_file() {
 fn check_never_binds_the_listen_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let (out, text) = run(&["-t"], &format!("listen: ['127.0.0.1:{port}']"), &SECRETS);
+    let (out, text) = run_cli(&["-t"], &format!("listen: ['127.0.0.1:{port}']"), &SECRETS);
     assert!(out.status.success(), "-t must not bind: {text}");
     // Starting for real on a taken port is refused with the key, not a panic.
-    let (out, text) = run(&[], &format!("listen: ['127.0.0.1:{port}']"), &SECRETS);
+    let (out, text) = run_cli(&[], &format!("listen: ['127.0.0.1:{port}']"), &SECRETS);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains("listen[0]") && text.contains(&port.to_string()),
@@ -171,7 +148,7 @@ fn refusals_name_the_key_env_var_or_line() {
     ];
     for (yaml, env, needles) in cases {
         for args in [&["-t"][..], &[][..]] {
-            let (out, text) = run(args, yaml, env);
+            let (out, text) = run_cli(args, yaml, env);
             assert_eq!(out.status.code(), Some(2), "{yaml:?} {args:?}: {text}");
             for needle in *needles {
                 assert!(
@@ -186,7 +163,7 @@ fn refusals_name_the_key_env_var_or_line() {
 #[test]
 fn every_problem_is_listed_at_once() {
     let yaml = "listen: ['x']\nauth_api: {timeout_ms: 0}\nrefresh: {max_entries: 0}\n";
-    let (out, text) = run(&["-t"], yaml, &[]);
+    let (out, text) = run_cli(&["-t"], yaml, &[]);
     assert_eq!(out.status.code(), Some(2));
     for key in [
         "listen[0]",
@@ -205,7 +182,7 @@ fn short_secrets_pass_only_when_allowed_and_then_warn() {
         ("ETLS_ACCESS", "short-access"),
         ("ETLS_REFRESH", "short-refresh"),
     ];
-    let (out, text) = run(&["-t"], "tokens: {allow_short_secrets: true}", &env);
+    let (out, text) = run_cli(&["-t"], "tokens: {allow_short_secrets: true}", &env);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("warning") && text.contains("32-byte"),

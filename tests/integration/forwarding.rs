@@ -265,20 +265,7 @@ fn the_check_names_a_bad_trusted_proxy_entry() {
             "0 to 128",
         ),
     ] {
-        let conf = TempFile::new("fwd.yaml", yaml);
-        let out = Command::new(proxy_bin())
-            .arg("-t")
-            .arg("-c")
-            .arg(&conf.0)
-            .env("ETLS_ACCESS", ACCESS_SECRET)
-            .env("ETLS_REFRESH", REFRESH_SECRET)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (out, text) = check_config(yaml);
         assert_eq!(out.status.code(), Some(2), "{yaml}: {text}");
         assert!(
             text.contains(key) && text.contains(needle),

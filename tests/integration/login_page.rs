@@ -1,28 +1,11 @@
 //! `routes.login_redirect` makes its own path public: no need to list it in `routes.public`.
 
-use std::process::Command;
-
 use crate::support::*;
 
 #[test]
 fn a_login_redirect_not_listed_as_public_passes_the_check() {
-    let conf = TempFile::new(
-        "login.yaml",
-        "routes: {login_redirect: '/login?from=proxy', public: ['/_next/static/']}\n",
-    );
-    let out = Command::new(proxy_bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&conf.0)
-        .env("ETLS_ACCESS", ACCESS_SECRET)
-        .env("ETLS_REFRESH", REFRESH_SECRET)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, text) =
+        check_config("routes: {login_redirect: '/login?from=proxy', public: ['/_next/static/']}\n");
     assert!(out.status.success(), "{text}");
     assert!(text.contains("is valid"), "{text}");
 }

@@ -944,6 +944,43 @@ impl Response {
     }
 }
 
+/// Runs the binary with `args` and `-c` on a file holding `yaml`, with only `env` for the
+/// secret and TTL variables: its output and stdout + stderr, which never tell of a panic.
+pub fn run_cli(args: &[&str], yaml: &str, env: &[(&str, &str)]) -> (std::process::Output, String) {
+    let conf = TempFile::new("cli.yaml", yaml);
+    let mut cmd = Command::new(proxy_bin());
+    cmd.args(args)
+        .arg("-c")
+        .arg(&conf.0)
+        .env_remove("ETLS_ACCESS")
+        .env_remove("ETLS_REFRESH")
+        .env_remove("ETLS_ACCESS_EXPIRE_TIME")
+        .env_remove("ETLS_REFRESH_EXPIRE_TIME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    (out, text)
+}
+
+/// `etls-proxy -t` on `yaml` with the test secrets.
+pub fn check_config(yaml: &str) -> (std::process::Output, String) {
+    run_cli(
+        &["-t"],
+        yaml,
+        &[
+            ("ETLS_ACCESS", ACCESS_SECRET),
+            ("ETLS_REFRESH", REFRESH_SECRET),
+        ],
+    )
+}
+
 /// A GET to the admin listener (`/metrics`, `/healthz`, `/readyz`).
 pub async fn admin_get(admin: SocketAddr, path: &str) -> Response {
     send_raw(
