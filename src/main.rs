@@ -122,7 +122,37 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     }
     let live = Arc::new(LiveConfig::new(cli.conf.clone(), runtime));
     let metrics = Arc::new(Metrics::new());
-    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app);
+    let shared = match live.load().shared_store.clone() {
+        None => None,
+        Some(settings) => {
+            match etls_proxy::shared_store::SharedStore::start(settings, metrics.registry()) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    eprintln!("etls-proxy: refresh.redis: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    if let Some(store) = &shared {
+        // Unreachable at start is a warning: sharing begins once it answers.
+        let probe = Arc::clone(store);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let Ok(runtime) = runtime else { return };
+            match runtime.block_on(probe.ping()) {
+                Ok(()) => log::info!("refresh results shared through {}", probe.display()),
+                Err(e) => log::warn!(
+                    "refresh.redis: {} does not answer ({e}); refreshes stay in this process until it does",
+                    probe.display()
+                ),
+            }
+        });
+    }
+    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app)
+        .with_shared_store(shared);
     let mut service = http_proxy_service(&server.configuration, proxy);
     for listener in &listen {
         let buffers = L4BufferSettings::default().read(read_buffer);

@@ -17,13 +17,14 @@ use crate::auth_api::{AuthApiClient, AuthApiError};
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
-use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::flight::{Joined, RefreshFlights, SessionKey};
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
 use crate::renewal::{
     RefreshError, RenewedSession, backend_logout, land, renew, renewed_api_cookies,
 };
 use crate::routes::{Route, is_page_navigation};
+use crate::shared_store::SharedStore;
 use crate::upstream::AppUpstream;
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
@@ -32,9 +33,10 @@ pub struct EtlsProxy {
     live: Arc<LiveConfig>,
     flights: Arc<Flights>,
     client: Arc<AuthApiClient>,
-    keyer: Arc<SessionKeyer>,
     metrics: Arc<Metrics>,
     app: Arc<AppUpstream>,
+    /// `refresh.store: redis`: the flights' leaders coordinate with the other instances.
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl EtlsProxy {
@@ -48,10 +50,15 @@ impl EtlsProxy {
             live,
             flights,
             client: Arc::new(AuthApiClient::default()),
-            keyer: Arc::default(),
             metrics,
             app,
+            shared: None,
         }
+    }
+
+    pub fn with_shared_store(mut self, shared: Option<Arc<SharedStore>>) -> Self {
+        self.shared = shared;
+        self
     }
 }
 
@@ -156,10 +163,10 @@ impl EtlsProxy {
             Verdict::Refuse(refusal) => return refuse(config, req, ctx, refusal),
             Verdict::Refresh(plan) => plan,
         };
-        let key = self.keyer.key(&[plan.api_cookies.as_bytes()]);
+        let key = config.session_keyer.key(&[plan.api_cookies.as_bytes()]);
         ctx.session = Some(key);
         let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
-        let (metrics, keyer) = (Arc::clone(&self.metrics), Arc::clone(&self.keyer));
+        let (metrics, shared) = (Arc::clone(&self.metrics), self.shared.clone());
         let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
         // Only the request that starts the flight copies what the flight needs.
         let start = move || {
@@ -167,25 +174,45 @@ impl EtlsProxy {
             async move {
                 let config = flight_config;
                 let minting = config.minting();
-                let started = Instant::now();
-                let result = renew(
-                    &client,
-                    &config.auth_api,
-                    &minting,
-                    &refresh_token,
-                    &api_cookies,
-                )
-                .await;
-                metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+                let call = async {
+                    let started = Instant::now();
+                    let result = renew(
+                        &client,
+                        &config.auth_api,
+                        &minting,
+                        &refresh_token,
+                        &api_cookies,
+                    )
+                    .await;
+                    metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+                    result
+                };
                 let send = &config.auth_api.send_cookies;
-                land(result, |renewed| {
-                    keyer.key(&[renewed_api_cookies(&api_cookies, renewed, send).as_bytes()])
-                })
+                let keyer = &config.session_keyer;
+                let next = |renewed: &RenewedSession| {
+                    Some(keyer.key(&[renewed_api_cookies(&api_cookies, renewed, send).as_bytes()]))
+                };
+                match shared {
+                    Some(store) => {
+                        let (timeout, grace) = (config.auth_api.timeout, config.grace);
+                        store
+                            .coordinate(key, &api_cookies, timeout, grace, call, next)
+                            .await
+                    }
+                    None => land(call.await, next),
+                }
             }
         };
         let waiting = Instant::now();
         let max_in_flight = config.auth_api.max_in_flight;
-        let (outcome, joined) = self.flights.run_bounded(key, max_in_flight, start).await;
+        let (mut outcome, joined) = self.flights.run_bounded(key, max_in_flight, start).await;
+        // A result kept here may belong to a session another instance has ended since.
+        if let (Ok(_), Joined::Grace, Some(store)) = (&outcome, joined, &self.shared)
+            && store.is_ended(key).await == Some(true)
+        {
+            self.flights.end(key);
+            outcome = Err(RefreshError::Ended);
+        }
         ctx.auth_wait = Some(waiting.elapsed());
         log::debug!(
             "session {}: refresh {} ({joined:?})",
@@ -259,9 +286,12 @@ impl EtlsProxy {
         if api_cookies.is_empty() {
             return;
         }
-        let key = self.keyer.key(&[api_cookies.as_bytes()]);
+        let key = config.session_keyer.key(&[api_cookies.as_bytes()]);
         ctx.session = Some(key);
         let ended = self.flights.end(key);
+        if let Some(store) = &self.shared {
+            store.end(key, config.grace).await;
+        }
         log::debug!(
             "session {}: logout ended {ended} table entries",
             key.short()
