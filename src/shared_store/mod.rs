@@ -445,8 +445,9 @@ impl SharedStore {
             }
             Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
                 // A rejection ends the session on every instance, as a logout does.
-                self.release(keys, token).await;
+                // Ended while the lock is still ours, so the script knows the session.
                 self.end_keys(key, grace).await;
+                self.release(keys, token).await;
                 Landing::Ended(error)
             }
             Err(error) => {
