@@ -374,9 +374,7 @@ async fn an_unreachable_redis_at_start_is_a_warning_and_requests_are_served() {
     let port = free_port();
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     let proxy = Proxy::builder(&app, &auth)
-        .extra(format!(
-            "refresh: {{store: redis, redis: {{url_env: ETLS_TEST_REDIS_URL}}}}"
-        ))
+        .extra("refresh: {store: redis, redis: {url_env: ETLS_TEST_REDIS_URL}}")
         .env(
             "ETLS_TEST_REDIS_URL",
             &format!("redis://:opaque-redis-password@127.0.0.1:{port}/0"),
@@ -460,4 +458,61 @@ fn check_refuses_bad_store_settings_by_key() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn redis_killed_while_a_refresh_runs_fails_no_request() {
+    let mut redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(400)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let cookie = expired_session("opaque-rt-midflight");
+    let herd = {
+        let addrs = addrs.clone();
+        tokio::spawn(async move { spread(&addrs, &cookie, 20).await })
+    };
+    // The lock is taken and the call is running when Redis goes away.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis.stop();
+    for r in herd.await.unwrap() {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.set_cookies().len(), 5);
+    }
+    assert!(auth.calls() <= 2, "at most one call per instance");
+}
+
+#[tokio::test]
+async fn the_valid_path_never_touches_redis() {
+    // Redis down from the start: a valid token must not even try it.
+    let port = free_port();
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let (admin, admin_yaml) = admin_yaml();
+    let proxy = Proxy::builder(&app, &auth)
+        .extra(format!(
+            "refresh: {{store: redis, redis: {{url: 'redis://127.0.0.1:{port}/0'}}}}\n{admin_yaml}"
+        ))
+        .start()
+        .await;
+    let valid = format!(
+        "accessTokenEtls={}; refreshTokenEtls={}; refreshToken=opaque-rt-valid",
+        access_token(600),
+        refresh_token(3600)
+    );
+    for _ in 0..20 {
+        let r = proxy.get("/page", &valid).await;
+        assert_eq!(r.status, 200);
+        assert!(r.set_cookies().is_empty());
+    }
+    assert_eq!(
+        metric(admin, "etls_proxy_shared_store_errors_total").await,
+        0.0
+    );
+    // The control: an expired one does try (and falls back).
+    let r = proxy.get("/page", &expired_session("opaque-rt-exp")).await;
+    assert_eq!(r.status, 200);
+    assert!(metric(admin, "etls_proxy_shared_store_errors_total").await >= 1.0);
+    assert_eq!(auth.calls(), 1);
 }
