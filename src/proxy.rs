@@ -24,7 +24,7 @@ use crate::renewal::{
     RefreshError, RenewedSession, backend_logout, land, renew, renewed_api_cookies,
 };
 use crate::routes::{Route, is_page_navigation};
-use crate::shared_store::SharedStore;
+use crate::shared_store::{SharedFlight, SharedStore};
 use crate::upstream::AppUpstream;
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
@@ -194,10 +194,19 @@ impl EtlsProxy {
                 };
                 match shared {
                     Some(store) => {
-                        let (timeout, grace) = (config.auth_api.timeout, config.grace);
-                        store
-                            .coordinate(key, &api_cookies, timeout, grace, call, next)
-                            .await
+                        // From the running configuration: follows a secret rotation.
+                        let value_key = config
+                            .shared_store
+                            .as_ref()
+                            .map_or(store.value_key(), |s| s.value_key);
+                        let flight = SharedFlight {
+                            key,
+                            value_key: &value_key,
+                            api_cookies: &api_cookies,
+                            auth_timeout: config.auth_api.timeout,
+                            grace: config.grace,
+                        };
+                        store.coordinate(flight, call, next).await
                     }
                     None => land(call.await, next),
                 }

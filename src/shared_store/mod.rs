@@ -179,6 +179,18 @@ struct Scripts {
     end: Script,
 }
 
+/// One session's refresh, as the in-process flight's leader hands it over.
+pub struct SharedFlight<'a> {
+    pub key: SessionKey,
+    /// From the running configuration (`SharedStoreSettings::value_key`).
+    pub value_key: &'a [u8; 32],
+    /// The session's auth API cookies, as sent to the auth API.
+    pub api_cookies: &'a str,
+    /// `auth_api.timeout_ms`: the lease outlives it.
+    pub auth_timeout: Duration,
+    pub grace: Duration,
+}
+
 /// The Redis client on its own runtime, and what the protocol needs.
 pub struct SharedStore {
     handle: Handle,
@@ -233,6 +245,11 @@ impl SharedStore {
             errors_unlogged: AtomicU64::new(0),
             started: std::time::Instant::now(),
         }))
+    }
+
+    /// The value key of the configuration the store started with.
+    pub fn value_key(&self) -> [u8; 32] {
+        self.settings.value_key
     }
 
     pub fn display(&self) -> &str {
@@ -323,18 +340,22 @@ impl SharedStore {
     /// it: `call` then runs as in one process.
     pub async fn coordinate<C>(
         self: Arc<Self>,
-        key: SessionKey,
-        api_cookies: &str,
-        auth_timeout: Duration,
-        grace: Duration,
+        flight: SharedFlight<'_>,
         call: C,
         next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
     ) -> Landing<Arc<RenewedSession>, RefreshError>
     where
         C: Future<Output = Result<Arc<RenewedSession>, RefreshError>>,
     {
+        let SharedFlight {
+            key,
+            value_key,
+            api_cookies,
+            auth_timeout,
+            grace,
+        } = flight;
         let keys = SessionKeys::new(&self.settings.key_prefix, &key);
-        let seal = Seal::new(&self.settings.value_key, api_cookies.as_bytes());
+        let seal = Seal::new(value_key, api_cookies.as_bytes());
         let token = hex(&rand::random::<[u8; 16]>());
         // Outlives the auth API's deadline, and is renewed while the call runs anyway.
         let lease = auth_timeout + Duration::from_secs(1);
@@ -410,9 +431,10 @@ impl SharedStore {
     where
         C: Future<Output = Result<Arc<RenewedSession>, RefreshError>>,
     {
-        let renewer = self.renew_lease(keys.lock.clone(), token.to_owned(), lease);
+        // Stopped when the call is done, or if this future is dropped first.
+        let renewer = AbortOnDrop(self.renew_lease(keys.lock.clone(), token.to_owned(), lease));
         let result = call.await;
-        renewer.abort();
+        drop(renewer);
         match result {
             Ok(renewed) => {
                 let next = next(&renewed);
@@ -634,6 +656,14 @@ impl SharedStore {
                 None
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

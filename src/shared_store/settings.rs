@@ -56,16 +56,17 @@ pub struct SharedStoreSettings {
     /// One Redis command at most; past it the request goes on without sharing.
     pub timeout: Duration,
     /// Key of the values' encryption, derived from the refresh secret (with the session's own
-    /// cookies per value).
-    pub(crate) value_key: [u8; 32],
+    /// cookies per value). Follows a reload, as the session keys do.
+    pub value_key: [u8; 32],
 }
 
+/// Equal when a running client can keep serving: the value key (from the secrets) is not
+/// compared, it is taken from the running configuration at each refresh.
 impl PartialEq for SharedStoreSettings {
     fn eq(&self, other: &Self) -> bool {
         self.url == other.url
             && self.key_prefix == other.key_prefix
             && self.timeout == other.timeout
-            && self.value_key == other.value_key
     }
 }
 
