@@ -219,7 +219,9 @@ impl SharedStore {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| format!("refresh.redis.url: {:?}", e.kind()))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
+            // A (TLS) connection may take longer than one command: requests stop waiting at
+            // the command timeout, the connection goes on being made for the next ones.
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_secs(1))))
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))

@@ -8,18 +8,41 @@ use crate::support::free_port;
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// `(cert, key)` in PEM: TLS only (`rediss://`), the certificate for 127.0.0.1.
+    tls: Option<(String, String)>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
         let port = free_port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Speaking TLS only, with this certificate and key.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: Some((cert.display().to_string(), key.display().to_string())),
+        };
         server.restart().await;
         server
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// `refresh:` settings of a proxy sharing through this server.
@@ -33,8 +56,15 @@ impl RedisServer {
     /// Starts it (again, on the same port) and waits until it answers.
     pub async fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", cert, "--tls-key-file", key])
+                .args(["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]),
+        };
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -61,8 +91,12 @@ impl RedisServer {
 
     /// `redis-cli` against it; its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((cert, _)) = &self.tls {
+            cmd.args(["--tls", "--cacert", cert]);
+        }
+        let out = cmd
             .args(args)
             .stderr(Stdio::null())
             .output()

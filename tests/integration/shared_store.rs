@@ -516,3 +516,80 @@ async fn the_valid_path_never_touches_redis() {
     assert!(metric(admin, "etls_proxy_shared_store_errors_total").await >= 1.0);
     assert_eq!(auth.calls(), 1);
 }
+
+/// A self-signed certificate for 127.0.0.1 (openssl), in a directory removed on drop.
+struct Certificate(std::path::PathBuf);
+
+impl Certificate {
+    fn new() -> Certificate {
+        let dir = std::env::temp_dir().join(format!(
+            "etls-redis-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success());
+        Certificate(dir)
+    }
+}
+
+impl Drop for Certificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn rediss_shares_over_tls_verified_against_the_system_roots() {
+    let cert = Certificate::new();
+    let (cert_pem, key_pem) = (cert.0.join("cert.pem"), cert.0.join("key.pem"));
+    let redis = RedisServer::start_tls(&cert_pem, &key_pem).await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(200)).await,
+    );
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let (admin, admin_yaml) = admin_yaml();
+        // The test's certificate as the only root (rustls-native-certs reads SSL_CERT_FILE);
+        // a generous timeout, for a TLS handshake by a debug build on a loaded machine.
+        let proxy = Proxy::builder(&app, &auth)
+            .extra(format!(
+                "refresh: {{store: redis, redis: {{url: '{}', timeout_ms: 2000}}}}\n{admin_yaml}",
+                redis.url()
+            ))
+            .env("SSL_CERT_FILE", &cert_pem.display().to_string())
+            .start()
+            .await;
+        fleet.push((proxy, admin));
+    }
+    assert!(redis.url().starts_with("rediss://"));
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let answers = spread(&addrs, &expired_session("opaque-rt-tls"), 10).await;
+    let first = lines(&answers[0]);
+    for r in &answers {
+        assert_eq!(r.status, 200);
+        assert_eq!(lines(r), first);
+    }
+    assert_eq!(auth.calls(), 1, "shared over TLS");
+    for (_, admin) in &fleet {
+        assert_eq!(
+            metric(*admin, "etls_proxy_shared_store_errors_total").await,
+            0.0
+        );
+    }
+    assert_eq!(redis.keys("etls:*:result").len(), 1);
+}
