@@ -593,3 +593,39 @@ async fn rediss_shares_over_tls_verified_against_the_system_roots() {
     }
     assert_eq!(redis.keys("etls:*:result").len(), 1);
 }
+
+#[tokio::test]
+async fn a_refresh_landing_after_a_logout_elsewhere_hands_out_nothing() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(600)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let old = expired_session("opaque-rt-race");
+    let running = {
+        let (addr, old) = (fleet[0].0.addr, old.clone());
+        tokio::spawn(async move { fan_out(addr, &old, 3).await })
+    };
+    // The call is running on instance 0 (its lock taken) when instance 1 logs the session out.
+    let mut locked = false;
+    for _ in 0..100 {
+        if !redis.keys("etls:*:lock").is_empty() {
+            locked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(locked, "the refresh took the lock");
+    let r = fleet[1].0.post(LOGOUT, &old, b"").await;
+    assert_eq!(r.status, 200);
+    // The tokens landing after the logout are not handed out, nor kept.
+    for r in running.await.unwrap() {
+        assert_logout(&r);
+    }
+    for (proxy, _) in &fleet {
+        assert_logout(&proxy.get("/page", &old).await);
+    }
+    assert_eq!(auth.calls(), 1);
+    assert!(redis.keys("etls:*:result").is_empty());
+}
