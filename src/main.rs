@@ -136,20 +136,8 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     };
     if let Some(store) = &shared {
         // Unreachable at start is a warning: sharing begins once it answers.
-        let probe = Arc::clone(store);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            let Ok(runtime) = runtime else { return };
-            match runtime.block_on(probe.ping()) {
-                Ok(()) => log::info!("refresh results shared through {}", probe.display()),
-                Err(e) => log::warn!(
-                    "refresh.redis: {} does not answer ({e}); refreshes stay in this process until it does",
-                    probe.display()
-                ),
-            }
-        });
+        let probe = etls_proxy::shared_store::StartProbe(Arc::clone(store));
+        server.add_service(background_service("shared store probe", probe));
     }
     let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app)
         .with_shared_store(shared);

@@ -23,14 +23,15 @@ pub mod seal;
 pub mod settings;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{IntCounter, Registry};
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::auth_api::AuthApiError;
@@ -150,6 +151,7 @@ enum StoreError {
     Timeout,
     Garbage(&'static str),
     Lost,
+    Unstarted,
 }
 
 impl std::fmt::Display for StoreError {
@@ -160,6 +162,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Timeout => f.write_str("Redis command timed out"),
             StoreError::Garbage(what) => write!(f, "unusable answer from Redis: {what}"),
             StoreError::Lost => f.write_str("the Redis task ended without an answer"),
+            StoreError::Unstarted => f.write_str("the Redis client could not start"),
         }
     }
 }
@@ -191,10 +194,17 @@ pub struct SharedFlight<'a> {
     pub grace: Duration,
 }
 
-/// The Redis client on its own runtime, and what the protocol needs.
-pub struct SharedStore {
+/// The client's runtime (on its own thread) and its connection.
+struct Client {
     handle: Handle,
     conn: ConnectionManager,
+}
+
+/// The Redis client on its own runtime, and what the protocol needs.
+pub struct SharedStore {
+    /// Made at first use: after Pingora's daemon fork (`-d`), which keeps no thread.
+    client: OnceLock<Result<Client, String>>,
+    redis: redis::Client,
     scripts: Arc<Scripts>,
     settings: SharedStoreSettings,
     pub metrics: StoreMetrics,
@@ -204,36 +214,14 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
-    /// Starts the client's runtime thread; connects lazily (and again after any failure).
+    /// The store; its runtime thread starts at first use, and connects lazily (and again
+    /// after any failure).
     pub fn start(settings: SharedStoreSettings, registry: &Registry) -> Result<Arc<Self>, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("etls-redis")
-            .build()
-            .map_err(|e| format!("cannot start the Redis client's runtime: {e}"))?;
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("etls-redis".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .map_err(|e| format!("cannot start the Redis client's thread: {e}"))?;
-        let client = redis::Client::open(settings.url.as_str())
+        let redis = redis::Client::open(settings.url.as_str())
             .map_err(|e| format!("refresh.redis.url: {:?}", e.kind()))?;
-        let config = ConnectionManagerConfig::new()
-            // A (TLS) connection may take longer than one command: requests stop waiting at
-            // the command timeout, the connection goes on being made for the next ones.
-            .set_connection_timeout(Some(settings.timeout.max(Duration::from_secs(1))))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = {
-            let _inside = handle.enter();
-            ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| format!("Redis client: {:?}", e.kind()))?
-        };
         Ok(Arc::new(SharedStore {
-            handle,
-            conn,
+            client: OnceLock::new(),
+            redis,
             scripts: Arc::new(Scripts {
                 acquire: Script::new(ACQUIRE),
                 renew: Script::new(RENEW),
@@ -249,6 +237,44 @@ impl SharedStore {
         }))
     }
 
+    fn client(&self) -> Result<&Client, StoreError> {
+        self.client
+            .get_or_init(|| self.connect())
+            .as_ref()
+            .map_err(|_| StoreError::Unstarted)
+    }
+
+    fn connect(&self) -> Result<Client, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("etls-redis")
+            .build()
+            .map_err(|e| format!("cannot start the Redis client's runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("etls-redis".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| format!("cannot start the Redis client's thread: {e}"))?;
+        let client = self.redis.clone();
+        let settings = &self.settings;
+        let config = ConnectionManagerConfig::new()
+            // A (TLS) connection may take longer than one command: requests stop waiting at
+            // the command timeout, the connection goes on being made for the next ones.
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_secs(1))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = {
+            let _inside = handle.enter();
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+                log::error!("shared store: Redis client: {:?}", e.kind());
+                format!("Redis client: {:?}", e.kind())
+            })?
+        };
+        Ok(Client { handle, conn })
+    }
+
     /// The value key of the configuration the store started with.
     pub fn value_key(&self) -> [u8; 32] {
         self.settings.value_key
@@ -260,27 +286,33 @@ impl SharedStore {
 
     /// One `PING`: whether Redis answers now (a warning at start when it does not).
     pub async fn ping(&self) -> Result<(), String> {
-        let mut conn = self.conn.clone();
-        self.run(async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.run(
+            |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// Runs one command on the client's runtime, within the timeout.
-    async fn run<T: Send + 'static>(
-        &self,
-        command: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    async fn run<T, F, C>(&self, command: C) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = redis::RedisResult<T>> + Send + 'static,
+        C: FnOnce(ConnectionManager) -> F,
+    {
         let timeout = self.settings.timeout;
-        let task = self
+        let client = self.client()?;
+        let command = command(client.conn.clone());
+        let task = client
             .handle
             .spawn(async move { tokio::time::timeout(timeout, command).await });
-        match task.await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(e))) => Err(StoreError::Redis(e)),
-            Ok(Err(_)) => Err(StoreError::Timeout),
-            Err(_) => Err(StoreError::Lost),
+        // Bounded here too: a stalled client runtime never holds a request.
+        match tokio::time::timeout(timeout + Duration::from_millis(100), task).await {
+            Ok(Ok(Ok(Ok(value)))) => Ok(value),
+            Ok(Ok(Ok(Err(e)))) => Err(StoreError::Redis(e)),
+            Ok(Ok(Err(_))) | Err(_) => Err(StoreError::Timeout),
+            Ok(Err(_)) => Err(StoreError::Lost),
         }
     }
 
@@ -310,12 +342,11 @@ impl SharedStore {
         token: &str,
         lease: Duration,
     ) -> Result<Acquired, StoreError> {
-        let mut conn = self.conn.clone();
         let scripts = Arc::clone(&self.scripts);
         let (ended, result, lock) = (keys.ended.clone(), keys.result.clone(), keys.lock.clone());
         let (token, lease) = (token.to_owned(), millis(lease));
         let answer: Vec<u8> = self
-            .run(async move {
+            .run(move |mut conn| async move {
                 scripts
                     .acquire
                     .key(ended)
@@ -484,30 +515,25 @@ impl SharedStore {
 
     /// A task on the client's runtime extending the lease every third of it while the call
     /// runs; it stops at the first failure (the waiters' bound covers the rest).
-    fn renew_lease(
-        &self,
-        lock: String,
-        token: String,
-        lease: Duration,
-    ) -> tokio::task::AbortHandle {
-        let mut conn = self.conn.clone();
+    fn renew_lease(&self, lock: String, token: String, lease: Duration) -> Option<AbortHandle> {
+        let client = self.client().ok()?;
+        let mut conn = client.conn.clone();
         let scripts = Arc::clone(&self.scripts);
         let renewals = self.metrics.lease_renewals.clone();
         let timeout = self.settings.timeout;
-        self.handle
-            .spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    let mut invocation = scripts.renew.key(&lock);
-                    invocation.arg(&token).arg(millis(lease));
-                    let renew = invocation.invoke_async::<i64>(&mut conn);
-                    match tokio::time::timeout(timeout, renew).await {
-                        Ok(Ok(1)) => renewals.inc(),
-                        _ => break,
-                    }
+        let task = client.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let mut invocation = scripts.renew.key(&lock);
+                invocation.arg(&token).arg(millis(lease));
+                let renew = invocation.invoke_async::<i64>(&mut conn);
+                match tokio::time::timeout(timeout, renew).await {
+                    Ok(Ok(1)) => renewals.inc(),
+                    _ => break,
                 }
-            })
-            .abort_handle()
+            }
+        });
+        Some(task.abort_handle())
     }
 
     async fn store(
@@ -519,7 +545,6 @@ impl SharedStore {
         keep_ms: u64,
         next: Option<SessionKey>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
         let scripts = Arc::clone(&self.scripts);
         let names = [
             keys.ended.clone(),
@@ -531,7 +556,7 @@ impl SharedStore {
         let token = token.to_owned();
         let next_arg = next_hex.clone();
         let answer: String = self
-            .run(async move {
+            .run(move |mut conn| async move {
                 let mut invocation = scripts.store.prepare_invoke();
                 for name in names {
                     invocation.key(name);
@@ -554,10 +579,9 @@ impl SharedStore {
         // hash tag: another slot, so its own command).
         if let Some(next) = next {
             let origin = SessionKeys::new(&self.settings.key_prefix, &next).origin;
-            let mut conn = self.conn.clone();
             let own = hex(key.as_bytes());
             let _: () = self
-                .run(async move {
+                .run(move |mut conn| async move {
                     redis::cmd("SET")
                         .arg(origin)
                         .arg(own)
@@ -572,11 +596,10 @@ impl SharedStore {
     }
 
     async fn release(&self, keys: &SessionKeys, token: &str) {
-        let mut conn = self.conn.clone();
         let scripts = Arc::clone(&self.scripts);
         let (lock, token) = (keys.lock.clone(), token.to_owned());
         let released: Result<i64, _> = self
-            .run(async move {
+            .run(move |mut conn| async move {
                 scripts
                     .release
                     .key(lock)
@@ -604,11 +627,10 @@ impl SharedStore {
         while at < chain.len() {
             let keys = SessionKeys::new(&self.settings.key_prefix, &chain[at]);
             at += 1;
-            let mut conn = self.conn.clone();
             let scripts = Arc::clone(&self.scripts);
             let names = [keys.ended, keys.result, keys.next, keys.origin, keys.lock];
             let links: Result<Vec<Vec<u8>>, _> = self
-                .run(async move {
+                .run(move |mut conn| async move {
                     let mut invocation = scripts.end.prepare_invoke();
                     for name in names {
                         invocation.key(name);
@@ -637,9 +659,8 @@ impl SharedStore {
     /// process); `None` when Redis cannot say (the kept result then serves, as in one process).
     pub async fn is_ended(&self, key: SessionKey) -> Option<bool> {
         let ended = SessionKeys::new(&self.settings.key_prefix, &key).ended;
-        let mut conn = self.conn.clone();
         match self
-            .run(async move {
+            .run(move |mut conn| async move {
                 redis::cmd("EXISTS")
                     .arg(ended)
                     .query_async::<i64>(&mut conn)
@@ -661,11 +682,13 @@ impl SharedStore {
     }
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
+struct AbortOnDrop(Option<AbortHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -685,4 +708,21 @@ pub fn local(
     next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
 ) -> Landing<Arc<RenewedSession>, RefreshError> {
     crate::renewal::land(result, next)
+}
+
+/// Says at start whether Redis answers (a warning when it does not: sharing begins once it
+/// does). A Pingora background service, so it runs after the daemon fork, as the client does.
+pub struct StartProbe(pub Arc<SharedStore>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for StartProbe {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        match self.0.ping().await {
+            Ok(()) => log::info!("refresh results shared through {}", self.0.display()),
+            Err(e) => log::warn!(
+                "refresh.redis: {} does not answer ({e}); refreshes stay in this process until it does",
+                self.0.display()
+            ),
+        }
+    }
 }
