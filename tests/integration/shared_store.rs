@@ -629,3 +629,70 @@ async fn a_refresh_landing_after_a_logout_elsewhere_hands_out_nothing() {
     assert_eq!(auth.calls(), 1);
     assert!(redis.keys("etls:*:result").is_empty());
 }
+
+/// A daemon (`-d`) instance, killed by the pid in its pid file when dropped.
+struct Daemon {
+    addr: SocketAddr,
+    pid_file: std::path::PathBuf,
+    _conf: TempFile,
+}
+
+impl Daemon {
+    async fn start(app: &Stub, auth: &Stub, extra: &str) -> Daemon {
+        let port = free_port();
+        let conf = TempFile::new(
+            "daemon.yaml",
+            &config_yaml(port, app.addr, auth.addr, extra),
+        );
+        let status = Command::new(proxy_bin())
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf.0)
+            .env("ETLS_ACCESS", ACCESS_SECRET)
+            .env("ETLS_REFRESH", REFRESH_SECRET)
+            .env("RUST_LOG", "warn")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let daemon = Daemon {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            pid_file: format!("/tmp/etls-test-{port}.pid").into(),
+            _conf: conf,
+        };
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(daemon.addr).await.is_ok() {
+                return daemon;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the daemon did not listen");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+#[tokio::test]
+async fn daemon_instances_share_too() {
+    // Pingora's `-d` forks after the configuration is loaded: the client must start after it.
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(200)).await,
+    );
+    let a = Daemon::start(&app, &auth, &redis.yaml()).await;
+    let b = Daemon::start(&app, &auth, &redis.yaml()).await;
+    let answers = spread(&[a.addr, b.addr], &expired_session("opaque-rt-daemon"), 10).await;
+    let first = lines(&answers[0]);
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(lines(r), first);
+    }
+    assert_eq!(auth.calls(), 1);
+}
