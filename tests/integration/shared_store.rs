@@ -696,3 +696,27 @@ async fn daemon_instances_share_too() {
     }
     assert_eq!(auth.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_store_says_a_restart_is_needed() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    proxy.reload_with(&redis.yaml());
+    let mut said = false;
+    for _ in 0..250 {
+        let log = proxy.log();
+        if log.contains("configuration reloaded") {
+            said = log.contains("refresh.store/refresh.redis changed");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(said, "{}", proxy.log());
+    // Still one process's table: nothing was written to Redis.
+    let r = proxy
+        .get("/page", &expired_session("opaque-rt-reload"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(redis.keys("etls:*").is_empty());
+}
