@@ -45,10 +45,12 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
-    /// `refresh:` settings of a proxy sharing through this server.
+    /// `refresh:` settings of a proxy sharing through this server. A generous command timeout:
+    /// debug builds on a loaded machine must not fall back where the test expects sharing
+    /// (a server that is down refuses at once, whatever the timeout).
     pub fn yaml(&self) -> String {
         format!(
-            "refresh: {{store: redis, redis: {{url: '{}'}}}}",
+            "refresh: {{store: redis, redis: {{url: '{}', timeout_ms: 1000}}}}",
             self.url()
         )
     }
