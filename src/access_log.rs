@@ -50,6 +50,10 @@ impl AccessEntry<'_> {
                     "session": self.session,
                 })
                 .to_string();
+                // Only the path comes from the client (a method is a token).
+                if self.path.chars().any(crate::redact::unsafe_in_log) {
+                    json_escape_separators(&mut line);
+                }
                 line.push('\n');
                 line
             }
@@ -79,6 +83,20 @@ impl AccessEntry<'_> {
         let line = self.format(format);
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
+}
+
+/// serde_json leaves U+2028, U+2029, C1 and bidi controls raw (valid JSON, but some viewers
+/// break the line on them): written as `\uXXXX`, the same string to a JSON reader.
+fn json_escape_separators(line: &mut String) {
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        if crate::redact::unsafe_in_log(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    *line = out;
 }
 
 fn round3(v: f64) -> f64 {
@@ -130,6 +148,27 @@ mod tests {
         assert_eq!(v["ms"], 12.345);
         assert_eq!(v["auth_api_ms"], 10.0);
         assert_eq!(v["session"], "a1b2c3d4");
+    }
+
+    #[test]
+    fn no_raw_line_separator_or_control_in_either_format() {
+        for path in [
+            "/a\u{2028}b",
+            "/a\u{2029}b",
+            "/a\u{85}b",
+            "/a\u{202e}b",
+            "/a\u{1b}b\nc",
+        ] {
+            let entry = AccessEntry { path, ..entry() };
+            for format in [AccessLogFormat::Text, AccessLogFormat::Json] {
+                let line = entry.format(format);
+                let body = line.strip_suffix('\n').unwrap();
+                assert!(!body.chars().any(crate::redact::unsafe_in_log), "{line:?}");
+            }
+            let json = entry.format(AccessLogFormat::Json);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(v["path"], path, "{json}");
+        }
     }
 
     #[test]

@@ -74,6 +74,16 @@ impl<'a> Answer<'a> {
         Answer::json(431, br#"{"error":"Request Header Fields Too Large"}"#)
     }
 
+    /// A POST to the logout or refresh endpoint from another site (`guard::same_origin`).
+    pub fn forbidden() -> Self {
+        Answer::json(403, br#"{"error":"Forbidden"}"#)
+    }
+
+    /// No `Host`, several, or one outside RFC 9110's grammar (`guard::check_host`).
+    pub fn bad_request() -> Self {
+        Answer::json(400, br#"{"error":"Bad Request"}"#)
+    }
+
     pub fn method_not_allowed() -> Self {
         Answer {
             allow: Some("POST"),
@@ -126,7 +136,12 @@ impl<'a> Answer<'a> {
             h.insert_header("Content-Type", "application/json")?;
         }
         h.insert_header("Content-Length", self.body.len().to_string())?;
-        h.insert_header("Cache-Control", "no-store")?;
+        // An answer carrying session cookies says `private` too, as the app's answers get it.
+        let cache = match self.set_cookie {
+            [] => "no-store",
+            _ => crate::cache_control::PRIVATE,
+        };
+        h.insert_header("Cache-Control", cache)?;
         if let Some(location) = &self.location {
             h.insert_header("Location", location.as_str())?;
         }
@@ -220,6 +235,8 @@ mod tests {
             h.headers["content-length"],
             a.body.len().to_string().as_str()
         );
+        assert_eq!(h.headers["cache-control"], "private, no-store");
+        let h = Answer::cookies_too_large().header().unwrap();
         assert_eq!(h.headers["cache-control"], "no-store");
     }
 
@@ -273,6 +290,23 @@ mod tests {
         let h = Answer::app_failed(502, Some(&renewed)).header().unwrap();
         assert_eq!(h.status.as_u16(), 502);
         assert_eq!(set_cookies(&h).len(), 5);
+    }
+
+    #[test]
+    fn refusals_before_any_token_keep_cookies() {
+        for (answer, status, body) in [
+            (Answer::forbidden(), 403, &br#"{"error":"Forbidden"}"#[..]),
+            (
+                Answer::bad_request(),
+                400,
+                &br#"{"error":"Bad Request"}"#[..],
+            ),
+        ] {
+            let h = answer.header().unwrap();
+            assert_eq!(h.status.as_u16(), status);
+            assert_eq!(answer.body, body);
+            assert!(set_cookies(&h).is_empty());
+        }
     }
 
     #[test]

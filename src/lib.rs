@@ -7,12 +7,15 @@ pub mod access_log;
 pub mod admin;
 pub mod answer;
 pub mod auth_api;
+pub mod cache_control;
 pub mod config;
 pub mod cookies;
 pub mod decision;
+pub mod downstream;
 pub mod flight;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

@@ -2,12 +2,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 use pingora::server::Server;
 use pingora::server::configuration::Opt;
 use pingora::services::background::background_service;
@@ -15,6 +17,7 @@ use pingora::services::listening::Service;
 
 use etls_proxy::admin::AdminApp;
 use etls_proxy::config::{self, Loaded};
+use etls_proxy::downstream::HeaderDeadlineApp;
 use etls_proxy::metrics::Metrics;
 use etls_proxy::proxy::{EtlsProxy, Flights};
 use etls_proxy::redact::{self, Redactor};
@@ -69,13 +72,30 @@ fn main() -> ExitCode {
         let keys = listen.map(|(i, l)| (format!("listen[{i}]"), &l.address));
         let admin = loaded.runtime.admin_listen.iter();
         for (key, addr) in keys.chain(admin.map(|a| ("admin.listen".to_owned(), a))) {
-            if let Err(e) = std::net::TcpListener::bind(addr) {
+            if let Err(e) = check_bind(addr) {
                 eprintln!("etls-proxy: {key}: cannot listen on {addr}: {e}");
                 return ExitCode::from(2);
             }
         }
     }
     run(cli, loaded)
+}
+
+/// Whether Pingora will be able to bind `addr`: the same socket Pingora makes (first resolved
+/// address, `SO_REUSEADDR`), bound and closed but never listening. A listening probe (as
+/// `std::net::TcpListener::bind`) would accept connections for that moment, and reset them
+/// when it is closed: a client connecting then would lose its request.
+fn check_bind(addr: &str) -> std::io::Result<()> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let sock_addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    })?;
+    let socket = match sock_addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(sock_addr)
 }
 
 fn run(cli: Cli, loaded: Loaded) -> ExitCode {
@@ -120,6 +140,10 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
         );
         server.add_service(health_checks);
     }
+    // HTTP/2 connections idle as long as HTTP/1 ones may (nginx's `keepalive_timeout` governs
+    // both since 1.19.7); fixed at start.
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(Duration::from_secs(runtime.keepalive_secs.max(1)));
     let live = Arc::new(LiveConfig::new(cli.conf.clone(), runtime));
     let metrics = Arc::new(Metrics::new());
     let shared = match live.load().shared_store.clone() {
@@ -141,7 +165,11 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     }
     let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app)
         .with_shared_store(shared);
-    let mut service = http_proxy_service(&server.configuration, proxy);
+    let mut proxy = http_proxy(&server.configuration, proxy);
+    proxy.server_options = Some(options);
+    let header_live = live.clone();
+    let app = HeaderDeadlineApp::new(proxy, move || header_live.load().header_timeout);
+    let mut service = Service::new("Pingora HTTP Proxy Service".to_owned(), app);
     for listener in &listen {
         let buffers = L4BufferSettings::default().read(read_buffer);
         let mut endpoint = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);

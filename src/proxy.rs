@@ -14,10 +14,13 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::access_log::AccessEntry;
 use crate::answer::Answer;
 use crate::auth_api::{AuthApiClient, AuthApiError};
+use crate::cache_control;
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
 use crate::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
+use crate::downstream;
 use crate::flight::{Joined, RefreshFlights, SessionKey};
+use crate::guard;
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
 use crate::renewal::{
@@ -76,6 +79,10 @@ pub enum Outcome {
     AuthApiFailed,
     MethodNotAllowed,
     CookiesTooLarge,
+    /// No Host, or an invalid one (400).
+    BadHost,
+    /// A cross-site POST to an endpoint of the proxy (403).
+    CrossSite,
 }
 
 pub struct RequestCtx {
@@ -124,6 +131,8 @@ enum Reply {
     LoggedOut,
     MethodNotAllowed,
     CookiesTooLarge,
+    BadRequest,
+    Forbidden,
     Refreshed(Arc<RenewedSession>),
     RefreshFailed(RefreshError),
 }
@@ -133,6 +142,14 @@ impl EtlsProxy {
         let config = Arc::clone(&ctx.config);
         let config = config.as_ref();
         let post = req.method == http::Method::POST;
+        let host = match guard::check_host(req) {
+            Ok(host) => host,
+            Err(bad) => {
+                log::debug!("bad Host ({bad:?}): 400");
+                ctx.outcome = Outcome::BadHost;
+                return Step::Reply(Reply::BadRequest);
+            }
+        };
         let cookies = req.headers.get_all("cookie");
         let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
         if cookie_bytes > config.max_cookie_bytes + 2 {
@@ -143,6 +160,12 @@ impl EtlsProxy {
             Route::Public => {
                 ctx.outcome = Outcome::Public;
                 return Step::Forward;
+            }
+            Route::LogoutEndpoint | Route::RefreshEndpoint
+                if post && !guard::same_origin_request(req, host) =>
+            {
+                ctx.outcome = Outcome::CrossSite;
+                return Step::Reply(Reply::Forbidden);
             }
             Route::LogoutEndpoint if post => {
                 ctx.outcome = Outcome::LoggedOut;
@@ -319,6 +342,12 @@ impl EtlsProxy {
             Reply::LoggedOut => Answer::logged_out(clear),
             Reply::MethodNotAllowed => Answer::method_not_allowed(),
             Reply::CookiesTooLarge => Answer::cookies_too_large(),
+            Reply::BadRequest => {
+                // As nginx: a request this broken ends its connection.
+                session.set_keepalive(None);
+                Answer::bad_request()
+            }
+            Reply::Forbidden => Answer::forbidden(),
             Reply::Refreshed(renewed) => Answer::refreshed(renewed),
             Reply::RefreshFailed(error) => Answer::refresh_failed(error),
         };
@@ -404,6 +433,8 @@ impl ProxyHttp for EtlsProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        downstream::header_read(session);
+        downstream::keepalive(session, ctx.config.keepalive_secs);
         match self.decide(session.req_header(), ctx).await {
             Step::Forward => Ok(false),
             Step::Reply(reply) => {
@@ -451,6 +482,7 @@ impl ProxyHttp for EtlsProxy {
             upstream_request.remove_header("cookie");
             upstream_request.insert_header("cookie", cookie.clone())?;
         }
+        guard::drop_underscore_names(upstream_request);
         // Whatever the client sent under an identity header's name never reaches the app.
         for name in ctx.config.identity.names() {
             upstream_request.remove_header(name);
@@ -487,13 +519,7 @@ impl ProxyHttp for EtlsProxy {
                 }
             }
             // A response carrying session cookies must never sit in a shared cache.
-            let private = response.headers.get_all("cache-control").iter().any(|v| {
-                let v = v.as_bytes();
-                contains_ignore_case(v, b"no-store") || contains_ignore_case(v, b"private")
-            });
-            if !private {
-                response.insert_header("Cache-Control", "private, no-store")?;
-            }
+            cache_control::keep_private(response)?;
         }
         Ok(())
     }
@@ -520,6 +546,11 @@ impl ProxyHttp for EtlsProxy {
         }
     }
 
+    /// Pingora's error lines name the request: never with its query or raw Host bytes.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        guard::request_summary(session.req_header())
+    }
+
     /// A browser that goes away mid-answer is not the proxy's error: keep it out of the error
     /// log (the per-request debug line still records it).
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
@@ -531,6 +562,7 @@ impl ProxyHttp for EtlsProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        downstream::next_request(session, ctx.config.header_timeout);
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
         let app_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
         let decision = decision(ctx.outcome, status, app_failed);
@@ -567,9 +599,11 @@ fn decision(outcome: Outcome, status: u16, app_failed: bool) -> Decision {
         Outcome::Refused(_) if status == 302 => Decision::Redirected,
         Outcome::Refused(_) => Decision::LoggedOut,
         Outcome::AuthApiFailed => Decision::AuthApiError,
-        Outcome::Pending | Outcome::MethodNotAllowed | Outcome::CookiesTooLarge => {
-            Decision::Rejected
-        }
+        Outcome::Pending
+        | Outcome::MethodNotAllowed
+        | Outcome::CookiesTooLarge
+        | Outcome::BadHost
+        | Outcome::CrossSite => Decision::Rejected,
     }
 }
 
@@ -580,10 +614,4 @@ fn auth_api_outcome<T>(result: &std::result::Result<T, RefreshError>) -> AuthApi
         Err(RefreshError::AuthApi(AuthApiError::Timeout(_))) => AuthApiOutcome::Timeout,
         Err(_) => AuthApiOutcome::Failed,
     }
-}
-
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }

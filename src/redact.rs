@@ -53,6 +53,7 @@ impl Redactor {
             cookie_values(bytes, name.as_bytes(), &mut spans);
         }
         jwt_like(bytes, &mut spans);
+        query_strings(bytes, &mut spans);
         for secret in &self.secrets {
             literal(bytes, secret, &mut spans);
         }
@@ -179,6 +180,63 @@ fn jwt_like(text: &[u8], spans: &mut Vec<(usize, usize)>) {
     }
 }
 
+/// The query of anything shaped like a path or a URL (`/login?password=...`,
+/// `http://app/x?token=...`): the README promises the query is never logged.
+fn query_strings(text: &[u8], spans: &mut Vec<(usize, usize)>) {
+    let boundary =
+        |b: u8| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'(' | b'<' | b'[');
+    let mut i = 0;
+    while let Some(pos) = text[i..].iter().position(|&b| b == b'?') {
+        let q = i + pos;
+        let start = text[..q]
+            .iter()
+            .rposition(|&b| boundary(b))
+            .map_or(0, |s| s + 1);
+        let token = &text[start..q];
+        let mut end = q + 1;
+        while end < text.len()
+            && !boundary(text[end])
+            && !matches!(text[end], b',' | b'>' | b')' | b']')
+        {
+            end += 1;
+        }
+        if (token.first() == Some(&b'/') || find(token, b"://").is_some()) && end > q + 1 {
+            spans.push((q + 1, end));
+        }
+        i = end.max(q + 1);
+    }
+}
+
+/// Every control character (C0, DEL, C1) and every Unicode line, paragraph or bidi control
+/// escaped (`\n`, `\u{2028}`): one record stays one line whatever a client sent, in any log
+/// viewer. Borrowed when there is none.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unsafe_in_log) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !unsafe_in_log(c) {
+            out.push(c);
+        } else if c.is_ascii() {
+            out.extend(c.escape_default());
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A character no log line may carry raw: a control character (C0, DEL, C1), or a Unicode line,
+/// paragraph or bidi control, which some viewers show as a new line or a reordered one.
+pub fn unsafe_in_log(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 fn literal(text: &[u8], needle: &[u8], spans: &mut Vec<(usize, usize)>) {
     let mut i = 0;
     while let Some(pos) = find(&text[i..], needle) {
@@ -215,6 +273,7 @@ impl Log for RedactingLogger {
         let text = record.args().to_string();
         let redactor = self.redactor.load();
         let clean = redactor.redact(&text);
+        let clean = escape_controls(&clean);
         self.inner.log(
             &Record::builder()
                 .args(format_args!("{clean}"))
@@ -347,6 +406,41 @@ mod tests {
             log::Level::Debug,
             "etls_proxy::proxy"
         )));
+    }
+
+    #[test]
+    fn no_query_and_no_raw_line_breaks() {
+        let cases = [
+            (
+                "Fail to proxy: Connection refused, GET /login?password=hunter2, Host: x",
+                "Fail to proxy: Connection refused, GET /login?[redacted], Host: x",
+            ),
+            (
+                "uri http://app.test:3000/x?token=abc&b=2 failed",
+                "uri http://app.test:3000/x?[redacted] failed",
+            ),
+            (r#"path: "/a?b=c""#, r#"path: "/a?[redacted]""#),
+            ("is it? yes, /path? ok", "is it? yes, /path? ok"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(r().redact(line), want);
+        }
+        let cases = [
+            ("Host: a\u{2028}b", r"Host: a\u{2028}b"),
+            ("a\u{2029}b\u{85}c", r"a\u{2029}b\u{85}c"),
+            (
+                "GET / HTTP/1.1\r\nHost: x\x1b[31m",
+                r"GET / HTTP/1.1\r\nHost: x\u{1b}[31m",
+            ),
+            ("rtl \u{202e}txt.exe", r"rtl \u{202e}txt.exe"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(escape_controls(line), want);
+        }
+        assert!(matches!(
+            escape_controls("plain ünïcode line"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -53,6 +53,10 @@ impl LiveConfig {
         if old.read_buffer_bytes != new.read_buffer_bytes {
             needs_restart.push("downstream.read_buffer_bytes");
         }
+        if old.keepalive_secs != new.keepalive_secs {
+            // HTTP/1 takes the new value at once; the HTTP/2 idle timeout is set at start.
+            needs_restart.push("downstream.keepalive_timeout_secs (HTTP/2)");
+        }
         if old.admin_listen != new.admin_listen {
             needs_restart.push("admin.listen");
         }

@@ -139,3 +139,33 @@ fn a_valid_request_allocates_nothing() {
         ))) > 0
     );
 }
+
+/// The checks every request passes before the decision (Host, origin, header names) allocate
+/// nothing when the request is an ordinary one.
+#[test]
+fn the_request_guards_allocate_nothing() {
+    use etls_proxy::guard;
+    let mut req = pingora::http::RequestHeader::build("GET", b"/dashboard?tab=2", None).unwrap();
+    for (name, value) in [
+        ("host", "app.example.com:8443"),
+        ("accept", "text/html"),
+        ("sec-fetch-site", "same-origin"),
+        ("origin", "https://app.example.com:8443"),
+        ("x-requested-with", "fetch"),
+        ("cookie", "theme=dark; accessTokenEtls=x"),
+    ] {
+        req.append_header(name, value).unwrap();
+    }
+    let mut check = || {
+        let host = guard::check_host(&req).unwrap();
+        assert!(guard::same_origin_request(&req, host));
+        guard::drop_underscore_names(&mut req);
+        assert!(matches!(
+            etls_proxy::redact::escape_controls("GET \"/dashboard\" 200 passed 1.2ms"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    };
+    check();
+    assert_eq!(allocations_in(check), 0);
+    assert_eq!(req.headers.len(), 6);
+}

@@ -29,6 +29,8 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Ten years: longer lifetimes are typos (and `now + ttl` must not overflow).
 const MAX_TTL_SECS: u64 = 315_360_000;
 const MAX_WINDOW_SECS: u64 = 86_400;
+/// `downstream.*_timeout_secs`: an hour at most (nginx has no upper bound; more only holds sockets).
+const MAX_DOWNSTREAM_SECS: u64 = 3_600;
 const MAX_HEALTH_CHECK_SECS: u64 = 3600;
 
 #[derive(Default)]
@@ -68,6 +70,20 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
         c.problem(
             "downstream.max_cookie_bytes",
             "must be between 1024 and 1048576",
+        );
+    }
+    let keepalive_secs = file.downstream.keepalive_timeout_secs;
+    if keepalive_secs > MAX_DOWNSTREAM_SECS {
+        c.problem(
+            "downstream.keepalive_timeout_secs",
+            format!("must be at most {MAX_DOWNSTREAM_SECS} seconds (0 turns keep-alive off)"),
+        );
+    }
+    let header_secs = file.downstream.header_timeout_secs;
+    if !(1..=MAX_DOWNSTREAM_SECS).contains(&header_secs) {
+        c.problem(
+            "downstream.header_timeout_secs",
+            format!("must be between 1 and {MAX_DOWNSTREAM_SECS} seconds"),
         );
     }
     let admin_listen = check_admin(&mut c, file.admin.listen, &listen);
@@ -134,6 +150,8 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             listen,
             read_buffer_bytes,
             max_cookie_bytes,
+            keepalive_secs,
+            header_timeout: Duration::from_secs(header_secs),
             upstream,
             auth_api,
             keys,
@@ -1173,6 +1191,40 @@ mod tests {
         assert_eq!(
             keys.check_refresh(previous(PREVIOUS_R).as_bytes(), now),
             crate::tokens::RefreshState::Valid
+        );
+    }
+
+    #[test]
+    fn downstream_timeouts_are_checked_with_their_paths() {
+        let cases: [(&str, &[&str]); 5] = [
+            ("", &[]),
+            (
+                "downstream: {keepalive_timeout_secs: 0, header_timeout_secs: 1}",
+                &[],
+            ),
+            (
+                "downstream: {keepalive_timeout_secs: 3601}",
+                &["downstream.keepalive_timeout_secs"],
+            ),
+            (
+                "downstream: {header_timeout_secs: 0}",
+                &["downstream.header_timeout_secs"],
+            ),
+            (
+                "downstream: {header_timeout_secs: 86400}",
+                &["downstream.header_timeout_secs"],
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = problems(&format!("listen: ['127.0.0.1:8080']\n{yaml}"), SECRETS);
+            let keys: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+            assert_eq!(keys, want, "{yaml}: {got:?}");
+        }
+        let env = env_with(SECRETS);
+        let rt = build(parse("{}").unwrap(), outside(&env)).unwrap().runtime;
+        assert_eq!(
+            (rt.keepalive_secs, rt.header_timeout),
+            (75, Duration::from_secs(60))
         );
     }
 

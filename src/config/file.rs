@@ -131,6 +131,12 @@ pub struct DownstreamFile {
     /// All Cookie headers of a request together; more is answered 431 before any check.
     /// Node.js (so Next.js) refuses request headers over 16 KiB by default.
     pub max_cookie_bytes: usize,
+    /// Idle time allowed between two requests on a connection (HTTP/1 keep-alive, HTTP/2 idle);
+    /// `0` closes after each answer. nginx's `keepalive_timeout` default.
+    pub keepalive_timeout_secs: u64,
+    /// Time allowed for a whole request header, from the connection's start or a later
+    /// request's first byte. nginx's `client_header_timeout` default.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for DownstreamFile {
@@ -138,6 +144,8 @@ impl Default for DownstreamFile {
         DownstreamFile {
             read_buffer_bytes: 16 * 1024,
             max_cookie_bytes: 16 * 1024,
+            keepalive_timeout_secs: 75,
+            header_timeout_secs: 60,
         }
     }
 }

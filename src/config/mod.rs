@@ -83,6 +83,10 @@ pub struct RuntimeConfig {
     pub listen: Vec<Listener>,
     pub read_buffer_bytes: usize,
     pub max_cookie_bytes: usize,
+    /// `downstream.keepalive_timeout_secs` (`0`: no keep-alive).
+    pub keepalive_secs: u64,
+    /// `downstream.header_timeout_secs`.
+    pub header_timeout: Duration,
     pub upstream: Upstream,
     pub auth_api: AuthApiSettings,
     pub keys: TokenKeys,

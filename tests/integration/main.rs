@@ -2,11 +2,14 @@
 
 mod auth_api_bound;
 mod balance;
+mod cache;
 mod cli;
 mod concurrency;
+mod cross_site;
 mod demo;
 mod endpoints;
 mod flow;
+mod host;
 mod logs;
 mod matrix;
 mod ops;
@@ -15,4 +18,6 @@ mod rotation;
 mod session_end;
 mod shared_store;
 mod support;
+mod timeouts;
 mod tls;
+mod underscores;

@@ -8,12 +8,12 @@ use std::process::Command;
 use crate::support::*;
 
 /// A self-signed certificate for 127.0.0.1, made with openssl; removed with the guard.
-struct Certificate {
+pub(crate) struct Certificate {
     dir: PathBuf,
 }
 
 impl Certificate {
-    fn new() -> Certificate {
+    pub(crate) fn new() -> Certificate {
         let dir =
             std::env::temp_dir().join(format!("etls-tls-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -41,11 +41,11 @@ impl Certificate {
         Certificate { dir }
     }
 
-    fn cert(&self) -> PathBuf {
+    pub(crate) fn cert(&self) -> PathBuf {
         self.dir.join("cert.pem")
     }
 
-    fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.dir.join("key.pem")
     }
 }

@@ -1,0 +1,71 @@
+//! The proxy's own POST endpoints refuse cross-site requests (a form on another site logging
+//! the user out, or refreshing): `403 {"error":"Forbidden"}`, no Set-Cookie, no auth API call.
+
+use crate::support::*;
+
+fn post(path: &str, cookie: &str, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: app.test\r\nCookie: {cookie}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+const CROSS_SITE: [&str; 5] = [
+    "Origin: https://evil.test\r\n",
+    "Origin: null\r\n",
+    "Origin: http://app.test:8080\r\n",
+    "Sec-Fetch-Site: cross-site\r\n",
+    "Sec-Fetch-Site: same-site\r\nOrigin: http://app.test\r\n",
+];
+
+const SAME_ORIGIN: [&str; 5] = [
+    "",
+    "Origin: http://app.test\r\n",
+    "Origin: https://app.test\r\n",
+    "Sec-Fetch-Site: same-origin\r\nOrigin: http://app.test\r\n",
+    "Sec-Fetch-Site: none\r\n",
+];
+
+#[tokio::test]
+async fn logout_refuses_cross_site_posts() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    let cookie = format!("accessTokenEtls={}", access_token(600));
+    for extra in CROSS_SITE {
+        let r = proxy.send(&post("/api/auth/logout", &cookie, extra)).await;
+        assert_eq!(r.status, 403, "{extra:?}");
+        assert_eq!(r.text(), r#"{"error":"Forbidden"}"#);
+        assert!(r.set_cookies().is_empty(), "{extra:?}");
+    }
+    for extra in SAME_ORIGIN {
+        let r = proxy.send(&post("/api/auth/logout", &cookie, extra)).await;
+        assert_eq!(r.status, 200, "{extra:?}");
+        assert_eq!(r.set_cookies().len(), 5, "{extra:?}");
+    }
+    assert_eq!(app.calls(), 0);
+}
+
+#[tokio::test]
+async fn refresh_endpoint_refuses_cross_site_posts_before_the_auth_api() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    for (i, extra) in CROSS_SITE.iter().enumerate() {
+        let cookie = expired_session(&format!("rt-x{i}"));
+        let r = proxy
+            .send(&post("/api/auth/refreshtoken", &cookie, extra))
+            .await;
+        assert_eq!(r.status, 403, "{extra:?}");
+        assert_eq!(r.text(), r#"{"error":"Forbidden"}"#);
+        assert!(r.set_cookies().is_empty());
+    }
+    assert_eq!(auth.calls(), 0);
+    for (i, extra) in SAME_ORIGIN.iter().enumerate() {
+        let cookie = expired_session(&format!("rt-s{i}"));
+        let r = proxy
+            .send(&post("/api/auth/refreshtoken", &cookie, extra))
+            .await;
+        assert_eq!(r.status, 200, "{extra:?}: {}", r.text());
+        assert_eq!(r.set_cookies().len(), 5);
+    }
+    assert_eq!(auth.calls(), SAME_ORIGIN.len());
+    assert_eq!(app.calls(), 0);
+}
