@@ -576,21 +576,21 @@ impl SharedStore {
             _ => return Err(StoreError::Garbage("store script")),
         }
         // The link back, so a logout carrying the renewed cookies finds the old ones (another
-        // hash tag: another slot, so its own command).
-        if let Some(next) = next {
+        // hash tag: another slot, so its own command). Sent at once, but nobody waits for its
+        // answer: a logout with the renewed cookies comes a browser round trip later.
+        if let (Some(next), Ok(client)) = (next, self.client()) {
             let origin = SessionKeys::new(&self.settings.key_prefix, &next).origin;
             let own = hex(key.as_bytes());
-            let _: () = self
-                .run(move |mut conn| async move {
-                    redis::cmd("SET")
-                        .arg(origin)
-                        .arg(own)
-                        .arg("PX")
-                        .arg(keep_ms)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+            let mut conn = client.conn.clone();
+            let (errors, timeout) = (self.metrics.errors.clone(), self.settings.timeout);
+            client.handle.spawn(async move {
+                let mut set = redis::cmd("SET");
+                set.arg(origin).arg(own).arg("PX").arg(keep_ms);
+                let set = set.query_async::<()>(&mut conn);
+                if !matches!(tokio::time::timeout(timeout, set).await, Ok(Ok(()))) {
+                    errors.inc();
+                }
+            });
         }
         Ok(true)
     }
