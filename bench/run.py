@@ -238,7 +238,8 @@ def run(args, workdir, procs):
     expired_base = session_cookie(tokens, "expired")
     run_id = f"demo-rt-{os.getpid()}-{int(time.time())}-"
 
-    ports = {k: free_port() for k in ["app", "auth", "auth_slow", "floor", "etls", "herd", "soak", "nginx", "njs", "unused1", "unused2"]}
+    ports = {k: free_port() for k in ["app", "auth", "auth_slow", "floor", "etls", "herd", "soak", "nginx", "njs", "unused1", "unused2",
+                                      "redis", "etls_redis", "herd_a", "herd_b", "herd_c"]}
     w = args.workers
     app = procs.start("app", ["nginx", "-p", workdir, "-c", render("app.conf", workdir, "app.conf",
                                                                       {"WORKERS": w, "DIR": workdir, "PORT": ports["app"]}), "-g", "daemon off;"])
@@ -263,9 +264,18 @@ def run(args, workdir, procs):
         "WORKERS": w, "DIR": workdir, "PORT": ports["njs"], "APP": ports["app"]}), "-g", "daemon off;"])
     for name, proc in [("floor", floor), ("etls", etls), ("nginx", nginx), ("njs", njs)]:
         wait_port(ports[name], proc, name)
+    # refresh.store: redis, against a redis-server of its own (no persistence).
+    redis = procs.start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no"])
+    wait_port(ports["redis"], redis, "redis-server")
+    shared = {"store": "redis", "redis": {"url": f"redis://127.0.0.1:{ports['redis']}/0"}}
+    etls_redis = procs.start("etls-redis", [proxy_bin, "-c", etls_config(workdir, "etls-redis", ports["etls_redis"], ports["app"],
+                                                                         ports["auth"], w, refresh=shared)],
+                             {**env, "RUST_LOG": "warn"})
+    wait_port(ports["etls_redis"], etls_redis, "etls-proxy (store: redis)")
 
     # Sanity: every target passes a valid token; the checking ones refuse a tampered one.
-    for name in ["floor", "etls", "nginx", "njs"]:
+    for name in ["floor", "etls", "etls_redis", "nginx", "njs"]:
         status, _ = http(ports[name], cookie=valid_cookie)
         assert status == 200, f"{name} answered {status} to a valid token"
     tampered = f"accessTokenEtls={tokens['tampered']}"
@@ -276,10 +286,11 @@ def run(args, workdir, procs):
               f"\nMachine: {os.cpu_count()} cores, {platform_line()}. wrk -t{args.wrk_threads} -c{args.connections} "
               f"-d{args.duration}s, {args.rounds} rounds alternating, {w} worker(s) per proxy and app; floor and etls-proxy "
               f"with the same Pingora settings (threads {w}, work_stealing off)."]
-    names = {"floor": "floor (bare Pingora)", "etls": "etls-proxy", "nginx": "nginx proxy_pass", "njs": "nginx + njs"}
+    names = {"floor": "floor (bare Pingora)", "etls": "etls-proxy", "etls_redis": "etls-proxy, store: redis",
+             "nginx": "nginx proxy_pass", "njs": "nginx + njs"}
 
     print("\n== valid: every request carries a valid access token", flush=True)
-    valid = alternate([(n, ports[n]) for n in ["floor", "etls", "nginx", "njs"]], args.rounds,
+    valid = alternate([(n, ports[n]) for n in ["floor", "etls", "etls_redis", "nginx", "njs"]], args.rounds,
                       lambda n, port: wrk(port, "valid.lua", args, args.duration, args.connections, {"BENCH_COOKIE": valid_cookie}))
     valid_rows = summarize(valid)
     report.append(table("valid (the hot path)", [(names[r[0]],) + r[1:] for r in valid_rows], "floor"))
@@ -300,12 +311,15 @@ def run(args, workdir, procs):
     print("\n== refresh storm: every request a new session, a real auth API round trip", flush=True)
     storm_env = {"BENCH_COOKIE": expired_base}
     counter = iter(range(1_000_000))
-    storm = alternate([("auth API direct", ports["auth"]), ("etls", ports["etls"])], args.rounds,
-                      lambda n, port: wrk(port, "auth-direct.lua" if n != "etls" else "storm.lua", args, args.duration,
+    storm = alternate([("auth API direct", ports["auth"]), ("etls", ports["etls"]), ("etls_redis", ports["etls_redis"])],
+                      args.rounds,
+                      lambda n, port: wrk(port, "auth-direct.lua" if n == "auth API direct" else "storm.lua", args, args.duration,
                                           args.connections, {**storm_env, "BENCH_SESSION_PREFIX": f"{run_id}storm-{next(counter)}-"}))
     rows = summarize(storm, floor="auth API direct")
     report.append(table("refresh storm (ratios to the auth API called directly)",
                         [(names.get(r[0], r[0]),) + r[1:] for r in rows], "auth API"))
+    redis_ratio = median(storm["etls_redis"], "rps") / median(storm["etls"], "rps")
+    report.append(f"\nrefresh storm, `store: redis` / `store: memory`: {redis_ratio:.2f}× req/s (target ≥ 0.7×).")
 
     print("\n== herd: one expired session, many connections, a 200 ms auth API", flush=True)
     herd = procs.start("herd", [proxy_bin, "-c", etls_config(workdir, "herd", ports["herd"], ports["app"], ports["auth_slow"], w)],
@@ -323,6 +337,35 @@ def run(args, workdir, procs):
                   f"| {herd_result['requests']} | {herd_result['rps']:.0f} | {herd_result['non2xx']} | "
                   f"{herd_result['connect'] + herd_result['read'] + herd_result['write'] + herd_result['timeout']} | {herd_calls} | "
                   f"{herd_result['p50_us']} | {herd_result['p99_us']} | {herd_result['max_us']} | {herd_rss['VmHWM'] / 1024:.1f} MiB |")
+
+    print("\n== herd over three instances sharing one Redis: one expired session, a 200 ms auth API", flush=True)
+    fleet = ["herd_a", "herd_b", "herd_c"]
+    for name in fleet:
+        proc = procs.start(name, [proxy_bin, "-c", etls_config(workdir, name, ports[name], ports["app"], ports["auth_slow"], w,
+                                                               refresh=shared)], {**env, "RUST_LOG": "warn"})
+        wait_port(ports[name], proc, f"etls-proxy ({name})")
+    before = auth_calls(ports["auth_slow"])
+    fleet_results = {}
+    cookie = {"BENCH_COOKIE": f"{expired_base}; refreshToken={run_id}herd-fleet"}
+
+    def herd_on(name):
+        fleet_results[name] = wrk(ports[name], "herd.lua", args, args.duration, max(1, args.herd_connections // 3), cookie)
+
+    threads = [threading.Thread(target=herd_on, args=(n,)) for n in fleet]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fleet_calls = auth_calls(ports["auth_slow"]) - before
+    total = {k: sum(r[k] for r in fleet_results.values()) for k in ["requests", "rps", "non2xx", "connect", "read", "write", "timeout"]}
+    print(f"  {total}\n  auth API calls: {fleet_calls}", flush=True)
+    report.append(f"\n### herd over three instances sharing one Redis ({args.herd_connections} connections in all, one expired "
+                  f"session, auth API answering in 200 ms)\n\n"
+                  f"| requests | req/s (sum) | non-2xx | socket errors | auth API calls | p99 µs (worst instance) |\n"
+                  f"|---:|---:|---:|---:|---:|---:|\n"
+                  f"| {total['requests']} | {total['rps']:.0f} | {total['non2xx']} | "
+                  f"{total['connect'] + total['read'] + total['write'] + total['timeout']} | {fleet_calls} | "
+                  f"{max(r['p99_us'] for r in fleet_results.values())} |")
 
     peak = rss_kib(etls.pid)
     report.append(f"\netls-proxy after valid, grace and storm runs: RSS {peak['VmRSS'] / 1024:.1f} MiB, "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build needs on a fresh Debian machine that has the Rust toolchain:
 # cmake for Pingora's zlib-ng (and a C compiler, normally already there), openssl and curl for
-# the TLS tests; with `bench`, also
+# the TLS tests, redis-server for the shared-store tests; with `bench`, also
 # wrk, nginx and nginx's njs module for `make bench`.
 set -euo pipefail
 need=()
@@ -10,6 +10,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 # The TLS tests make a certificate with openssl and speak HTTP/2 with curl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The shared-store tests (refresh.store: redis) start their own redis-server.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v nginx >/dev/null 2>&1 || need+=(nginx)

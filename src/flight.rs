@@ -35,6 +35,15 @@ impl SessionKey {
     pub fn short(&self) -> String {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The hash itself, for names shared with other instances (`crate::shared_store`).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        SessionKey(bytes)
+    }
 }
 
 impl fmt::Debug for SessionKey {

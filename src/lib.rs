@@ -26,6 +26,7 @@ pub mod reload;
 pub mod renewal;
 pub mod routes;
 pub mod set_cookie;
+pub mod shared_store;
 pub mod status;
 pub mod tokens;
 pub mod upstream;

@@ -146,7 +146,25 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     options.h2_idle_timeout = Some(Duration::from_secs(runtime.keepalive_secs.max(1)));
     let live = Arc::new(LiveConfig::new(cli.conf.clone(), runtime));
     let metrics = Arc::new(Metrics::new());
-    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app);
+    let shared = match live.load().shared_store.clone() {
+        None => None,
+        Some(settings) => {
+            match etls_proxy::shared_store::SharedStore::start(settings, metrics.registry()) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    eprintln!("etls-proxy: refresh.redis: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    if let Some(store) = &shared {
+        // Unreachable at start is a warning: sharing begins once it answers.
+        let probe = etls_proxy::shared_store::StartProbe(Arc::clone(store));
+        server.add_service(background_service("shared store probe", probe));
+    }
+    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app)
+        .with_shared_store(shared);
     let mut proxy = http_proxy(&server.configuration, proxy);
     proxy.server_options = Some(options);
     let header_live = live.clone();

@@ -142,6 +142,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// For the counters of other modules (`crate::shared_store`), exposed on the same page.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("etls_proxy".into()), None).expect("a valid prefix");

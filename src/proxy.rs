@@ -27,6 +27,7 @@ use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
 use crate::renewal::{RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew};
 use crate::routes::{Route, is_page_navigation};
+use crate::shared_store::{SharedFlight, SharedStore};
 use crate::upstream::AppUpstream;
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
@@ -35,9 +36,10 @@ pub struct EtlsProxy {
     live: Arc<LiveConfig>,
     flights: Arc<Flights>,
     client: Arc<AuthApiClient>,
-    keyer: Arc<SessionKeyer>,
     metrics: Arc<Metrics>,
     app: Arc<AppUpstream>,
+    /// `refresh.store: redis`: the flights' leaders coordinate with the other instances.
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl EtlsProxy {
@@ -51,10 +53,15 @@ impl EtlsProxy {
             live,
             flights,
             client: Arc::new(AuthApiClient::default()),
-            keyer: Arc::default(),
             metrics,
             app,
+            shared: None,
         }
+    }
+
+    pub fn with_shared_store(mut self, shared: Option<Arc<SharedStore>>) -> Self {
+        self.shared = shared;
+        self
     }
 }
 
@@ -203,10 +210,10 @@ impl EtlsProxy {
             self.metrics.unbound_refresh(true);
         }
         let unbound = plan.unbound.then_some(plan.refresh_token);
-        let key = self.session_key(&plan.api_cookies, unbound);
+        let key = session_key(&config.session_keyer, &plan.api_cookies, unbound);
         ctx.session = Some(key);
         let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
-        let (metrics, keyer) = (Arc::clone(&self.metrics), Arc::clone(&self.keyer));
+        let (metrics, shared) = (Arc::clone(&self.metrics), self.shared.clone());
         let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
         // Only the request that starts the flight copies what the flight needs.
         let start = move || {
@@ -214,25 +221,54 @@ impl EtlsProxy {
             async move {
                 let config = flight_config;
                 let minting = config.minting();
-                let started = Instant::now();
-                let result = renew(
-                    &client,
-                    &config.auth_api,
-                    &minting,
-                    &refresh_token,
-                    &api_cookies,
-                )
-                .await;
-                metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+                let call = async {
+                    let started = Instant::now();
+                    let result = renew(
+                        &client,
+                        &config.auth_api,
+                        &minting,
+                        &refresh_token,
+                        &api_cookies,
+                    )
+                    .await;
+                    metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+                    result
+                };
                 let send = &config.auth_api.send_cookies;
-                land(result, |renewed| {
-                    keyer.key(&[next_api_cookies(&api_cookies, renewed, send).as_bytes()])
-                })
+                let keyer = &config.session_keyer;
+                let next = |renewed: &RenewedSession| {
+                    Some(keyer.key(&[next_api_cookies(&api_cookies, renewed, send).as_bytes()]))
+                };
+                match shared {
+                    Some(store) => {
+                        // From the running configuration: follows a secret rotation.
+                        let value_key = config
+                            .shared_store
+                            .as_ref()
+                            .map_or(store.value_key(), |s| s.value_key);
+                        let flight = SharedFlight {
+                            key,
+                            value_key: &value_key,
+                            api_cookies: &api_cookies,
+                            auth_timeout: config.auth_api.timeout,
+                            grace: config.grace,
+                        };
+                        store.coordinate(flight, call, next).await
+                    }
+                    None => land(call.await, next),
+                }
             }
         };
         let waiting = Instant::now();
         let max_in_flight = config.auth_api.max_in_flight;
-        let (outcome, joined) = self.flights.run_bounded(key, max_in_flight, start).await;
+        let (mut outcome, joined) = self.flights.run_bounded(key, max_in_flight, start).await;
+        // A result kept here may belong to a session another instance has ended since.
+        if let (Ok(_), Joined::Grace, Some(store)) = (&outcome, joined, &self.shared)
+            && store.is_ended(key).await == Some(true)
+        {
+            self.flights.end(key);
+            outcome = Err(RefreshError::Ended);
+        }
         ctx.auth_wait = Some(waiting.elapsed());
         log::debug!(
             "session {}: refresh {} ({joined:?})",
@@ -296,16 +332,6 @@ impl EtlsProxy {
         }
     }
 
-    /// The flight-table key of a session: its auth API cookies, and for an unbound refresh token
-    /// (old routes) the token too, so such a token shares flights and grace hits only with
-    /// itself.
-    fn session_key(&self, api_cookies: &str, unbound_refresh: Option<&[u8]>) -> SessionKey {
-        match unbound_refresh {
-            Some(token) => self.keyer.key(&[api_cookies.as_bytes(), token]),
-            None => self.keyer.key(&[api_cookies.as_bytes()]),
-        }
-    }
-
     /// Logout: the session of the auth API cookies sent (and its whole chain) is ended in the
     /// table, then the backend logout runs when configured; nothing here can stop the answer.
     async fn end_session(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
@@ -322,19 +348,22 @@ impl EtlsProxy {
         if api_cookies.is_empty() {
             return;
         }
-        let key = self.session_key(&api_cookies, None);
+        let keyer = &config.session_keyer;
+        let key = session_key(keyer, &api_cookies, None);
         ctx.session = Some(key);
         // The keys an unbound refresh token of this request would have refreshed under too
         // (unknown keys leave nothing behind).
-        let names = &config.names;
-        let ended = self.flights.end(key)
-            + jar
-                .values(&names.refresh_etls)
-                .map(|token| {
-                    self.flights
-                        .end(self.session_key(&api_cookies, Some(token)))
-                })
-                .sum::<usize>();
+        let unbound: Vec<SessionKey> = jar
+            .values(&config.names.refresh_etls)
+            .map(|token| session_key(keyer, &api_cookies, Some(token)))
+            .collect();
+        let mut ended = 0;
+        for key in std::iter::once(key).chain(unbound) {
+            ended += self.flights.end(key);
+            if let Some(store) = &self.shared {
+                store.end(key, config.grace).await;
+            }
+        }
         log::debug!(
             "session {}: logout ended {ended} table entries",
             key.short()
@@ -378,6 +407,19 @@ impl EtlsProxy {
             .with_cookies(&more)
             .send(session)
             .await
+    }
+}
+
+/// The flight-table key of a session: its auth API cookies, and for an unbound refresh token
+/// (old routes) the token too, so such a token shares flights and grace hits only with itself.
+fn session_key(
+    keyer: &SessionKeyer,
+    api_cookies: &str,
+    unbound_refresh: Option<&[u8]>,
+) -> SessionKey {
+    match unbound_refresh {
+        Some(token) => keyer.key(&[api_cookies.as_bytes(), token]),
+        None => keyer.key(&[api_cookies.as_bytes()]),
     }
 }
 

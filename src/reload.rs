@@ -60,6 +60,9 @@ impl LiveConfig {
         if old.admin_listen != new.admin_listen {
             needs_restart.push("admin.listen");
         }
+        if old.shared_store != new.shared_store {
+            needs_restart.push("refresh.store/refresh.redis");
+        }
         // The app's instances feed the balancer built at start (`AppUpstream`).
         let instances = |u: &crate::config::Upstream| {
             u.peers

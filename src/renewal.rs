@@ -91,6 +91,52 @@ impl RenewedSession {
         Self::from_cookies(&cookies)
     }
 
+    /// One record per cookie, its lines joined by `\r` (which no header value holds; the
+    /// shared store's seal already separates records by `\n`): what a store outside the
+    /// process keeps, so a chunked value comes back as one cookie.
+    pub fn records(&self) -> Vec<Vec<u8>> {
+        self.cookie_lines()
+            .map(|(_, lines)| {
+                let lines: Vec<&[u8]> = lines.iter().map(HeaderValue::as_bytes).collect();
+                lines.join(&b'\r')
+            })
+            .collect()
+    }
+
+    /// The session [`RenewedSession::records`] wrote: a record of several lines is one value in
+    /// chunks `N.0`, `N.1`, ..., named `N` and joined.
+    pub fn from_records(records: &[String]) -> Result<Self, InvalidLine> {
+        let pair = |line: &str| {
+            let pair = line.split(';').next().unwrap_or_default();
+            pair.split_once('=')
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        };
+        let mut cookies = Vec::with_capacity(records.len());
+        for record in records {
+            let lines: Vec<String> = record.split('\r').map(str::to_owned).collect();
+            let (first, mut value) = pair(&lines[0]).ok_or(InvalidLine)?;
+            let name = if lines.len() == 1 {
+                first
+            } else {
+                let base = first.strip_suffix(".0").ok_or(InvalidLine)?.to_owned();
+                for (i, line) in lines.iter().enumerate().skip(1) {
+                    let (name, part) = pair(line).ok_or(InvalidLine)?;
+                    if name != crate::chunks::chunk_name(&base, i) {
+                        return Err(InvalidLine);
+                    }
+                    value.push_str(&part);
+                }
+                base
+            };
+            cookies.push((name, value, lines));
+        }
+        let parts: Vec<(&str, &str, &[String])> = cookies
+            .iter()
+            .map(|(n, v, l)| (n.as_str(), v.as_str(), l.as_slice()))
+            .collect();
+        Self::from_cookies(&parts)
+    }
+
     /// `(name, whole value, its lines)` per cookie.
     pub fn from_cookies(cookies: &[(&str, &str, &[String])]) -> Result<Self, InvalidLine> {
         let buffer = Bytes::from(
@@ -487,6 +533,46 @@ mod tests {
         let s = mint_session(&m, &claims(), api(None), OLD_SESSION, NOW).unwrap();
         assert_eq!(s.cookies().count(), 4);
         assert_eq!(s.set_cookie().len(), 4);
+    }
+
+    #[test]
+    fn records_bring_a_chunked_session_back_whole() {
+        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
+        let send = send();
+        let m = Minting {
+            keys: &k,
+            names: &names,
+            policy: &policy,
+            send_cookies: &send,
+            max_chunks: 8,
+            max_cookie_bytes: 32 * 1024,
+        };
+        let record: Claims = serde_json::from_value(json!({"blob": "x".repeat(9000)})).unwrap();
+        let answer = ApiTokens {
+            refresh_token: "r".repeat(4500),
+            ..api(Some(UserData::Record(record)))
+        };
+        let s = mint_session(&m, &claims(), answer, OLD_SESSION, NOW).unwrap();
+        assert!(matches!(s.layout(&names)[4], Layout::Chunks(_)));
+        let text = |records: Vec<Vec<u8>>| -> Vec<String> {
+            records
+                .into_iter()
+                .map(|r| String::from_utf8(r).unwrap())
+                .collect()
+        };
+        // The shared store's seal separates records by `\n`: none may hold one.
+        assert!(s.records().iter().all(|r| !r.contains(&b'\n')));
+        let back = RenewedSession::from_records(&text(s.records())).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.cookies().nth(3).unwrap().1, "r".repeat(4500));
+        // Records that are not what `records` writes are refused, never misread.
+        for bad in [
+            vec!["no pair here".to_owned()],
+            vec!["etlsUser.1=a; Path=/\retlsUser.0=b; Path=/".to_owned()],
+            vec!["etlsUser=a; Path=/\retlsUser.1=b; Path=/".to_owned()],
+        ] {
+            assert!(RenewedSession::from_records(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

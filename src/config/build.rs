@@ -110,11 +110,25 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             format!("must be at most {MAX_WINDOW_SECS} seconds"),
         );
     }
+    let refresh_secret = crate::shared_store::settings::first_refresh_secret(
+        file.tokens.refresh_secret_envs.as_deref(),
+        file.tokens.refresh_secret_env.as_deref(),
+        outside.env,
+    );
+    let store = crate::shared_store::settings::check(
+        file.refresh.store,
+        &file.refresh.redis,
+        outside.env,
+        &refresh_secret,
+    );
+    for (key, message) in store.problems {
+        c.problem(key, message);
+    }
     let (
         Some(server),
         Some(upstream),
         Some(auth_api),
-        Some((keys, secrets)),
+        Some((keys, mut secrets)),
         Some((names, policy)),
         Some(routes),
     ) = (server, upstream, auth_api, tokens, cookies, routes)
@@ -135,6 +149,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
                 message: e.to_string(),
             }]
         })?;
+    secrets.extend(store.secret);
     Ok(Loaded {
         runtime: RuntimeConfig {
             listen,
@@ -156,6 +171,8 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             admin_listen,
             access_log,
             identity,
+            session_keyer: crate::shared_store::settings::session_keyer(&refresh_secret),
+            shared_store: store.settings,
         },
         server,
         warnings: c.warnings,

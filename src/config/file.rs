@@ -426,6 +426,9 @@ fn default_logout_endpoint() -> Option<String> {
 pub struct RefreshFile {
     pub grace_secs: u64,
     pub max_entries: usize,
+    /// `memory` (one process) or `redis` (shared by every instance): `crate::shared_store`.
+    pub store: crate::shared_store::StoreKind,
+    pub redis: crate::shared_store::settings::RedisFile,
 }
 
 impl Default for RefreshFile {
@@ -433,6 +436,8 @@ impl Default for RefreshFile {
         RefreshFile {
             grace_secs: 30,
             max_entries: 100_000,
+            store: Default::default(),
+            redis: Default::default(),
         }
     }
 }

@@ -106,6 +106,10 @@ pub struct RuntimeConfig {
     /// `None`: no access log.
     pub access_log: Option<AccessLogFormat>,
     pub identity: IdentityHeaders,
+    /// Session keys, derived from the first refresh secret so that every instance agrees.
+    pub session_keyer: std::sync::Arc<crate::flight::SessionKeyer>,
+    /// `refresh.store: redis`; `None`: results stay in this process.
+    pub shared_store: Option<crate::shared_store::SharedStoreSettings>,
 }
 
 impl RuntimeConfig {

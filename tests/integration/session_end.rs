@@ -4,7 +4,6 @@
 //! backend logout (`auth_api.logout_url`) gets the session's cookies and can never stop the
 //! logout.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -14,43 +13,12 @@ use crate::support::*;
 const LOGOUT: &str = "/api/auth/logout";
 const REFRESH: &str = "/api/auth/refreshtoken";
 
-/// What the browser holds once it has stored the answer's Set-Cookie lines.
-fn stored(cookie: &str, answer: &Response) -> String {
-    let mut pairs: Vec<(String, String)> = cookie
-        .split("; ")
-        .filter_map(|c| c.split_once('='))
-        .map(|(n, v)| (n.to_owned(), v.to_owned()))
-        .collect();
-    for line in answer.set_cookies() {
-        let Some((name, value)) = line.split(';').next().and_then(|p| p.split_once('=')) else {
-            continue;
-        };
-        match pairs.iter_mut().find(|(n, _)| n == name) {
-            Some(pair) => pair.1 = value.to_owned(),
-            None => pairs.push((name.to_owned(), value.to_owned())),
-        }
-    }
-    pairs
-        .iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn assert_logged_out(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!({"message": "Logged out"}));
     let lines = r.set_cookies();
     assert_eq!(lines.len(), 5, "{lines:?}");
     assert!(lines.iter().all(|l| l.contains("Max-Age=0")), "{lines:?}");
-}
-
-fn admin_yaml() -> (SocketAddr, String) {
-    let port = free_port();
-    (
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        format!("admin: {{listen: '127.0.0.1:{port}'}}"),
-    )
 }
 
 /// A session refreshed once: its old cookies and the cookies the browser holds after.

@@ -981,6 +981,38 @@ pub fn check_config(yaml: &str) -> (std::process::Output, String) {
     )
 }
 
+/// What the browser holds once it has stored the answer's Set-Cookie lines.
+pub fn stored(cookie: &str, answer: &Response) -> String {
+    let mut pairs: Vec<(String, String)> = cookie
+        .split("; ")
+        .filter_map(|c| c.split_once('='))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    for line in answer.set_cookies() {
+        let Some((name, value)) = line.split(';').next().and_then(|p| p.split_once('=')) else {
+            continue;
+        };
+        match pairs.iter_mut().find(|(n, _)| n == name) {
+            Some(pair) => pair.1 = value.to_owned(),
+            None => pairs.push((name.to_owned(), value.to_owned())),
+        }
+    }
+    pairs
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An admin listener on a free port: its address and the YAML that turns it on.
+pub fn admin_yaml() -> (SocketAddr, String) {
+    let port = free_port();
+    (
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("admin: {{listen: '127.0.0.1:{port}'}}"),
+    )
+}
+
 /// A GET to the admin listener (`/metrics`, `/healthz`, `/readyz`).
 pub async fn admin_get(admin: SocketAddr, path: &str) -> Response {
     send_raw(

@@ -1,0 +1,123 @@
+//! A real `redis-server` per test: on a free loopback port, no persistence, stopped on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::free_port;
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    /// `(cert, key)` in PEM: TLS only (`rediss://`), the certificate for 127.0.0.1.
+    tls: Option<(String, String)>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Speaking TLS only, with this certificate and key.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: Some((cert.display().to_string(), key.display().to_string())),
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `refresh:` settings of a proxy sharing through this server. A generous command timeout:
+    /// debug builds on a loaded machine must not fall back where the test expects sharing
+    /// (a server that is down refuses at once, whatever the timeout).
+    pub fn yaml(&self) -> String {
+        format!(
+            "refresh: {{store: redis, redis: {{url: '{}', timeout_ms: 1000}}}}",
+            self.url()
+        )
+    }
+
+    /// Starts it (again, on the same port) and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", cert, "--tls-key-file", key])
+                .args(["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/deps.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Kills it at once (SIGKILL: no goodbye to the clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis-cli` against it; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((cert, _)) = &self.tls {
+            cmd.args(["--tls", "--cacert", cert]);
+        }
+        let out = cmd
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Keys matching `pattern`, one per line.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,733 @@
+//! `refresh.store: redis`: several proxy instances share one refresh per session through a real
+//! `redis-server` (each test starts its own); Redis failing never fails a request.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::redis_support::RedisServer;
+use crate::support::*;
+
+const LOGOUT: &str = "/api/auth/logout";
+
+async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let r = send_raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".as_slice(),
+    )
+    .await;
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
+}
+
+/// `n` instances sharing `redis`, each with its own admin listener.
+async fn instances(
+    n: usize,
+    app: &Stub,
+    auth: &Stub,
+    redis: &RedisServer,
+    extra: &str,
+) -> Vec<(Proxy, SocketAddr)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (admin, admin_yaml) = admin_yaml();
+        let proxy = Proxy::builder(app, auth)
+            .extra(format!("{}\n{admin_yaml}\n{extra}", redis.yaml()))
+            .start()
+            .await;
+        out.push((proxy, admin));
+    }
+    out
+}
+
+/// `n` concurrent GETs of `cookie`, spread round robin over `addrs`.
+async fn spread(addrs: &[SocketAddr], cookie: &str, n: usize) -> Vec<Response> {
+    let raw = format!("GET /page HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (raw, addr) = (raw.clone(), addrs[i % addrs.len()]);
+            tokio::spawn(async move { send_raw(addr, raw.as_bytes()).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn lines(r: &Response) -> Vec<String> {
+    r.set_cookies().iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn three_instances_make_one_auth_api_call_and_hand_out_identical_cookies() {
+    let redis = RedisServer::start().await;
+    // Slower than a third of the lease (auth timeout 1.5 s + 1 s): the lease is renewed.
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(1200)).await,
+    );
+    let fleet = instances(3, &app, &auth, &redis, "").await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let old = expired_session("opaque-rt-herd");
+    let answers = spread(&addrs, &old, 100).await;
+    let first = lines(&answers[0]);
+    assert_eq!(first.len(), 5, "{}", answers[0].text());
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(lines(r), first, "byte-identical cookies on every instance");
+    }
+    assert_eq!(auth.calls(), 1, "one auth API call for the whole fleet");
+    assert_eq!(
+        answers[0].set_cookie_value("refreshToken").as_deref(),
+        Some("api-refresh-after-opaque-rt-herd")
+    );
+    let mut renewals = 0.0;
+    let mut shared = 0.0;
+    for (_, admin) in &fleet {
+        renewals += metric(*admin, "etls_proxy_shared_store_lease_renewals_total").await;
+        shared += metric(*admin, "etls_proxy_shared_store_results_total").await;
+        assert_eq!(
+            metric(*admin, "etls_proxy_shared_store_errors_total").await,
+            0.0
+        );
+    }
+    assert!(
+        renewals >= 1.0,
+        "the lease was renewed during the slow call"
+    );
+    assert_eq!(
+        shared, 2.0,
+        "the two other instances took the stored result"
+    );
+    // Replayed later to each instance (kept locally or not): the same tokens, no call.
+    for addr in &addrs {
+        let r = send_raw(
+            *addr,
+            format!("GET /again HTTP/1.1\r\nHost: x\r\nCookie: {old}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(lines(&r), first);
+    }
+    // A fourth instance that never saw the session gets it from Redis.
+    let late = instances(1, &app, &auth, &redis, "").await;
+    let r = late[0].0.get("/late", &old).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(lines(&r), first, "the grace window spans instances");
+    assert_eq!(auth.calls(), 1);
+    // What Redis holds names no cookie and holds no token in the clear.
+    let dump = redis.cli(&["--scan"]);
+    assert!(
+        !dump.contains("opaque") && !dump.contains("refreshToken"),
+        "{dump}"
+    );
+    for key in redis.keys("etls:*:result") {
+        let value = redis.cli(&["GET", &key]);
+        assert!(!value.contains("api-refresh-after") && !value.contains("eyJ"));
+    }
+}
+
+#[tokio::test]
+async fn two_sessions_never_share_across_instances() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(200)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let (a, b) = (
+        expired_session("opaque-rt-a"),
+        expired_session("opaque-rt-b"),
+    );
+    let (ra, rb) = tokio::join!(spread(&addrs, &a, 10), spread(&addrs, &b, 10));
+    for (answers, rt) in [(ra, "opaque-rt-a"), (rb, "opaque-rt-b")] {
+        for r in answers {
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.set_cookie_value("refreshToken"),
+                Some(format!("api-refresh-after-{rt}"))
+            );
+        }
+    }
+    assert_eq!(auth.calls(), 2, "one call per session");
+}
+
+#[tokio::test]
+async fn a_logout_on_one_instance_is_a_logout_on_every_instance() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let fleet = instances(3, &app, &auth, &redis, "").await;
+    for logout_with_renewed in [true, false] {
+        let rt = if logout_with_renewed {
+            "opaque-rt-lo-new"
+        } else {
+            "opaque-rt-lo-old"
+        };
+        let calls = auth.calls();
+        let old = expired_session(rt);
+        // Refreshed on the first instance, then replayed to the others: each keeps the result.
+        let first = fleet[0].0.get("/page", &old).await;
+        assert_eq!(first.status, 200);
+        for (proxy, _) in &fleet[1..] {
+            let r = proxy.get("/page", &old).await;
+            assert_eq!(lines(&r), lines(&first));
+        }
+        assert_eq!(auth.calls(), calls + 1);
+        let renewed = stored(&old, &first);
+        let cookies = if logout_with_renewed { &renewed } else { &old };
+        let r = fleet[1].0.post(LOGOUT, cookies, b"").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), json!({"message": "Logged out"}));
+        // The old cookies are a logout everywhere, the instances holding a kept result too.
+        for (proxy, _) in &fleet {
+            assert_logout(&proxy.get("/page", &old).await);
+        }
+        assert_eq!(auth.calls(), calls + 1, "no auth API call after the logout");
+    }
+    let mut ended = 0.0;
+    for (_, admin) in &fleet {
+        ended += metric(*admin, "etls_proxy_shared_store_ended_total").await;
+    }
+    assert!(ended >= 2.0);
+}
+
+#[tokio::test]
+async fn a_rejected_refresh_ends_the_session_on_every_instance() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    // The renewed refresh token is refused (the auth API revoked the family).
+    auth.set_handler(|req| {
+        let rt = req.cookie("refreshToken").unwrap_or_default();
+        if rt.starts_with("api-refresh-after-") {
+            StubReply::json(403, json!({"error": "invalid_grant"}))
+        } else {
+            StubReply::json(200, rotated(&rt))
+        }
+    });
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let old = expired_session("opaque-rt-rej");
+    let first = fleet[0].0.get("/page", &old).await;
+    assert_eq!(first.status, 200);
+    // The second instance keeps the result too.
+    assert_eq!(lines(&fleet[1].0.get("/page", &old).await), lines(&first));
+    assert_eq!(auth.calls(), 1);
+    // The renewed cookies, their access token expired, are refused on instance 0 ...
+    let renewed_expired = stored(&old, &first)
+        .split("; ")
+        .map(|c| match c.split_once('=') {
+            Some(("accessTokenEtls", _)) => format!("accessTokenEtls={}", access_token(-30)),
+            _ => c.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert_logout(&fleet[0].0.get("/page", &renewed_expired).await);
+    assert_eq!(auth.calls(), 2);
+    // ... which ends the chain everywhere: the old cookies on instance 1, which keeps their
+    // result, and the renewed ones there, without a call.
+    assert_logout(&fleet[1].0.get("/page", &old).await);
+    assert_logout(&fleet[1].0.get("/page", &renewed_expired).await);
+    assert_eq!(
+        auth.calls(),
+        2,
+        "the rejection is known on the other instance"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_fails_no_request_and_sharing_resumes_when_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(150)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    // Shared first.
+    let answers = spread(&addrs, &expired_session("opaque-rt-up"), 10).await;
+    assert!(answers.iter().all(|r| r.status == 200));
+    assert_eq!(auth.calls(), 1);
+    redis.stop();
+    for n in 0..3 {
+        let cookie = expired_session(&format!("opaque-rt-down-{n}"));
+        let answers = spread(&addrs, &cookie, 10).await;
+        for r in &answers {
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.set_cookies().len(), 5);
+        }
+        // Each instance refreshed on its own, once (its in-process flight).
+        assert!(auth.calls() <= 1 + 2 * (n + 1), "{}", auth.calls());
+    }
+    let mut errors = 0.0;
+    for (_, admin) in &fleet {
+        errors += metric(*admin, "etls_proxy_shared_store_errors_total").await;
+        let _ = metric(*admin, "etls_proxy_shared_store_fallbacks_total").await;
+    }
+    assert!(errors >= 2.0, "errors counted: {errors}");
+    for (proxy, _) in &fleet {
+        assert!(proxy.log().contains("shared store redis://127.0.0.1"));
+    }
+    redis.restart().await;
+    // The client reconnects by itself: within a few sessions, one call per session again.
+    let mut shared_again = false;
+    for n in 0..20 {
+        let calls = auth.calls();
+        let cookie = expired_session(&format!("opaque-rt-back-{n}"));
+        let answers = spread(&addrs, &cookie, 10).await;
+        assert!(answers.iter().all(|r| r.status == 200));
+        if auth.calls() == calls + 1 && !redis.keys("etls:*:result").is_empty() {
+            shared_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shared_again, "sharing resumed after the restart");
+}
+
+#[tokio::test]
+async fn garbage_in_redis_falls_back_and_fails_nothing() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    // A kept result replaced by garbage, by a tampered copy, or by a value of another type.
+    for (n, spoil) in ["garbage", "tamper", "type"].iter().enumerate() {
+        let old = expired_session(&format!("opaque-rt-spoil-{n}"));
+        let calls = auth.calls();
+        let first = fleet[0].0.get("/page", &old).await;
+        assert_eq!(first.status, 200);
+        let keys = redis.keys("etls:*:result");
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let key = &keys[0];
+        match *spoil {
+            "garbage" => {
+                redis.cli(&["SET", key, "not a sealed value at all", "PX", "30000"]);
+            }
+            "tamper" => {
+                // Same length, one byte changed: the AEAD tag refuses it.
+                redis.cli(&[
+                    "EVAL",
+                    "local v = redis.call('GET', KEYS[1]); local b = string.byte(v, 20); \
+                     return redis.call('SET', KEYS[1], string.sub(v, 1, 19) .. string.char((b + 1) % 256) .. string.sub(v, 21), 'PX', 30000)",
+                    "1",
+                    key,
+                ]);
+            }
+            _ => {
+                redis.cli(&["DEL", key]);
+                redis.cli(&["HSET", key, "a", "b"]);
+            }
+        }
+        // The other instance, which keeps nothing locally, serves it through its own call.
+        let r = fleet[1].0.get("/page", &old).await;
+        assert_eq!(r.status, 200, "{spoil}: {}", r.text());
+        assert_eq!(r.set_cookies().len(), 5);
+        assert_eq!(
+            auth.calls(),
+            calls + 2,
+            "{spoil}: served by a call of its own"
+        );
+        redis.cli(&["DEL", key]);
+    }
+    let errors = metric(fleet[1].1, "etls_proxy_shared_store_errors_total").await;
+    assert!(errors >= 3.0, "{errors}");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_a_warning_and_requests_are_served() {
+    let port = free_port();
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("refresh: {store: redis, redis: {url_env: ETLS_TEST_REDIS_URL}}")
+        .env(
+            "ETLS_TEST_REDIS_URL",
+            &format!("redis://:opaque-redis-password@127.0.0.1:{port}/0"),
+        )
+        .start()
+        .await;
+    let r = proxy
+        .get("/page", &expired_session("opaque-rt-nored"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        proxy
+            .get("/page", &expired_session("opaque-rt-nored"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(auth.calls(), 1, "the in-process grace window still holds");
+    let log = proxy.log();
+    assert!(log.contains("does not answer"), "{log}");
+    assert!(
+        log.contains(&format!("redis://127.0.0.1:{port}/0")),
+        "{log}"
+    );
+}
+
+#[test]
+fn check_refuses_bad_store_settings_by_key() {
+    let cases = [
+        (
+            "refresh: {store: redis}",
+            "refresh.redis.url: refresh.store is `redis`",
+        ),
+        (
+            "refresh: {store: redis, redis: {url: 'redis://127.0.0.1:notaport'}}",
+            "refresh.redis.url: not a Redis URL",
+        ),
+        (
+            "refresh: {store: redis, redis: {url: 'redis://:opaque-pw@127.0.0.1:6379'}}",
+            "refresh.redis.url: holds a password",
+        ),
+        (
+            "refresh: {store: redis, redis: {url_env: ETLS_NO_SUCH_VAR}}",
+            "refresh.redis.url_env: environment variable ETLS_NO_SUCH_VAR is not set",
+        ),
+        (
+            "refresh: {store: redis, redis: {url: 'redis://127.0.0.1', timeout_ms: 0}}",
+            "refresh.redis.timeout_ms",
+        ),
+        ("refresh: {store: valkey}", "unknown variant `valkey`"),
+    ];
+    for (yaml, expected) in cases {
+        let conf = TempFile::new("store.yaml", yaml);
+        let out = Command::new(proxy_bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(&conf.0)
+            .env("ETLS_ACCESS", ACCESS_SECRET)
+            .env("ETLS_REFRESH", REFRESH_SECRET)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{yaml}: {text}");
+        assert!(text.contains(expected), "{yaml}: {text}");
+        assert!(
+            !text.contains("opaque-pw") && !text.contains("panicked"),
+            "{text}"
+        );
+    }
+    // Unreachable is not a refusal: -t connects to nothing.
+    let conf = TempFile::new(
+        "store.yaml",
+        "refresh: {store: redis, redis: {url: 'redis://127.0.0.1:1/0'}}",
+    );
+    let out = Command::new(proxy_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf.0)
+        .env("ETLS_ACCESS", ACCESS_SECRET)
+        .env("ETLS_REFRESH", REFRESH_SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn redis_killed_while_a_refresh_runs_fails_no_request() {
+    let mut redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(400)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let cookie = expired_session("opaque-rt-midflight");
+    let herd = {
+        let addrs = addrs.clone();
+        tokio::spawn(async move { spread(&addrs, &cookie, 20).await })
+    };
+    // The lock is taken and the call is running when Redis goes away.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis.stop();
+    for r in herd.await.unwrap() {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.set_cookies().len(), 5);
+    }
+    assert!(auth.calls() <= 2, "at most one call per instance");
+}
+
+#[tokio::test]
+async fn the_valid_path_never_touches_redis() {
+    // Redis down from the start: a valid token must not even try it.
+    let port = free_port();
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let (admin, admin_yaml) = admin_yaml();
+    let proxy = Proxy::builder(&app, &auth)
+        .extra(format!(
+            "refresh: {{store: redis, redis: {{url: 'redis://127.0.0.1:{port}/0'}}}}\n{admin_yaml}"
+        ))
+        .start()
+        .await;
+    let valid = format!(
+        "accessTokenEtls={}; refreshTokenEtls={}; refreshToken=opaque-rt-valid",
+        access_token(600),
+        refresh_token(3600)
+    );
+    for _ in 0..20 {
+        let r = proxy.get("/page", &valid).await;
+        assert_eq!(r.status, 200);
+        assert!(r.set_cookies().is_empty());
+    }
+    assert_eq!(
+        metric(admin, "etls_proxy_shared_store_errors_total").await,
+        0.0
+    );
+    // The control: an expired one does try (and falls back).
+    let r = proxy.get("/page", &expired_session("opaque-rt-exp")).await;
+    assert_eq!(r.status, 200);
+    assert!(metric(admin, "etls_proxy_shared_store_errors_total").await >= 1.0);
+    assert_eq!(auth.calls(), 1);
+}
+
+/// A self-signed certificate for 127.0.0.1 (openssl), in a directory removed on drop.
+struct Certificate(std::path::PathBuf);
+
+impl Certificate {
+    fn new() -> Certificate {
+        let dir = std::env::temp_dir().join(format!(
+            "etls-redis-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success());
+        Certificate(dir)
+    }
+}
+
+impl Drop for Certificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn rediss_shares_over_tls_verified_against_the_system_roots() {
+    let cert = Certificate::new();
+    let (cert_pem, key_pem) = (cert.0.join("cert.pem"), cert.0.join("key.pem"));
+    let redis = RedisServer::start_tls(&cert_pem, &key_pem).await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(200)).await,
+    );
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let (admin, admin_yaml) = admin_yaml();
+        // The test's certificate as the only root (rustls-native-certs reads SSL_CERT_FILE);
+        // a generous timeout, for a TLS handshake by a debug build on a loaded machine.
+        let proxy = Proxy::builder(&app, &auth)
+            .extra(format!(
+                "refresh: {{store: redis, redis: {{url: '{}', timeout_ms: 2000}}}}\n{admin_yaml}",
+                redis.url()
+            ))
+            .env("SSL_CERT_FILE", &cert_pem.display().to_string())
+            .start()
+            .await;
+        fleet.push((proxy, admin));
+    }
+    assert!(redis.url().starts_with("rediss://"));
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let answers = spread(&addrs, &expired_session("opaque-rt-tls"), 10).await;
+    let first = lines(&answers[0]);
+    for r in &answers {
+        assert_eq!(r.status, 200);
+        assert_eq!(lines(r), first);
+    }
+    assert_eq!(auth.calls(), 1, "shared over TLS");
+    for (_, admin) in &fleet {
+        assert_eq!(
+            metric(*admin, "etls_proxy_shared_store_errors_total").await,
+            0.0
+        );
+    }
+    assert_eq!(redis.keys("etls:*:result").len(), 1);
+}
+
+#[tokio::test]
+async fn a_refresh_landing_after_a_logout_elsewhere_hands_out_nothing() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(600)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let old = expired_session("opaque-rt-race");
+    let running = {
+        let (addr, old) = (fleet[0].0.addr, old.clone());
+        tokio::spawn(async move { fan_out(addr, &old, 3).await })
+    };
+    // The call is running on instance 0 (its lock taken) when instance 1 logs the session out.
+    let mut locked = false;
+    for _ in 0..100 {
+        if !redis.keys("etls:*:lock").is_empty() {
+            locked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(locked, "the refresh took the lock");
+    let r = fleet[1].0.post(LOGOUT, &old, b"").await;
+    assert_eq!(r.status, 200);
+    // The tokens landing after the logout are not handed out, nor kept.
+    for r in running.await.unwrap() {
+        assert_logout(&r);
+    }
+    for (proxy, _) in &fleet {
+        assert_logout(&proxy.get("/page", &old).await);
+    }
+    assert_eq!(auth.calls(), 1);
+    assert!(redis.keys("etls:*:result").is_empty());
+}
+
+/// A daemon (`-d`) instance, killed by the pid in its pid file when dropped.
+struct Daemon {
+    addr: SocketAddr,
+    pid_file: std::path::PathBuf,
+    _conf: TempFile,
+}
+
+impl Daemon {
+    async fn start(app: &Stub, auth: &Stub, extra: &str) -> Daemon {
+        let port = free_port();
+        let conf = TempFile::new(
+            "daemon.yaml",
+            &config_yaml(port, app.addr, auth.addr, extra),
+        );
+        let status = Command::new(proxy_bin())
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf.0)
+            .env("ETLS_ACCESS", ACCESS_SECRET)
+            .env("ETLS_REFRESH", REFRESH_SECRET)
+            .env("RUST_LOG", "warn")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let daemon = Daemon {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            pid_file: format!("/tmp/etls-test-{port}.pid").into(),
+            _conf: conf,
+        };
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(daemon.addr).await.is_ok() {
+                return daemon;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the daemon did not listen");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+#[tokio::test]
+async fn daemon_instances_share_too() {
+    // Pingora's `-d` forks after the configuration is loaded: the client must start after it.
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(200)).await,
+    );
+    let a = Daemon::start(&app, &auth, &redis.yaml()).await;
+    let b = Daemon::start(&app, &auth, &redis.yaml()).await;
+    let answers = spread(&[a.addr, b.addr], &expired_session("opaque-rt-daemon"), 10).await;
+    let first = lines(&answers[0]);
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(lines(r), first);
+    }
+    assert_eq!(auth.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_store_says_a_restart_is_needed() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    proxy.reload_with(&redis.yaml());
+    let mut said = false;
+    for _ in 0..250 {
+        let log = proxy.log();
+        if log.contains("configuration reloaded") {
+            said = log.contains("refresh.store/refresh.redis changed");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(said, "{}", proxy.log());
+    // Still one process's table: nothing was written to Redis.
+    let r = proxy
+        .get("/page", &expired_session("opaque-rt-reload"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(redis.keys("etls:*").is_empty());
+}
+
+/// A session whose user record is chunked is shared whole: the other instance hands out the same
+/// chunk lines, and its app sees one `etlsUser`, the joined token.
+#[tokio::test]
+async fn a_chunked_session_is_shared_whole_across_instances() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let perms: Vec<String> = (0..400).map(|i| format!("perm:read:{i:05}")).collect();
+    auth.set_handler(move |req| {
+        let rt = req.cookie("refreshToken").unwrap_or_default();
+        StubReply::json(
+            200,
+            json!({"accessToken": "opaque-a", "refreshToken": format!("api-refresh-after-{rt}"),
+                   "userData": {"id": 1, "perms": perms}}),
+        )
+    });
+    let fleet = instances(
+        2,
+        &app,
+        &auth,
+        &redis,
+        "downstream: {max_cookie_bytes: 32768}",
+    )
+    .await;
+    let old = expired_session("opaque-rt-chunked");
+    let first = fleet[0].0.get("/page", &old).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = fleet[1].0.get("/page", &old).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        auth.calls(),
+        1,
+        "the second instance took the shared result"
+    );
+    assert_eq!(lines(&first), lines(&second));
+    let chunks: Vec<String> = (0..)
+        .map_while(|i| first.set_cookie_value(&format!("etlsUser.{i}")))
+        .collect();
+    assert!(chunks.len() >= 2, "{:?}", lines(&first));
+    assert_eq!(app.last().cookie("etlsUser"), Some(chunks.concat()));
+    assert!(app.last().cookie("etlsUser.0").is_none());
+}
