@@ -6,7 +6,10 @@ Everything listens on 127.0.0.1 and every load loop has a fixed duration.
 """
 
 import argparse
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -205,14 +208,29 @@ def etls_config(workdir, name, port, app, auth, threads, **sections):
 
 
 def demo_tokens(bin_dir=RELEASE):
-    """Tokens signed with SECRETS by etls-demo: `valid`, `expired`, `refresh`, `tampered`."""
-    return json.loads(subprocess.run([os.path.join(bin_dir, "etls-demo"), "tokens"], capture_output=True,
-                                     text=True, check=True, env={**os.environ, **SECRETS}).stdout)
+    """Tokens signed with SECRETS by etls-demo: `valid`, `expired`, `refresh` (bound to its one
+    `refresh_api`), `tampered`; plus `legacy`, a refresh token as the old Next.js routes mint it."""
+    tokens = json.loads(subprocess.run([os.path.join(bin_dir, "etls-demo"), "tokens"], capture_output=True,
+                                       text=True, check=True, env={**os.environ, **SECRETS}).stdout)
+    tokens["legacy"] = legacy_refresh_token(SECRETS["ETLS_REFRESH"])
+    return tokens
+
+
+def legacy_refresh_token(secret):
+    """An HS256 refresh token without `sid` (no session binding): one token serves the many
+    auth API sessions a load test makes up, as during the migration from the old routes."""
+    def b64(raw):
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"username": "demo", "exp": int(time.time()) + 43200}).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
 
 
 def session_cookie(tokens, access):
-    """`accessTokenEtls` (one of `tokens`' names) with the valid refresh token."""
-    return f"accessTokenEtls={tokens[access]}; refreshTokenEtls={tokens['refresh']}"
+    """`accessTokenEtls` (one of `tokens`' names) with a refresh token any made-up `refreshToken`
+    may go with (`legacy`: unbound, refreshed under `tokens.unbound_refresh: allow`)."""
+    return f"accessTokenEtls={tokens[access]}; refreshTokenEtls={tokens['legacy']}"
 
 
 def main():

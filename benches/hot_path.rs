@@ -137,6 +137,7 @@ fn benches(c: &mut Criterion) {
         send_cookies: &send_cookies,
         max_chunks: 8,
         max_cookie_bytes: 16 * 1024,
+        other_cookie_bytes: 0,
     };
     let claims: Claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let record: Claims =

@@ -102,6 +102,18 @@ fn chunk_of(name: &[u8], names: &[&str; 5]) -> Option<(usize, usize)> {
     Some((slot, index))
 }
 
+/// Bytes of the Cookie headers that are not the five names nor their chunks (each crumb with
+/// its `; `): what the browser will send beside whatever the proxy sets for the five.
+pub fn other_cookie_bytes(jar: &CookieJar<'_>, names: &CookieNames) -> usize {
+    let five = names.all();
+    jar.crumbs()
+        .filter(|c| {
+            !five.iter().any(|n| n.as_bytes() == c.name) && chunk_of(c.name, &five).is_none()
+        })
+        .map(|c| c.raw.len() + 2)
+        .sum()
+}
+
 /// True when the request carries a chunk (with a value) of one of the five names: the one
 /// check every request pays. No allocation, and no crumb parsing: a SIMD search for `=`, and
 /// only a name ending in a digit is looked at further.
@@ -303,6 +315,23 @@ mod tests {
 
     fn pair(line: &str) -> (&str, &str) {
         line.split(';').next().unwrap().split_once('=').unwrap()
+    }
+
+    #[test]
+    fn other_cookies_are_all_but_the_five_and_their_chunks() {
+        let n = names();
+        let cases: &[(&[&str], usize)] = &[
+            (&[""], 0),
+            (&["accessTokenEtls=a; etlsUser.0=b; etlsUser.1=c"], 0),
+            (&["theme=dark; accessTokenEtls=a"], "theme=dark".len() + 2),
+            (
+                &["theme=dark", "app.0=x; etlsUser.01=y"],
+                10 + 2 + 7 + 2 + 13 + 2,
+            ),
+        ];
+        for (headers, want) in cases {
+            assert_eq!(other_cookie_bytes(&jar(headers), &n), *want, "{headers:?}");
+        }
     }
 
     #[test]

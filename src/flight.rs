@@ -278,23 +278,24 @@ where
                 }
             }
         };
-        self.run_bounded(key, usize::MAX, start).await
+        self.run_bounded(key, None, start).await
     }
 
     /// As [`Self::run`], with the flight saying what its outcome does to the session, and at
-    /// most `max_in_flight` flights running: beyond it, [`AuthApiBusy`] at once, no flight.
-    /// An ended session is answered [`SessionEnded`] for the grace window.
+    /// most `max_in_flight` flights running (`None`: no bound here, the flight takes its place
+    /// of [`Self::gate`] itself): beyond it, [`AuthApiBusy`] at once, no flight. An ended
+    /// session is answered [`SessionEnded`] for the grace window.
     pub async fn run_bounded<F, Fut>(
         self: &Arc<Self>,
         key: SessionKey,
-        max_in_flight: usize,
+        max_in_flight: impl Into<Option<usize>>,
         start: F,
     ) -> (Outcome<T, E>, Joined)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Landing<T, E>> + Send + 'static,
     {
-        let step = self.join_or_start(key, max_in_flight, start);
+        let step = self.join_or_start(key, max_in_flight.into(), start);
         match step {
             Step::Done(outcome, joined) => (outcome, joined),
             Step::Wait(rx, joined) => (wait(rx).await, joined),
@@ -317,7 +318,7 @@ where
     fn join_or_start<F, Fut>(
         self: &Arc<Self>,
         key: SessionKey,
-        max_in_flight: usize,
+        max_in_flight: Option<usize>,
         start: F,
     ) -> Step<T, E>
     where
@@ -337,10 +338,14 @@ where
             Some(Slot::Running(rx)) => return Step::Wait(rx.clone(), Joined::Waited),
             _ => {}
         }
-        let Some(permit) = self.gate.try_acquire(max_in_flight) else {
-            drop(table);
-            warn_busy(max_in_flight);
-            return Step::Done(Err(AuthApiBusy.into()), Joined::Led);
+        let permit = match max_in_flight.map(|max| (max, self.gate.try_acquire(max))) {
+            Some((max, None)) => {
+                drop(table);
+                warn_busy(max);
+                return Step::Done(Err(AuthApiBusy.into()), Joined::Led);
+            }
+            Some((_, place)) => place,
+            None => None,
         };
         // Running flights are always tracked, so one session never makes two calls; room is made
         // by dropping the oldest kept results.

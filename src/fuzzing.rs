@@ -144,6 +144,7 @@ pub fn auth_answer(data: &[u8]) {
         send_cookies: &send_cookies,
         max_chunks: 8,
         max_cookie_bytes: 64 * 1024,
+        other_cookie_bytes: 0,
     };
     let claims: Claims = serde_json::from_str(r#"{"username":"ann"}"#).expect("claims");
     let expected_api = (api.access_token.clone(), api.refresh_token.clone());

@@ -25,9 +25,12 @@ use crate::forwarded::{Caller, client_address};
 use crate::guard;
 use crate::metrics::{AuthApiOutcome, Decision, Metrics};
 use crate::reload::LiveConfig;
-use crate::renewal::{RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew};
+use crate::renewal::{
+    Minting, RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew,
+};
 use crate::routes::{Route, is_page_navigation};
 use crate::shared_store::{SharedFlight, SharedStore};
+use crate::tokens::{Binding, RefreshState, UnboundRefresh};
 use crate::upstream::AppUpstream;
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
@@ -214,14 +217,35 @@ impl EtlsProxy {
         ctx.session = Some(key);
         let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
         let (metrics, shared) = (Arc::clone(&self.metrics), self.shared.clone());
+        // `auth_api.max_in_flight` bounds calls to the auth API. Alone, every flight is one; with
+        // a shared store a flight may only wait for another instance's call, so the place is
+        // taken around the call itself.
+        let max_in_flight = config.auth_api.max_in_flight;
+        let (flight_bound, call_gate) = match shared {
+            Some(_) => (None, Some(Arc::clone(self.flights.gate()))),
+            None => (Some(max_in_flight), None),
+        };
         let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
+        // What the browser sends beside the new cookies counts against the same limit.
+        let sent = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+        let other_cookie_bytes = chunks::other_cookie_bytes(&sent, &config.names);
         // Only the request that starts the flight copies what the flight needs.
         let start = move || {
             let refresh_token = refresh_token.to_vec();
             async move {
                 let config = flight_config;
-                let minting = config.minting();
+                let minting = Minting {
+                    other_cookie_bytes,
+                    ..config.minting()
+                };
                 let call = async {
+                    let _place = match &call_gate {
+                        Some(gate) => match gate.try_acquire(max_in_flight) {
+                            Some(place) => Some(place),
+                            None => return Err(RefreshError::Busy),
+                        },
+                        None => None,
+                    };
                     let started = Instant::now();
                     let result = renew(
                         &client,
@@ -260,8 +284,7 @@ impl EtlsProxy {
             }
         };
         let waiting = Instant::now();
-        let max_in_flight = config.auth_api.max_in_flight;
-        let (mut outcome, joined) = self.flights.run_bounded(key, max_in_flight, start).await;
+        let (mut outcome, joined) = self.flights.run_bounded(key, flight_bound, start).await;
         // A result kept here may belong to a session another instance has ended since.
         if let (Ok(_), Joined::Grace, Some(store)) = (&outcome, joined, &self.shared)
             && store.is_ended(key).await == Some(true)
@@ -353,15 +376,27 @@ impl EtlsProxy {
         ctx.session = Some(key);
         // The keys an unbound refresh token of this request would have refreshed under too
         // (unknown keys leave nothing behind).
-        let unbound: Vec<SessionKey> = jar
-            .values(&config.names.refresh_etls)
-            .map(|token| session_key(keyer, &api_cookies, Some(token)))
-            .collect();
+        // Only refresh tokens that verify and are unbound, each once and a few at most: a logout
+        // needs no valid token, so crumbs must not multiply its work.
+        let now = crate::unix_now();
+        let mut keys = vec![key];
+        if config.keys.unbound_refresh == UnboundRefresh::Allow {
+            for token in jar.values(&config.names.refresh_etls) {
+                let unbound = matches!(
+                    config.keys.check_refresh(token, now),
+                    RefreshState::Valid(Binding::Unbound)
+                );
+                let key = session_key(keyer, &api_cookies, Some(token));
+                if unbound && !keys.contains(&key) && keys.len() <= MAX_UNBOUND_ENDED {
+                    keys.push(key);
+                }
+            }
+        }
         let mut ended = 0;
-        for key in std::iter::once(key).chain(unbound) {
+        for key in keys {
             ended += self.flights.end(key);
             if let Some(store) = &self.shared {
-                store.end(key, config.grace).await;
+                store.end(key, config.grace, config.auth_api.timeout).await;
             }
         }
         log::debug!(
@@ -409,6 +444,9 @@ impl EtlsProxy {
             .await
     }
 }
+
+/// Unbound refresh tokens of one logout whose keys are ended besides its own.
+const MAX_UNBOUND_ENDED: usize = 4;
 
 /// The flight-table key of a session: its auth API cookies, and for an unbound refresh token
 /// (old routes) the token too, so such a token shares flights and grace hits only with itself.

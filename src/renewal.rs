@@ -246,6 +246,9 @@ pub struct Minting<'c> {
     pub max_chunks: usize,
     /// `downstream.max_cookie_bytes`: the new cookies must fit in what the proxy accepts back.
     pub max_cookie_bytes: usize,
+    /// The leader request's cookies other than the five (and their chunks): the browser sends
+    /// them back beside the new ones.
+    pub other_cookie_bytes: usize,
 }
 
 /// Calls the auth API with the session's cookies, then mints the new session carrying the
@@ -332,6 +335,7 @@ pub fn mint_session(
         send_cookies,
         max_chunks,
         max_cookie_bytes,
+        other_cookie_bytes,
     } = minting;
     let mint_err = |e: crate::tokens::MintError| RefreshError::Mint(e.to_string());
     let mut cookies = vec![
@@ -388,9 +392,9 @@ pub fn mint_session(
         .flatten()
         .map(|line| line.split(';').next().unwrap_or_default().len() + 2)
         .sum();
-    if total > *max_cookie_bytes + 2 {
+    if total + other_cookie_bytes > *max_cookie_bytes + 2 {
         return Err(AuthApiError::BadAnswer(format!(
-            "the new cookies take {} bytes, over downstream.max_cookie_bytes ({max_cookie_bytes})",
+            "the new cookies take {} bytes, with the request's other cookies ({other_cookie_bytes} bytes) over downstream.max_cookie_bytes ({max_cookie_bytes})",
             total - 2
         ))
         .into());
@@ -440,6 +444,7 @@ mod tests {
             send_cookies: &send,
             max_chunks: 8,
             max_cookie_bytes: 16 * 1024,
+            other_cookie_bytes: 0,
         };
         let record: Claims = serde_json::from_value(json!({"id": 1, "role": "admin"})).unwrap();
         let s = mint_session(
@@ -520,6 +525,7 @@ mod tests {
             send_cookies: &send,
             max_chunks: 8,
             max_cookie_bytes: 16 * 1024,
+            other_cookie_bytes: 0,
         };
         let s = mint_session(
             &m,
@@ -546,6 +552,7 @@ mod tests {
             send_cookies: &send,
             max_chunks: 8,
             max_cookie_bytes: 32 * 1024,
+            other_cookie_bytes: 0,
         };
         let record: Claims = serde_json::from_value(json!({"blob": "x".repeat(9000)})).unwrap();
         let answer = ApiTokens {
@@ -705,6 +712,7 @@ mod tests {
                 send_cookies: &send,
                 max_chunks,
                 max_cookie_bytes,
+                other_cookie_bytes: 0,
             };
             let user = answer.user.clone();
             let expect_refresh = answer.refresh_token.clone();

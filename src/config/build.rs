@@ -171,7 +171,13 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             admin_listen,
             access_log,
             identity,
-            session_keyer: crate::shared_store::settings::session_keyer(&refresh_secret),
+            // Alone, one random key for the process's life, so a reload (a secret rotation
+            // included) never re-keys a refresh in flight or a session's tombstones; shared, a
+            // key every instance derives alike.
+            session_keyer: match store.settings {
+                Some(_) => crate::shared_store::settings::session_keyer(&refresh_secret),
+                None => crate::shared_store::settings::process_session_keyer(),
+            },
             shared_store: store.settings,
         },
         server,

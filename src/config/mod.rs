@@ -129,6 +129,7 @@ impl RuntimeConfig {
             send_cookies: &self.auth_api.send_cookies,
             max_chunks: self.max_chunks,
             max_cookie_bytes: self.max_cookie_bytes,
+            other_cookie_bytes: 0,
         }
     }
 }

@@ -499,7 +499,7 @@ impl SharedStore {
             Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
                 // A rejection ends the session on every instance, as a logout does.
                 // Ended while the lock is still ours, so the script knows the session.
-                self.end_keys(key, grace).await;
+                self.end_keys(key, grace, lease).await;
                 self.release(keys, token).await;
                 Landing::Ended(error)
             }
@@ -614,12 +614,15 @@ impl SharedStore {
 
     /// Ends `key`'s session on every instance (logout): a tombstone for the grace window for
     /// it and every session chained to it in Redis. Errors are counted; the logout goes on.
-    pub async fn end(&self, key: SessionKey, grace: Duration) {
-        self.end_keys(key, grace).await;
+    pub async fn end(&self, key: SessionKey, grace: Duration, auth_timeout: Duration) {
+        self.end_keys(key, grace, auth_timeout + Duration::from_secs(1))
+            .await;
     }
 
-    async fn end_keys(&self, first: SessionKey, grace: Duration) {
-        let keep = millis(grace.max(Duration::from_secs(1)));
+    /// The tombstones outlive the grace window and any `lease` still running, so a refresh
+    /// landing after the logout always finds them and stores nothing.
+    async fn end_keys(&self, first: SessionKey, grace: Duration, lease: Duration) {
+        let keep = millis(grace.max(lease));
         let mut chain = vec![first];
         let mut at = 0;
         while at < chain.len() {

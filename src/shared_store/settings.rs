@@ -249,6 +249,12 @@ pub fn session_keyer(refresh_secret: &[u8]) -> Arc<SessionKeyer> {
     )))
 }
 
+/// The keyer of an instance that shares nothing: random, the same for the whole process.
+pub fn process_session_keyer() -> Arc<SessionKeyer> {
+    static KEYER: std::sync::OnceLock<Arc<SessionKeyer>> = std::sync::OnceLock::new();
+    Arc::clone(KEYER.get_or_init(|| Arc::new(SessionKeyer::default())))
+}
+
 /// The value of the first refresh secret's env var (the one tokens are minted with), as the
 /// tokens section names it; empty when unset (the tokens check reports that).
 pub fn first_refresh_secret(

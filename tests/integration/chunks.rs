@@ -283,7 +283,7 @@ async fn over_the_bounds_is_a_502_that_says_why_and_keeps_the_cookies() {
         assert!(got.starts_with(reason), "{extra}: {got}");
         if i == 1 {
             assert!(
-                got.ends_with("bytes, over downstream.max_cookie_bytes (16384)"),
+                got.ends_with("bytes) over downstream.max_cookie_bytes (16384)"),
                 "{got}"
             );
         }
@@ -393,4 +393,47 @@ async fn a_logout_with_a_chunked_refresh_token_ends_the_session() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_logout(&proxy.get("/", &old).await);
     assert_eq!(auth.calls(), 1);
+}
+
+/// The browser sends the app's own cookies beside the five: new cookies that fit alone but not
+/// beside them would lock the user out with 431 on every later request, so the refresh is a
+/// 502 that says so instead, cookies kept.
+#[tokio::test]
+async fn new_cookies_that_fit_only_without_the_apps_cookies_are_a_502() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    auth.set_handler(|req| {
+        let rt = req.cookie("refreshToken").unwrap_or_default();
+        StubReply::json(
+            200,
+            json!({"accessToken": "opaque-a", "refreshToken": format!("api-refresh-after-{rt}"),
+                   "userData": big_user(9)}),
+        )
+    });
+    let proxy = Proxy::start(&app, &auth).await;
+    // Alone, the session fits in the default 16 KiB...
+    let r = proxy.get("/", &expired_session("rt-alone")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let session_bytes: usize = r
+        .set_cookies()
+        .iter()
+        .filter(|l| !l.contains("Max-Age=0"))
+        .map(|l| l.split(';').next().unwrap().len() + 2)
+        .sum();
+    // ...but not beside an app cookie taking what is left, and a little more.
+    let room = (16 * 1024usize).saturating_sub(session_bytes);
+    let crowded = format!(
+        "{}; app-prefs={}",
+        expired_session("rt-crowded"),
+        "p".repeat(room + 100)
+    );
+    assert!(crowded.len() < 16 * 1024, "the request itself passes");
+    let r = proxy.get("/", &crowded).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let reason = r.json()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("with the request's other cookies")
+            && reason.ends_with("over downstream.max_cookie_bytes (16384)"),
+        "{reason}"
+    );
+    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
 }

@@ -49,8 +49,18 @@ impl RedisServer {
     /// debug builds on a loaded machine must not fall back where the test expects sharing
     /// (a server that is down refuses at once, whatever the timeout).
     pub fn yaml(&self) -> String {
+        self.yaml_with("")
+    }
+
+    /// [`Self::yaml`] with more keys of the `refresh` section (`grace_secs: 0`).
+    pub fn yaml_with(&self, refresh: &str) -> String {
+        let more = if refresh.is_empty() {
+            String::new()
+        } else {
+            format!(", {refresh}")
+        };
         format!(
-            "refresh: {{store: redis, redis: {{url: '{}', timeout_ms: 1000}}}}",
+            "refresh: {{store: redis, redis: {{url: '{}', timeout_ms: 1000}}{more}}}",
             self.url()
         )
     }

@@ -248,3 +248,43 @@ async fn a_logout_during_a_refresh_wins_over_its_result() {
     assert_eq!(auth.calls(), 1);
     assert_eq!(app.calls(), 0);
 }
+
+/// Alone, a reload (here one rotating the first refresh secret) never changes the key of a
+/// session: a request after it joins the refresh running since before it, no second call.
+#[tokio::test]
+async fn a_reload_rotating_the_refresh_secret_joins_the_refresh_in_flight() {
+    let app = Stub::app().await;
+    let auth = Stub::slow_auth_api(Duration::from_millis(1000)).await;
+    let proxy = Proxy::builder(&app, &auth)
+        .env("ETLS_REFRESH_NEXT", "next-refresh-secret-0123456789abcdef")
+        .start()
+        .await;
+    let old = expired_session("opaque-rt-reload");
+    let first = {
+        let (addr, old) = (proxy.addr, old.clone());
+        tokio::spawn(async move { fan_out(addr, &old, 1).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while auth.calls() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh reached the auth API"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.reload_with("tokens: {refresh_secret_envs: [ETLS_REFRESH_NEXT, ETLS_REFRESH]}");
+    while !proxy.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "the reload");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = proxy.get("/page", &old).await;
+    let first = first.await.unwrap().remove(0);
+    assert_eq!(
+        (first.status, second.status),
+        (200, 200),
+        "{}",
+        second.text()
+    );
+    assert_eq!(first.set_cookies(), second.set_cookies());
+    assert_eq!(auth.calls(), 1);
+}

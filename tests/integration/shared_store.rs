@@ -32,11 +32,16 @@ async fn instances(
     redis: &RedisServer,
     extra: &str,
 ) -> Vec<(Proxy, SocketAddr)> {
+    fleet(n, app, auth, &format!("{}\n{extra}", redis.yaml())).await
+}
+
+/// `n` instances on `yaml` (which names the store), each with its admin listener.
+async fn fleet(n: usize, app: &Stub, auth: &Stub, yaml: &str) -> Vec<(Proxy, SocketAddr)> {
     let mut out = Vec::new();
     for _ in 0..n {
         let (admin, admin_yaml) = admin_yaml();
         let proxy = Proxy::builder(app, auth)
-            .extra(format!("{}\n{admin_yaml}\n{extra}", redis.yaml()))
+            .extra(format!("{yaml}\n{admin_yaml}"))
             .start()
             .await;
         out.push((proxy, admin));
@@ -730,4 +735,125 @@ async fn a_chunked_session_is_shared_whole_across_instances() {
     assert!(chunks.len() >= 2, "{:?}", lines(&first));
     assert_eq!(app.last().cookie("etlsUser"), Some(chunks.concat()));
     assert!(app.last().cookie("etlsUser.0").is_none());
+}
+
+/// Calls of Redis scripts so far (`EVAL` and `EVALSHA`), from `INFO commandstats`.
+fn script_calls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_eval"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `auth_api.max_in_flight` bounds calls to the auth API, not requests waiting for another
+/// instance's call: an instance whose only place would be held by such a wait still refreshes
+/// another session.
+#[tokio::test]
+async fn waiting_for_another_instance_takes_no_place_of_max_in_flight() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(1000)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "auth_api: {max_in_flight: 1}").await;
+    let one = expired_session("opaque-rt-one");
+    let leading = {
+        let (addr, one) = (fleet[0].0.addr, one.clone());
+        tokio::spawn(async move { fan_out(addr, &one, 1).await })
+    };
+    for _ in 0..200 {
+        if auth.calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(auth.calls(), 1, "instance 0 is calling the auth API");
+    // Instance 1 waits for instance 0's call for the same session...
+    let waiting = {
+        let (addr, one) = (fleet[1].0.addr, one.clone());
+        tokio::spawn(async move { fan_out(addr, &one, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and still has its place for another session.
+    let other = fleet[1]
+        .0
+        .get("/page", &expired_session("opaque-rt-two"))
+        .await;
+    assert_eq!(other.status, 200, "{}", other.text());
+    for r in leading
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(waiting.await.unwrap())
+    {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.set_cookie_value("refreshToken"),
+            Some("api-refresh-after-opaque-rt-one".into())
+        );
+    }
+    assert_eq!(auth.calls(), 2);
+}
+
+/// A logout needs no valid token, so the cookies it carries must not multiply its work: a
+/// cookie header full of made-up `refreshTokenEtls` crumbs costs no more Redis scripts than one.
+#[tokio::test]
+async fn a_logout_full_of_made_up_refresh_tokens_costs_a_few_redis_scripts() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let fleet = instances(1, &app, &auth, &redis, "").await;
+    // As many as the default 16 KiB of cookies holds.
+    let crumbs: Vec<String> = (0..600).map(|i| format!("refreshTokenEtls=m{i}")).collect();
+    let cookie = format!("refreshToken=opaque-rt-flood; {}", crumbs.join("; "));
+    let before = script_calls(&redis);
+    let r = fleet[0].0.post(LOGOUT, &cookie, b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let used = script_calls(&redis) - before;
+    assert!(
+        (1..=3).contains(&used),
+        "{used} Redis scripts for one logout"
+    );
+}
+
+/// The shared tombstone outlives a refresh still running, whatever the grace window: with
+/// `grace_secs: 0` a refresh landing after a logout elsewhere still hands out nothing.
+#[tokio::test]
+async fn a_refresh_landing_after_a_logout_hands_out_nothing_with_no_grace_window() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        // Under the test config's 1500 ms deadline, past the 1 s a tombstone once lived.
+        Stub::slow_auth_api(Duration::from_millis(1400)).await,
+    );
+    let fleet = fleet(2, &app, &auth, &redis.yaml_with("grace_secs: 0")).await;
+    let old = expired_session("opaque-rt-race-0");
+    let running = {
+        let (addr, old) = (fleet[0].0.addr, old.clone());
+        tokio::spawn(async move { fan_out(addr, &old, 2).await })
+    };
+    for _ in 0..100 {
+        if !redis.keys("etls:*:lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !redis.keys("etls:*:lock").is_empty(),
+        "the refresh took the lock"
+    );
+    assert_eq!(fleet[1].0.post(LOGOUT, &old, b"").await.status, 200);
+    for r in running.await.unwrap() {
+        assert_logout(&r);
+    }
+    assert!(redis.keys("etls:*:result").is_empty());
+    assert_eq!(auth.calls(), 1);
 }
