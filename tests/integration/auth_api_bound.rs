@@ -2,7 +2,6 @@
 //! while valid tokens pass and a refresh-ahead forwards on its still valid token.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -143,17 +142,7 @@ fn check_refuses_a_zero_bound_and_a_bad_logout_url() {
         assert!(text.contains(&format!("{key}: ")), "{yaml}: {text}");
         assert!(!text.contains("panicked"), "{text}");
     }
-    let conf = TempFile::new(
-        "bound-ok.yaml",
-        "auth_api: {max_in_flight: 1, logout_url: 'http://127.0.0.1:3001/logout'}",
-    );
-    let out = Command::new(proxy_bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&conf.0)
-        .env("ETLS_ACCESS", ACCESS_SECRET)
-        .env("ETLS_REFRESH", REFRESH_SECRET)
-        .output()
-        .unwrap();
+    let (out, _) =
+        check_config("auth_api: {max_in_flight: 1, logout_url: 'http://127.0.0.1:3001/logout'}");
     assert!(out.status.success(), "{out:?}");
 }

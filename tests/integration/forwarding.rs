@@ -1,7 +1,6 @@
 //! X-Forwarded-For/-Proto/-Host and X-Request-Id toward the app, the request id on every
 //! answer, the client and the id in the access log, and `downstream.trusted_proxies`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -181,44 +180,12 @@ async fn the_access_log_names_the_client_and_the_request_id() {
     assert_eq!(v["status"], 401);
 }
 
-/// A self-signed certificate for 127.0.0.1, made with openssl; removed with the guard.
-struct Certificate(PathBuf);
-
-impl Certificate {
-    fn new() -> Certificate {
-        let dir =
-            std::env::temp_dir().join(format!("etls-fwd-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl is installed");
-        assert!(status.success());
-        Certificate(dir)
-    }
-}
-
-impl Drop for Certificate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn a_tls_listener_forwards_https() {
     let cert = Certificate::new();
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     let proxy = Proxy::builder(&app, &auth)
-        .tls(&cert.0.join("cert.pem"), &cert.0.join("key.pem"))
+        .tls(&cert.cert(), &cert.key())
         .start()
         .await;
     let url = format!("https://127.0.0.1:{}/s", proxy.addr.port());

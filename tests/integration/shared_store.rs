@@ -401,16 +401,7 @@ fn check_refuses_bad_store_settings_by_key() {
         ("refresh: {store: valkey}", "unknown variant `valkey`"),
     ];
     for (yaml, expected) in cases {
-        let conf = TempFile::new("store.yaml", yaml);
-        let out = Command::new(proxy_bin())
-            .arg("-t")
-            .arg("-c")
-            .arg(&conf.0)
-            .env("ETLS_ACCESS", ACCESS_SECRET)
-            .env("ETLS_REFRESH", REFRESH_SECRET)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
+        let (out, text) = check_config(yaml);
         assert_eq!(out.status.code(), Some(2), "{yaml}: {text}");
         assert!(text.contains(expected), "{yaml}: {text}");
         assert!(
@@ -419,18 +410,7 @@ fn check_refuses_bad_store_settings_by_key() {
         );
     }
     // Unreachable is not a refusal: -t connects to nothing.
-    let conf = TempFile::new(
-        "store.yaml",
-        "refresh: {store: redis, redis: {url: 'redis://127.0.0.1:1/0'}}",
-    );
-    let out = Command::new(proxy_bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&conf.0)
-        .env("ETLS_ACCESS", ACCESS_SECRET)
-        .env("ETLS_REFRESH", REFRESH_SECRET)
-        .output()
-        .unwrap();
+    let (out, _) = check_config("refresh: {store: redis, redis: {url: 'redis://127.0.0.1:1/0'}}");
     assert!(out.status.success());
 }
 
@@ -491,45 +471,10 @@ async fn the_valid_path_never_touches_redis() {
     assert_eq!(auth.calls(), 1);
 }
 
-/// A self-signed certificate for 127.0.0.1 (openssl), in a directory removed on drop.
-struct Certificate(std::path::PathBuf);
-
-impl Certificate {
-    fn new() -> Certificate {
-        let dir = std::env::temp_dir().join(format!(
-            "etls-redis-tls-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl is installed");
-        assert!(status.success());
-        Certificate(dir)
-    }
-}
-
-impl Drop for Certificate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn rediss_shares_over_tls_verified_against_the_system_roots() {
     let cert = Certificate::new();
-    let (cert_pem, key_pem) = (cert.0.join("cert.pem"), cert.0.join("key.pem"));
+    let (cert_pem, key_pem) = (cert.cert(), cert.key());
     let redis = RedisServer::start_tls(&cert_pem, &key_pem).await;
     let (app, auth) = (
         Stub::app().await,

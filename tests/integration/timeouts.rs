@@ -170,7 +170,7 @@ async fn an_idle_http2_connection_is_closed_after_keepalive_timeout() {
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
 
-    let certificate = crate::tls::Certificate::new();
+    let certificate = Certificate::new();
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     let proxy = Proxy::builder(&app, &auth)
         .tls(&certificate.cert(), &certificate.key())

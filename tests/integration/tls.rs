@@ -2,59 +2,9 @@
 //! client), HTTP/2 cookie crumbs merged into the one Cookie header the app receives, and
 //! cookies `Secure` by default on a TLS listener.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::support::*;
-
-/// A self-signed certificate for 127.0.0.1, made with openssl; removed with the guard.
-pub(crate) struct Certificate {
-    dir: PathBuf,
-}
-
-impl Certificate {
-    pub(crate) fn new() -> Certificate {
-        let dir =
-            std::env::temp_dir().join(format!("etls-tls-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-            // An end-entity certificate (webpki refuses a CA as a server's own certificate).
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl is installed");
-        assert!(status.success());
-        Certificate { dir }
-    }
-
-    pub(crate) fn cert(&self) -> PathBuf {
-        self.dir.join("cert.pem")
-    }
-
-    pub(crate) fn key(&self) -> PathBuf {
-        self.dir.join("key.pem")
-    }
-}
-
-impl Drop for Certificate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// What curl saw: the protocol version, the status and the response headers.
 struct CurlAnswer {
@@ -172,7 +122,7 @@ fn a_listener_certificate_that_does_not_load_is_refused_by_the_check() {
     let cases = [
         (cert.cert(), other.key(), "do not make a usable pair"),
         (cert.key(), cert.key(), "no certificate"),
-        (cert.dir.join("missing.pem"), cert.key(), "cannot read"),
+        (cert.dir().join("missing.pem"), cert.key(), "cannot read"),
     ];
     for (c, k, want) in cases {
         let yaml = format!(
