@@ -19,6 +19,8 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::throttle::Throttle;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -611,39 +613,20 @@ impl<T, E> Table<T, E> {
     }
 }
 
-/// Once every ten seconds at most, with the count since the last warning, as for a full table.
+/// Rate-limited: under load one line per refused refresh would flood the log.
 fn warn_busy(max_in_flight: usize) {
-    static REFUSED: AtomicU64 = AtomicU64::new(0);
-    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
-    let total = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = crate::unix_now();
-    let last = LAST_WARNING.load(Ordering::Relaxed);
-    if now >= last + 10
-        && LAST_WARNING
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        REFUSED.fetch_sub(total, Ordering::Relaxed);
+    static BUSY: Throttle = Throttle::new();
+    if let Some(total) = BUSY.tick(1) {
         log::warn!(
             "auth API busy ({max_in_flight} calls in flight): {total} refresh(es) answered 503; raise auth_api.max_in_flight if the auth API can take more"
         );
     }
 }
 
-/// Once every ten seconds at most, with the count since the last warning: a full table under
-/// load would otherwise write one line per request.
+/// Rate-limited: a full table under load would otherwise write one line per request.
 fn warn_table_full(max_entries: usize, evicted: usize) {
-    static EVICTED: AtomicU64 = AtomicU64::new(0);
-    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
-    let total = EVICTED.fetch_add(evicted as u64, Ordering::Relaxed) + evicted as u64;
-    let now = crate::unix_now();
-    let last = LAST_WARNING.load(Ordering::Relaxed);
-    if now >= last + 10
-        && LAST_WARNING
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        EVICTED.fetch_sub(total, Ordering::Relaxed);
+    static FULL: Throttle = Throttle::new();
+    if let Some(total) = FULL.tick(evicted as u64) {
         log::warn!(
             "refresh table full ({max_entries} entries): {total} kept result(s) dropped before their grace window ended; raise refresh.max_entries"
         );

@@ -28,6 +28,7 @@ pub mod routes;
 pub mod set_cookie;
 pub mod shared_store;
 pub mod status;
+pub mod throttle;
 pub mod tokens;
 pub mod upstream;
 

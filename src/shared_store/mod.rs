@@ -23,7 +23,6 @@ pub mod seal;
 pub mod settings;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -37,6 +36,7 @@ use tokio::time::Instant;
 use crate::auth_api::AuthApiError;
 use crate::flight::{Landing, SessionEnded, SessionKey};
 use crate::renewal::{RefreshError, RenewedSession};
+use crate::throttle::Throttle;
 use seal::{Seal, SessionKeys, hex, unhex};
 pub use settings::{SharedStoreSettings, StoreKind};
 
@@ -208,9 +208,7 @@ pub struct SharedStore {
     scripts: Arc<Scripts>,
     settings: SharedStoreSettings,
     pub metrics: StoreMetrics,
-    last_error_log: AtomicU64,
-    errors_unlogged: AtomicU64,
-    started: std::time::Instant,
+    error_log: Throttle,
 }
 
 impl SharedStore {
@@ -231,9 +229,7 @@ impl SharedStore {
             }),
             settings,
             metrics: StoreMetrics::new(registry),
-            last_error_log: AtomicU64::new(0),
-            errors_unlogged: AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            error_log: Throttle::new(),
         }))
     }
 
@@ -319,16 +315,7 @@ impl SharedStore {
     /// Counts the error; one log line every 10 s at most, with how many there were.
     fn failed(&self, what: &str, error: &StoreError) {
         self.metrics.errors.inc();
-        let now = self.started.elapsed().as_secs() + 1;
-        let last = self.last_error_log.load(Ordering::Relaxed);
-        let unlogged = self.errors_unlogged.fetch_add(1, Ordering::Relaxed) + 1;
-        if (last == 0 || now >= last + 10)
-            && self
-                .last_error_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.errors_unlogged.store(0, Ordering::Relaxed);
+        if let Some(unlogged) = self.error_log.tick(1) {
             log::warn!(
                 "shared store {}: {what}: {error} ({unlogged} error(s) since the last line); refreshes go on in this process",
                 self.settings.display
