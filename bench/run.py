@@ -519,6 +519,8 @@ def main():
     p.add_argument("--h2-streams", type=int, default=4, help="concurrent streams per h2load connection")
     p.add_argument("--handshake-batch", type=int, default=100,
                    help="new connections per h2load run in the handshake scenario (one request each)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="seconds of valid-path load, not measured, on each new proxy before its first measured run (0: none)")
     p.add_argument("--next-warmup", type=int, default=5, help="seconds of load per path before the next scenario measures")
     p.add_argument("--soak", type=int, default=120, help="seconds of refresh storm for the memory check (0: skip)")
     p.add_argument("--report", default=os.path.join(ROOT, "target", "bench-report.md"))
@@ -715,7 +717,8 @@ def run(args, workdir, procs):
     report = [f"# etls-proxy bench, {time.strftime('%Y-%m-%d %H:%M')}",
               f"\nMachine: {os.cpu_count()} cores, {platform_line()}. Scenarios: {', '.join(s for s in SCENARIOS if s in only)}. "
               f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s, {args.rounds} rounds alternating, "
-              f"{args.workers} worker(s) per proxy and app; floor and etls-proxy with the same Pingora settings "
+              f"{args.workers} worker(s) per proxy and app, each proxy warmed up {args.warmup} s first (not measured); floor and "
+              f"etls-proxy with the same Pingora settings "
               f"(threads {args.workers}, work_stealing off). CPU µs/req: utime + stime of the target's processes (all "
               f"threads; nginx: master and workers) during the run, over the requests it completed (median over rounds)."]
     ctx = {"args": args, "lab": lab, "cookies": cookies, "run_id": run_id, "report": report, "targets": [],
@@ -758,6 +761,23 @@ def wrk_on(ctx, port, script, env, connections=None, path="/"):
                        procs=ctx["procs"])
 
 
+def warm_up(ctx, names, https=None):
+    """`--warmup` seconds of valid-path load, not measured, on each of `names` not warmed yet
+    (over TLS on `https[name]` when given): a process's first second (its allocator growing,
+    its first upstream connections) is not a round's."""
+    args, lab, warmed = ctx["args"], ctx["lab"], ctx.setdefault("warmed", set())
+    for name in names:
+        if not args.warmup or name in warmed:
+            continue
+        warmed.add(name)
+        if https:
+            h2load(https[name], ctx["cookies"]["valid"], ctx["workdir"], args.h2_clients, args.h2_streams,
+                   duration=args.warmup, procs=ctx["procs"])
+        else:
+            wrk(lab.port(name), "valid.lua", args, args.warmup, args.connections, {"BENCH_COOKIE": ctx["cookies"]["valid"]},
+                procs=ctx["procs"])
+
+
 def valid_scenario(ctx):
     lab, args, cookies = ctx["lab"], ctx["args"], ctx["cookies"]
     names = ["floor", "etls"] + (["etls_redis"] if "redis" in ctx["only"] else []) + ["nginx", "njs"]
@@ -770,6 +790,7 @@ def valid_scenario(ctx):
         assert status == 401, f"{name} answered {status} to a tampered token"
 
     print("\n== valid: every request carries a valid access token", flush=True)
+    warm_up(ctx, names)
     env = {"BENCH_COOKIE": cookies["valid"]}
     results = alternate([(n, lambda n=n: measured([lab.running[n]], wrk_on(ctx, lab.port(n), "valid.lua", env)))
                          for n in names], args.rounds)
@@ -794,6 +815,7 @@ def grace_scenario(ctx):
     for name in ["floor", "etls"]:
         lab.need(name)
     print("\n== grace: expired sessions answered from the kept refresh result", flush=True)
+    warm_up(ctx, ["floor", "etls"])
     sessions, prefix = 100, f"{ctx['run_id']}grace-"
     warm_grace(ctx, lab.port("etls"), prefix, sessions)
     env = {"BENCH_COOKIE": ctx["cookies"]["expired"], "BENCH_SESSION_PREFIX": prefix, "BENCH_SESSIONS": str(sessions)}
@@ -819,6 +841,7 @@ def storm_scenario(ctx):
         if name != "auth API direct":
             lab.need(name)
     print("\n== refresh storm: every request a new session, a real auth API round trip", flush=True)
+    warm_up(ctx, [n for n in names if n != "auth API direct"])
     counter = iter(range(1_000_000))
 
     def one(name):
@@ -956,6 +979,7 @@ def tls_scenario(ctx):
 
     shape = f"h2load -c{args.h2_clients} -m{args.h2_streams} -D{args.duration}"
     print(f"\n== tls: HTTPS + HTTP/2 ({shape}), valid path", flush=True)
+    warm_up(ctx, names, https)
     valid = alternate([(n, h2(n, cookies["valid"])) for n in names], args.rounds)
     rows = by_name(summarize(valid, floor="njs_tls"))
     ctx["report"].append(table(f"TLS + HTTP/2, valid ({shape}, ratios to nginx + njs over TLS)", rows.values(),
@@ -1006,6 +1030,7 @@ def handshake_scenario(ctx):
         return lambda: measured([lab.running[name]], load)
 
     print(f"\n== handshake: new TLS connections, {batch} per h2load run, one request each", flush=True)
+    warm_up(ctx, names, https)
     results = alternate([(n, connections(n)) for n in names], args.rounds,
                         line=lambda r: (f"{r['rps']:>8.0f} conn/s  connect mean {r['p50_us']:>6} us  "
                                         f"CPU {r['cpu_us_req']:.1f} us/conn  {r['requests']} conns in {r['runs']} runs  "
