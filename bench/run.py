@@ -193,6 +193,12 @@ def socket_errors(r):
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(stat):
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces and parentheses):
+    [0] is the state (field 3 of proc(5)), [1] the parent, [11] utime, [12] stime."""
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def process_tree(pid):
     """`pid` and all its descendants (nginx's workers, whatever node forks), from /proc."""
     children = {}
@@ -204,7 +210,7 @@ def process_tree(pid):
                 stat = f.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat_fields(stat)[1])
         children.setdefault(ppid, []).append(int(entry))
     found, todo = [], [pid]
     while todo and len(found) < 10_000:
@@ -223,7 +229,7 @@ def cpu_ticks(pids):
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat_fields(stat)
         ticks[pid] = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
     return ticks
 
@@ -308,7 +314,7 @@ def summarize(results, floor="floor"):
     rows = []
     for name, rs in results.items():
         row = {"name": name, "non2xx": sum(r["non2xx"] for r in rs), "errors": sum(socket_errors(r) for r in rs),
-               "calls": sum(r.get("calls", 0) for r in rs), "tls": rs[0].get("tls")}
+               "calls": sum(r.get("calls") or 0 for r in rs), "tls": rs[0].get("tls")}
         for key in ["rps", "p50_us", "p99_us", "cpu_us_req", "cpu_us_refresh", "cpu_us_req_proxy"]:
             row[key] = med(rs, key)
             row[key + "_x"] = ratio(row[key], med(base, key))
@@ -671,11 +677,8 @@ class Lab:
         self.need("app")
         self.check_js()
         tls = self.need("cert")
-        # `http2 on;` exists from nginx 1.25.1; before it, `listen ... ssl http2`.
-        new = nginx_version() >= (1, 25, 1)
         return self.nginx("njs_tls", "njs-tls.conf", {"APP": self.port("app"), "CERT": tls["cert"], "KEY": tls["key"],
-                                                      "LISTEN_HTTP2": "" if new else "http2",
-                                                      "HTTP2_ON": "http2 on;" if new else ""},
+                                                      **http2_directives(nginx_version())},
                           port_name="njs_tls_https")
 
     def floor_takes_tls(self):
@@ -691,6 +694,13 @@ class Lab:
                                               "--tls-cert", tls["cert"], "--tls-key", tls["key"]])
         wait_port(self.port("floor_tls_https"), proc, "floor (TLS)")
         return proc
+
+
+def http2_directives(version):
+    """`http2 on;` exists from nginx 1.25.1 (and `listen ... http2` is deprecated there); before
+    it, `listen ... ssl http2`."""
+    new = version >= (1, 25, 1)
+    return {"LISTEN_HTTP2": "" if new else "http2", "HTTP2_ON": "http2 on;" if new else ""}
 
 
 def nginx_version():
