@@ -71,13 +71,27 @@ class Processes:
             except subprocess.TimeoutExpired:
                 signal_to(proc, signal.SIGKILL, group)
                 proc.wait()
-        if group:
+        if group and group_members(proc.pid):
             # Whatever the leader left behind in its group (node's forks).
             signal_to(proc, signal.SIGKILL, True)
 
     def stop_all(self):
         for _, proc in reversed(self.procs):
             self.stop(proc)
+
+
+def group_members(pgid):
+    """Processes still in the process group `pgid` (so a group gone is never signalled)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(stat_fields(f.read())[2]) == pgid:
+                        members.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return members
 
 
 def signal_to(proc, sig, group):
@@ -1216,6 +1230,7 @@ def next_scenario(ctx):
 def soak_scenario(ctx):
     lab, args = ctx["lab"], ctx["args"]
     if not args.soak:
+        print("\n== soak: skipped (--soak 0)", flush=True)
         return
     soak = lab.need("soak")
     print(f"\n== memory: {args.soak} s of refresh storm on a fresh instance", flush=True)
