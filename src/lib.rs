@@ -31,6 +31,7 @@ pub mod status;
 pub mod throttle;
 pub mod tokens;
 pub mod upstream;
+pub mod verified;
 
 /// Seconds since the Unix epoch; JWT `exp` and `nbf` are compared against it.
 pub fn unix_now() -> u64 {

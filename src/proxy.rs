@@ -18,7 +18,7 @@ use crate::cache_control;
 use crate::chunks::{self, Layout};
 use crate::config::RuntimeConfig;
 use crate::cookies::{CookieJar, rewrite};
-use crate::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
+use crate::decision::{Purpose, RefreshPlan, Refusal, Verdict, api_cookie_header, assess};
 use crate::downstream;
 use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
 use crate::forwarded::{Caller, client_address};
@@ -91,7 +91,8 @@ pub enum Outcome {
 pub struct RequestCtx {
     /// The configuration this request started with, kept through a reload.
     config: Arc<RuntimeConfig>,
-    started: Instant,
+    /// For the access log's total time; no clock read per request without one.
+    started: Option<Instant>,
     /// Time spent waiting for a refresh.
     auth_wait: Option<Duration>,
     /// Connections refused by an app instance on this request (each retried on the next one).
@@ -106,13 +107,15 @@ pub struct RequestCtx {
     pub session: Option<SessionKey>,
     /// Peer, trust and request id, settled first so every answer carries the id.
     caller: Option<Caller>,
+    /// Whether the request holds chunk cookies, once `decide` has looked (`None`: not known).
+    sent_chunks: Option<bool>,
 }
 
 impl RequestCtx {
     pub fn new(config: Arc<RuntimeConfig>) -> Self {
         RequestCtx {
+            started: config.access_log.is_some().then(Instant::now),
             config,
-            started: Instant::now(),
             auth_wait: None,
             refused_connects: 0,
             identity: Vec::new(),
@@ -121,6 +124,7 @@ impl RequestCtx {
             outcome: Outcome::Pending,
             session: None,
             caller: None,
+            sent_chunks: None,
         }
     }
 }
@@ -166,7 +170,7 @@ impl EtlsProxy {
             Route::Public => {
                 ctx.outcome = Outcome::Public;
                 let jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
-                ctx.forward_cookie = joined_chunks(config, &jar).and_then(header_value);
+                ctx.forward_cookie = joined_chunks(config, &jar, ctx).and_then(header_value);
                 return Step::Forward;
             }
             Route::LogoutEndpoint | Route::RefreshEndpoint
@@ -177,7 +181,7 @@ impl EtlsProxy {
             }
             Route::LogoutEndpoint if post => {
                 ctx.outcome = Outcome::LoggedOut;
-                self.end_session(req, ctx).await;
+                Box::pin(self.end_session(req, ctx)).await;
                 return Step::Reply(Reply::LoggedOut);
             }
             Route::LogoutEndpoint | Route::RefreshEndpoint if !post => {
@@ -191,7 +195,7 @@ impl EtlsProxy {
         let mut jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
         // Chunked values are joined: the decision, the session key, the auth API and the app
         // all read one cookie per name.
-        if let Some(header) = joined_chunks(config, &jar) {
+        if let Some(header) = joined_chunks(config, &jar, ctx) {
             joined = header;
             ctx.forward_cookie = HeaderValue::from_bytes(&joined).ok();
             jar = CookieJar::from_headers([joined.as_slice()]);
@@ -207,6 +211,23 @@ impl EtlsProxy {
             }
             Verdict::Refresh(plan) => plan,
         };
+        // Boxed: the valid path's future stays small (it is moved and allocated per request).
+        Box::pin(self.refresh(req, ctx, &jar, plan, purpose)).await
+    }
+
+    /// The refresh of a request whose access token is due: one flight per session, its result
+    /// kept for the grace window.
+    async fn refresh(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+        jar: &CookieJar<'_>,
+        plan: RefreshPlan<'_>,
+        purpose: Purpose,
+    ) -> Step {
+        let config = Arc::clone(&ctx.config);
+        let config = config.as_ref();
+        let cookies = req.headers.get_all("cookie");
         // An unbound refresh token (old routes) shares flights and grace hits only with the
         // same token: another one beside these API cookies calls the auth API itself.
         if plan.unbound {
@@ -310,7 +331,7 @@ impl EtlsProxy {
             (Ok(renewed), Purpose::Request) => {
                 ctx.outcome = Outcome::Refreshed(joined);
                 let updates: Vec<(&str, &str)> = renewed.cookies().collect();
-                ctx.forward_cookie = header_value(rewrite(&jar, &updates));
+                ctx.forward_cookie = header_value(rewrite(jar, &updates));
                 if !config.identity.is_empty()
                     && let Some((_, token)) = updates
                         .iter()
@@ -332,7 +353,7 @@ impl EtlsProxy {
             (Err(RefreshError::Busy), _) => {
                 self.metrics.auth_api_busy();
                 match plan.fallback {
-                    Some(keep_access) => forward(config, ctx, &jar, keep_access),
+                    Some(keep_access) => forward(config, ctx, jar, keep_access),
                     None => {
                         ctx.outcome = Outcome::AuthApiFailed;
                         Step::Reply(Reply::RefreshFailed(RefreshError::Busy))
@@ -344,7 +365,7 @@ impl EtlsProxy {
                     log::warn!(
                         "refresh ahead failed, forwarding on the still valid token: {error}"
                     );
-                    forward(config, ctx, &jar, keep_access)
+                    forward(config, ctx, jar, keep_access)
                 }
                 None => {
                     log::warn!("session {}: {error}", key.short());
@@ -362,7 +383,7 @@ impl EtlsProxy {
         let sent =
             CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
         // A chunked `refreshToken` names its session joined, as the refresh read it.
-        let joined = joined_chunks(config, &sent);
+        let joined = joined_chunk_header(config, &sent);
         let jar = match &joined {
             Some(header) => CookieJar::from_headers([header.as_slice()]),
             None => sent,
@@ -414,10 +435,10 @@ impl EtlsProxy {
         let clear = &ctx.config.clear_cookies;
         let more = match &reply {
             Reply::Logout(_) | Reply::LoggedOut => {
-                chunk_clears(&ctx.config, session.req_header(), &[Layout::Cleared; 5])
+                chunk_clears(ctx, session.req_header(), &[Layout::Cleared; 5])
             }
             Reply::Refreshed(renewed) => chunk_clears(
-                &ctx.config,
+                ctx,
                 session.req_header(),
                 &renewed.layout(&ctx.config.names),
             ),
@@ -529,20 +550,34 @@ fn request_id(ctx: &RequestCtx) -> Option<&HeaderValue> {
 }
 
 /// The Cookie header with chunked values joined, when the request carries chunks (a scan
-/// without allocation otherwise).
-fn joined_chunks(config: &RuntimeConfig, jar: &CookieJar<'_>) -> Option<Vec<u8>> {
+/// without allocation otherwise); notes in `ctx` whether it does.
+fn joined_chunks(
+    config: &RuntimeConfig,
+    jar: &CookieJar<'_>,
+    ctx: &mut RequestCtx,
+) -> Option<Vec<u8>> {
+    let chunked = chunks::any_chunk(jar, &config.names);
+    ctx.sent_chunks = Some(chunked);
+    if !chunked {
+        return None;
+    }
+    chunks::normalise(jar, &config.names, config.max_chunks)
+}
+
+fn joined_chunk_header(config: &RuntimeConfig, jar: &CookieJar<'_>) -> Option<Vec<u8>> {
     if !chunks::any_chunk(jar, &config.names) {
         return None;
     }
     chunks::normalise(jar, &config.names, config.max_chunks)
 }
 
-/// This request's chunk cookies that the answer's `layout` no longer uses, to clear.
-fn chunk_clears(
-    config: &RuntimeConfig,
-    req: &RequestHeader,
-    layout: &[Layout; 5],
-) -> Vec<HeaderValue> {
+/// This request's cookies that the answer's `layout` no longer uses, to clear. A request known
+/// to hold no chunk needs no second look at its cookies unless a value is now chunked.
+fn chunk_clears(ctx: &RequestCtx, req: &RequestHeader, layout: &[Layout; 5]) -> Vec<HeaderValue> {
+    if ctx.sent_chunks == Some(false) && !chunks::clears_without_chunks(layout) {
+        return Vec::new();
+    }
+    let config = &ctx.config;
     let jar = CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
     chunks::clears_for(&config.cookie_policy, &config.names, &jar, layout)
 }
@@ -682,7 +717,7 @@ impl ProxyHttp for EtlsProxy {
                     layout[slot] = Layout::Cleared;
                 }
             }
-            for line in chunk_clears(&ctx.config, session.req_header(), &layout) {
+            for line in chunk_clears(ctx, session.req_header(), &layout) {
                 response.append_header("Set-Cookie", line)?;
             }
             // A response carrying session cookies must never sit in a shared cache.
@@ -703,11 +738,7 @@ impl ProxyHttp for EtlsProxy {
             .is_some_and(|h| !crate::status::is_interim(h.status));
         if code > 0 && !final_written {
             let more = ctx.renewed.as_deref().map_or_else(Vec::new, |r| {
-                chunk_clears(
-                    &ctx.config,
-                    session.req_header(),
-                    &r.layout(&ctx.config.names),
-                )
+                chunk_clears(ctx, session.req_header(), &r.layout(&ctx.config.names))
             });
             let answer = Answer::app_failed(code, ctx.renewed.as_deref())
                 .with_cookies(&more)
@@ -738,7 +769,11 @@ impl ProxyHttp for EtlsProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        downstream::next_request(session, ctx.config.header_timeout);
+        downstream::next_request(
+            session,
+            ctx.config.header_timeout,
+            Duration::from_secs(ctx.config.keepalive_secs),
+        );
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
         let app_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
         let decision = decision(ctx.outcome, status, app_failed);
@@ -754,7 +789,7 @@ impl ProxyHttp for EtlsProxy {
                 path: req.uri.path(),
                 status,
                 decision: decision.as_str(),
-                total: ctx.started.elapsed(),
+                total: ctx.started.map_or(Duration::ZERO, |t| t.elapsed()),
                 auth_api: ctx.auth_wait,
                 session: ctx.session.map(|k| k.short()),
                 client,
