@@ -259,7 +259,10 @@ impl EtlsProxy {
                     other_cookie_bytes,
                     ..config.minting()
                 };
-                let call = async {
+                // Boxed once here: the auth API exchange is a large future (Pingora's client
+                // session), and the flight is moved into its task; unboxed, each refresh copied
+                // tens of KiB.
+                let call = Box::pin(async {
                     let _place = match &call_gate {
                         Some(gate) => match gate.try_acquire(max_in_flight) {
                             Some(place) => Some(place),
@@ -278,7 +281,7 @@ impl EtlsProxy {
                     .await;
                     metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
                     result
-                };
+                });
                 let send = &config.auth_api.send_cookies;
                 let keyer = &config.session_keyer;
                 let next = |renewed: &RenewedSession| {
@@ -298,7 +301,7 @@ impl EtlsProxy {
                             auth_timeout: config.auth_api.timeout,
                             grace: config.grace,
                         };
-                        store.coordinate(flight, call, next).await
+                        Box::pin(store.coordinate(flight, call, next)).await
                     }
                     None => land(call.await, next),
                 }
