@@ -247,11 +247,11 @@ impl EtlsProxy {
             None => (Some(max_in_flight), None),
         };
         let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
-        // What the browser sends beside the new cookies counts against the same limit.
-        let sent = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
-        let other_cookie_bytes = chunks::other_cookie_bytes(&sent, &config.names);
-        // Only the request that starts the flight copies what the flight needs.
+        // Only the request that starts the flight copies what the flight needs, and counts what
+        // the browser sends beside the new cookies (against the same limit).
         let start = move || {
+            let sent = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+            let other_cookie_bytes = chunks::other_cookie_bytes(&sent, &config.names);
             let refresh_token = refresh_token.to_vec();
             async move {
                 let config = flight_config;
@@ -586,8 +586,9 @@ fn chunk_clears(ctx: &RequestCtx, req: &RequestHeader, layout: &[Layout; 5]) -> 
 }
 
 fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
-    // Built from bytes that already were header values, joined with `; `.
-    HeaderValue::from_bytes(&bytes).ok()
+    // Built from bytes that already were header values, joined with `; `; taken as they are,
+    // not copied.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).ok()
 }
 
 /// Status for a request that could not be proxied, Pingora's rules with timeouts as 504.
