@@ -28,6 +28,13 @@ use etls_proxy::upstream::AppUpstream;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read at its start (`_RJEM_MALLOC_CONF` in the environment still wins).
+/// Thread caches up to 128 KiB: Pingora gives every proxied answer a 64 KiB body buffer, which
+/// beyond the default 32 KiB took a trip through the arena and its lock on every request
+/// (bench/RESULTS.md).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static JEMALLOC_CONF: &[u8] = b"tcache_max:131072\0";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "etls-proxy",
