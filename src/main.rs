@@ -15,14 +15,14 @@ use pingora::server::configuration::Opt;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use etls_proxy::admin::AdminApp;
 use etls_proxy::config::{self, Loaded};
-use etls_proxy::downstream::HeaderDeadlineApp;
-use etls_proxy::metrics::Metrics;
+use etls_proxy::ops::admin::AdminApp;
+use etls_proxy::ops::metrics::Metrics;
+use etls_proxy::ops::redact::{self, Redactor};
+use etls_proxy::ops::reload::{LiveConfig, ReloadOnHangup};
+use etls_proxy::proxy::downstream::HeaderDeadlineApp;
+use etls_proxy::proxy::upstream::AppUpstream;
 use etls_proxy::proxy::{EtlsProxy, Flights};
-use etls_proxy::redact::{self, Redactor};
-use etls_proxy::reload::{LiveConfig, ReloadOnHangup};
-use etls_proxy::upstream::AppUpstream;
 
 /// See bench/RESULTS.md for the allocators tried.
 #[global_allocator]
@@ -149,7 +149,10 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     let shared = match live.load().shared_store.clone() {
         None => None,
         Some(settings) => {
-            match etls_proxy::shared_store::SharedStore::start(settings, metrics.registry()) {
+            match etls_proxy::refresh::shared_store::SharedStore::start(
+                settings,
+                metrics.registry(),
+            ) {
                 Ok(store) => Some(store),
                 Err(e) => {
                     eprintln!("etls-proxy: refresh.redis: {e}");
@@ -160,7 +163,7 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     };
     if let Some(store) = &shared {
         // Unreachable at start is a warning: sharing begins once it answers.
-        let probe = etls_proxy::shared_store::StartProbe(Arc::clone(store));
+        let probe = etls_proxy::refresh::shared_store::StartProbe(Arc::clone(store));
         server.add_service(background_service("shared store probe", probe));
     }
     let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app)

@@ -4,11 +4,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use etls_proxy::cookies::{CookieJar, CookieNames};
-use etls_proxy::decision::{Purpose, SessionPolicy, Verdict, assess};
 use etls_proxy::proxy::RequestCtx;
-use etls_proxy::routes::{Route, Routes};
-use etls_proxy::tokens::{TokenKeys, TokenTimes};
+use etls_proxy::session::cookies::{CookieJar, CookieNames};
+use etls_proxy::session::decision::{Purpose, SessionPolicy, Verdict, assess};
+use etls_proxy::session::routes::{Route, Routes};
+use etls_proxy::session::tokens::{TokenKeys, TokenTimes};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 struct Counting;
@@ -101,7 +101,10 @@ fn a_valid_request_allocates_nothing() {
         assert_eq!(routes.classify(b"/dashboard/settings"), Route::Protected);
         let jar = CookieJar::from_headers([cookie.as_bytes()]);
         // The scan for chunk cookies (`chunks`) every request pays.
-        assert!(!etls_proxy::chunks::any_chunk(&jar, &runtime.names));
+        assert!(!etls_proxy::session::chunks::any_chunk(
+            &jar,
+            &runtime.names
+        ));
         let verdict = assess(&jar, &policy, now, Purpose::Request);
         assert_eq!(verdict, Verdict::Forward { keep_access: None });
         drop(ctx);
@@ -140,7 +143,7 @@ fn a_valid_request_allocates_nothing() {
         .unwrap();
     assert!(minted.starts_with("eyJ") && refresh.starts_with("eyJ"));
     let check = || {
-        let etls_proxy::tokens::RefreshState::Valid(binding) =
+        let etls_proxy::session::tokens::RefreshState::Valid(binding) =
             rotating.check_refresh(refresh.as_bytes(), now)
         else {
             panic!("the minted refresh token verifies");
@@ -152,11 +155,11 @@ fn a_valid_request_allocates_nothing() {
     // Joining chunks is off the hot path: it allocates.
     let chunked = format!("{cookie}; etlsUser.0=a; etlsUser.1=b");
     let jar = CookieJar::from_headers([chunked.as_bytes()]);
-    assert!(etls_proxy::chunks::any_chunk(&jar, &names));
-    assert!(allocations_in(|| drop(etls_proxy::chunks::normalise(&jar, &names, 8))) > 0);
+    assert!(etls_proxy::session::chunks::any_chunk(&jar, &names));
+    assert!(allocations_in(|| drop(etls_proxy::session::chunks::normalise(&jar, &names, 8))) > 0);
     // The counter does count: a refresh-path rewrite allocates.
     assert!(
-        allocations_in(|| drop(etls_proxy::cookies::rewrite(
+        allocations_in(|| drop(etls_proxy::session::cookies::rewrite(
             &CookieJar::from_headers([cookie.as_bytes()]),
             &[("a", "b")]
         ))) > 0
@@ -167,7 +170,7 @@ fn a_valid_request_allocates_nothing() {
 /// nothing when the request is an ordinary one.
 #[test]
 fn the_request_guards_allocate_nothing() {
-    use etls_proxy::guard;
+    use etls_proxy::proxy::guard;
     let mut req = pingora::http::RequestHeader::build("GET", b"/dashboard?tab=2", None).unwrap();
     for (name, value) in [
         ("host", "app.example.com:8443"),
@@ -184,7 +187,7 @@ fn the_request_guards_allocate_nothing() {
         assert!(guard::same_origin_request(&req, host));
         guard::drop_underscore_names(&mut req);
         assert!(matches!(
-            etls_proxy::redact::escape_controls("GET \"/dashboard\" 200 passed 1.2ms"),
+            etls_proxy::ops::redact::escape_controls("GET \"/dashboard\" 200 passed 1.2ms"),
             std::borrow::Cow::Borrowed(_)
         ));
     };

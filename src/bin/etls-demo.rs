@@ -16,8 +16,8 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 use serde_json::json;
 
-use etls_proxy::cookies::CookieJar;
-use etls_proxy::tokens::{Claims, TokenKeys, TokenTimes};
+use etls_proxy::session::cookies::CookieJar;
+use etls_proxy::session::tokens::{Claims, TokenKeys, TokenTimes};
 
 /// Refresh tokens the demo auth API accepts once each (then rotates): any value with this
 /// prefix it has not seen before, as if the session had logged in elsewhere.
@@ -253,7 +253,8 @@ fn demo_tokens(refresh_api: &str) -> Result<DemoTokens, String> {
         serde_json::from_value(json!({ "username": name })).map_err(|e| e.to_string())
     };
     let now = etls_proxy::unix_now();
-    let mint = |r: Result<String, etls_proxy::tokens::MintError>| r.map_err(|e| e.to_string());
+    let mint =
+        |r: Result<String, etls_proxy::session::tokens::MintError>| r.map_err(|e| e.to_string());
     let valid = mint(keys.mint_access(&claims("demo")?, now))?;
     let forged = mint(keys.mint_access(&claims("admin")?, now))?;
     let mut parts: Vec<&str> = valid.split('.').collect();

@@ -14,15 +14,15 @@ use pingora::upstreams::peer::HttpPeer;
 use super::file::{AuthApiFile, CookiesFile, FileConfig, RoutesFile, TokensFile, UpstreamFile};
 use super::file::{DEFAULT_APP_ADDRESS, ListenFile};
 use super::{Env, Listener, Loaded, Outside, Problem, Resolve, RuntimeConfig, TlsFiles, Upstream};
-use crate::access_log::AccessLogFormat;
-use crate::auth_api::{ApiEndpoint, AuthApiSettings, AuthFields};
-use crate::chunks::{MAX_CHUNKS, MAX_LINE_BYTES};
-use crate::cookies::{CookieNames, is_cookie_name};
-use crate::forwarded::{Cidr, TrustedProxies};
-use crate::identity::{IdentityHeaders, is_reserved};
-use crate::routes::{Routes, is_local_path};
-use crate::set_cookie::{CookiePolicy, header_value};
-use crate::tokens::{TokenKeys, TokenTimes, UnboundRefresh};
+use crate::ops::access_log::AccessLogFormat;
+use crate::proxy::forwarded::{Cidr, TrustedProxies};
+use crate::refresh::auth_api::{ApiEndpoint, AuthApiSettings, AuthFields};
+use crate::session::chunks::{MAX_CHUNKS, MAX_LINE_BYTES};
+use crate::session::cookies::{CookieNames, is_cookie_name};
+use crate::session::identity::{IdentityHeaders, is_reserved};
+use crate::session::routes::{Routes, is_local_path};
+use crate::session::set_cookie::{CookiePolicy, header_value};
+use crate::session::tokens::{TokenKeys, TokenTimes, UnboundRefresh};
 use http::HeaderName;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
@@ -110,12 +110,12 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             format!("must be at most {MAX_WINDOW_SECS} seconds"),
         );
     }
-    let refresh_secret = crate::shared_store::settings::first_refresh_secret(
+    let refresh_secret = crate::refresh::shared_store::settings::first_refresh_secret(
         file.tokens.refresh_secret_envs.as_deref(),
         file.tokens.refresh_secret_env.as_deref(),
         outside.env,
     );
-    let store = crate::shared_store::settings::check(
+    let store = crate::refresh::shared_store::settings::check(
         file.refresh.store,
         &file.refresh.redis,
         outside.env,
@@ -175,8 +175,8 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             // included) never re-keys a refresh in flight or a session's tombstones; shared, a
             // key every instance derives alike.
             session_keyer: match store.settings {
-                Some(_) => crate::shared_store::settings::session_keyer(&refresh_secret),
-                None => crate::shared_store::settings::process_session_keyer(),
+                Some(_) => crate::refresh::shared_store::settings::session_keyer(&refresh_secret),
+                None => crate::refresh::shared_store::settings::process_session_keyer(),
             },
             shared_store: store.settings,
         },
@@ -1226,8 +1226,14 @@ mod tests {
         let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid;
         let access = keys.mint_access(&claims, now).unwrap();
         let refresh = keys.mint_refresh(&claims, "refreshToken=rt", now).unwrap();
-        assert_eq!(kid(&access), Some(crate::tokens::key_id(A.as_bytes())));
-        assert_eq!(kid(&refresh), Some(crate::tokens::key_id(R.as_bytes())));
+        assert_eq!(
+            kid(&access),
+            Some(crate::session::tokens::key_id(A.as_bytes()))
+        );
+        assert_eq!(
+            kid(&refresh),
+            Some(crate::session::tokens::key_id(R.as_bytes()))
+        );
         let previous = |secret: &str| {
             jsonwebtoken::encode(
                 &jsonwebtoken::Header::default(),
@@ -1238,15 +1244,15 @@ mod tests {
         };
         assert_eq!(
             keys.check_access(previous(PREVIOUS).as_bytes(), now),
-            crate::tokens::AccessState::Fresh
+            crate::session::tokens::AccessState::Fresh
         );
         assert_eq!(
             keys.check_refresh(previous(PREVIOUS_R).as_bytes(), now),
-            crate::tokens::RefreshState::Valid(crate::tokens::Binding::Unbound)
+            crate::session::tokens::RefreshState::Valid(crate::session::tokens::Binding::Unbound)
         );
         // Bound with the first secret's binding key, checked with the key of the secret that
         // verified the token.
-        let crate::tokens::RefreshState::Valid(binding) =
+        let crate::session::tokens::RefreshState::Valid(binding) =
             keys.check_refresh(refresh.as_bytes(), now)
         else {
             panic!("the minted refresh token verifies");

@@ -426,9 +426,9 @@ fn default_logout_endpoint() -> Option<String> {
 pub struct RefreshFile {
     pub grace_secs: u64,
     pub max_entries: usize,
-    /// `memory` (one process) or `redis` (shared by every instance): `crate::shared_store`.
-    pub store: crate::shared_store::StoreKind,
-    pub redis: crate::shared_store::settings::RedisFile,
+    /// `memory` (one process) or `redis` (shared by every instance): `crate::refresh::shared_store`.
+    pub store: crate::refresh::shared_store::StoreKind,
+    pub redis: crate::refresh::shared_store::settings::RedisFile,
 }
 
 impl Default for RefreshFile {

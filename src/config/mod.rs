@@ -13,15 +13,15 @@ use http::HeaderValue;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::access_log::AccessLogFormat;
-use crate::auth_api::AuthApiSettings;
-use crate::cookies::CookieNames;
-use crate::decision::SessionPolicy;
-use crate::identity::IdentityHeaders;
-use crate::renewal::Minting;
-use crate::routes::Routes;
-use crate::set_cookie::CookiePolicy;
-use crate::tokens::TokenKeys;
+use crate::ops::access_log::AccessLogFormat;
+use crate::refresh::auth_api::AuthApiSettings;
+use crate::refresh::renew::Minting;
+use crate::session::cookies::CookieNames;
+use crate::session::decision::SessionPolicy;
+use crate::session::identity::IdentityHeaders;
+use crate::session::routes::Routes;
+use crate::session::set_cookie::CookiePolicy;
+use crate::session::tokens::TokenKeys;
 
 pub use build::build;
 
@@ -88,7 +88,7 @@ pub struct RuntimeConfig {
     /// `downstream.header_timeout_secs`.
     pub header_timeout: Duration,
     /// `downstream.trusted_proxies`.
-    pub trusted_proxies: crate::forwarded::TrustedProxies,
+    pub trusted_proxies: crate::proxy::forwarded::TrustedProxies,
     pub upstream: Upstream,
     pub auth_api: AuthApiSettings,
     pub keys: TokenKeys,
@@ -107,9 +107,9 @@ pub struct RuntimeConfig {
     pub access_log: Option<AccessLogFormat>,
     pub identity: IdentityHeaders,
     /// Session keys, derived from the first refresh secret so that every instance agrees.
-    pub session_keyer: std::sync::Arc<crate::flight::SessionKeyer>,
+    pub session_keyer: std::sync::Arc<crate::refresh::flight::SessionKeyer>,
     /// `refresh.store: redis`; `None`: results stay in this process.
-    pub shared_store: Option<crate::shared_store::SharedStoreSettings>,
+    pub shared_store: Option<crate::refresh::shared_store::SharedStoreSettings>,
 }
 
 impl RuntimeConfig {

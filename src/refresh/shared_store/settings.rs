@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::config::Env;
-use crate::flight::SessionKeyer;
+use crate::refresh::flight::SessionKeyer;
 
 /// Where refresh results are shared: this process only, or every instance through Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

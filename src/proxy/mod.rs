@@ -1,6 +1,14 @@
 //! The Pingora glue: moves data between Pingora's session and the modules that decide, and
 //! holds nothing but the shared state those modules need.
 
+pub mod answer;
+pub mod cache_control;
+pub mod downstream;
+pub mod forwarded;
+pub mod guard;
+pub mod status;
+pub mod upstream;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,27 +19,24 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access_log::AccessEntry;
-use crate::answer::Answer;
-use crate::auth_api::{AuthApiClient, AuthApiError};
-use crate::cache_control;
-use crate::chunks::{self, Layout};
 use crate::config::RuntimeConfig;
-use crate::cookies::{CookieJar, rewrite};
-use crate::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
-use crate::downstream;
-use crate::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
-use crate::forwarded::{Caller, client_address};
-use crate::guard;
-use crate::metrics::{AuthApiOutcome, Decision, Metrics};
-use crate::reload::LiveConfig;
-use crate::renewal::{
+use crate::ops::access_log::AccessEntry;
+use crate::ops::metrics::{AuthApiOutcome, Decision, Metrics};
+use crate::ops::reload::LiveConfig;
+use crate::proxy::answer::Answer;
+use crate::proxy::forwarded::{Caller, client_address};
+use crate::proxy::upstream::AppUpstream;
+use crate::refresh::auth_api::{AuthApiClient, AuthApiError};
+use crate::refresh::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::refresh::renew::{
     Minting, RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew,
 };
-use crate::routes::{Route, is_page_navigation};
-use crate::shared_store::{SharedFlight, SharedStore};
-use crate::tokens::{Binding, RefreshState, UnboundRefresh};
-use crate::upstream::AppUpstream;
+use crate::refresh::shared_store::{SharedFlight, SharedStore};
+use crate::session::chunks::{self, Layout};
+use crate::session::cookies::{CookieJar, rewrite};
+use crate::session::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
+use crate::session::routes::{Route, is_page_navigation};
+use crate::session::tokens::{Binding, RefreshState, UnboundRefresh};
 
 pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
 
@@ -650,7 +655,7 @@ impl ProxyHttp for EtlsProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Interim responses (100, 103) carry no cookies a browser keeps; a 101 is final.
-        if crate::status::is_interim(response.status) {
+        if crate::proxy::status::is_interim(response.status) {
             return Ok(());
         }
         if let Some(id) = request_id(ctx) {
@@ -700,7 +705,7 @@ impl ProxyHttp for EtlsProxy {
         let code = failure_status(e);
         let final_written = session
             .response_written()
-            .is_some_and(|h| !crate::status::is_interim(h.status));
+            .is_some_and(|h| !crate::proxy::status::is_interim(h.status));
         if code > 0 && !final_written {
             let more = ctx.renewed.as_deref().map_or_else(Vec::new, |r| {
                 chunk_clears(

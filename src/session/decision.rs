@@ -6,8 +6,10 @@
 //! session it was minted for (its `sid`): checked here, before any auth API call and before the
 //! flight table (so before every grace hit) is consulted.
 
-use crate::cookies::{CookieJar, CookieNames, is_cookie_octets};
-use crate::tokens::{AccessState, Binding, RefreshState, TokenFault, TokenKeys, UnboundRefresh};
+use crate::session::cookies::{CookieJar, CookieNames, is_cookie_octets};
+use crate::session::tokens::{
+    AccessState, Binding, RefreshState, TokenFault, TokenKeys, UnboundRefresh,
+};
 
 /// What the decision needs from the configuration.
 pub struct SessionPolicy<'c> {
@@ -286,7 +288,7 @@ fn api_cookies_of<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::tests::{ACCESS, NOW, REFRESH, keys, sign};
+    use crate::session::tokens::tests::{ACCESS, NOW, REFRESH, keys, sign};
     use jsonwebtoken::Algorithm;
     use serde_json::json;
 
@@ -501,7 +503,7 @@ mod tests {
     #[test]
     fn binding_by_table() {
         let k = keys();
-        let claims: crate::tokens::Claims =
+        let claims: crate::session::tokens::Claims =
             serde_json::from_value(json!({"username": "ann"})).unwrap();
         let bound = |api: &str| k.mint_refresh(&claims, api, NOW).unwrap();
         let legacy = refresh(NOW + 600);
@@ -726,7 +728,7 @@ mod tests {
             assert_eq!(got, want, "{names:?} {request}");
             // The browser once it holds the new cookies: its next request gives the same string.
             let jar = CookieJar::from_headers([request.as_bytes()]);
-            let rewritten = crate::cookies::rewrite(&jar, &renewed);
+            let rewritten = crate::session::cookies::rewrite(&jar, &renewed);
             let next = CookieJar::from_headers([rewritten.as_slice()]);
             assert_eq!(api_cookie_header(&next, &names), got, "{names:?}");
         }

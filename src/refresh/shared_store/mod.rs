@@ -1,7 +1,7 @@
 //! One refresh per session across several proxy instances, through Redis (issue 13).
 //!
 //! Two tiers: the requests of one session on one instance share the in-process flight
-//! ([`crate::flight`]); only that flight's leader talks to Redis, through [`SharedStore::coordinate`]:
+//! ([`crate::refresh::flight`]); only that flight's leader talks to Redis, through [`SharedStore::coordinate`]:
 //!
 //! 1. one script reads the session's tombstone and kept result and, when there is neither, takes
 //!    the lock (`SET NX PX` with a random token);
@@ -33,10 +33,10 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::auth_api::AuthApiError;
-use crate::flight::{Landing, SessionEnded, SessionKey};
-use crate::renewal::{RefreshError, RenewedSession};
-use crate::throttle::Throttle;
+use crate::ops::throttle::Throttle;
+use crate::refresh::auth_api::AuthApiError;
+use crate::refresh::flight::{Landing, SessionEnded, SessionKey};
+use crate::refresh::renew::{RefreshError, RenewedSession};
 use seal::{Seal, SessionKeys, hex, unhex};
 pub use settings::{SharedStoreSettings, StoreKind};
 
@@ -695,7 +695,7 @@ pub fn local(
     result: Result<Arc<RenewedSession>, RefreshError>,
     next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
 ) -> Landing<Arc<RenewedSession>, RefreshError> {
-    crate::renewal::land(result, next)
+    crate::refresh::renew::land(result, next)
 }
 
 /// Says at start whether Redis answers (a warning when it does not: sharing begins once it

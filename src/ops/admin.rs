@@ -10,9 +10,9 @@ use http::{Response, StatusCode, header};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::ops::reload::LiveConfig;
 use crate::proxy::Flights;
-use crate::reload::LiveConfig;
 
 pub struct AdminApp {
     pub live: Arc<LiveConfig>,

@@ -8,7 +8,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use crate::flight::SessionKey;
+use crate::refresh::flight::SessionKey;
 
 /// The Redis keys of one session: `<prefix>{<hex key>}:<kind>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl Seal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flight::SessionKeyer;
+    use crate::refresh::flight::SessionKeyer;
 
     #[test]
     fn key_names_share_one_hash_tag_and_reveal_no_cookie() {

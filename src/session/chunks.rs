@@ -18,8 +18,8 @@
 
 use http::HeaderValue;
 
-use crate::cookies::{CookieJar, CookieNames};
-use crate::set_cookie::CookiePolicy;
+use crate::session::cookies::{CookieJar, CookieNames};
+use crate::session::set_cookie::CookiePolicy;
 
 /// RFC 6265bis §5.4: what a browser keeps of one cookie; here the bound of a whole line.
 pub const MAX_LINE_BYTES: usize = 4096;

@@ -59,7 +59,7 @@ impl AccessEntry<'_> {
                 })
                 .to_string();
                 // Only the path comes from the client (a method is a token).
-                if self.path.chars().any(crate::redact::unsafe_in_log) {
+                if self.path.chars().any(crate::ops::redact::unsafe_in_log) {
                     json_escape_separators(&mut line);
                 }
                 line.push('\n');
@@ -103,7 +103,7 @@ impl AccessEntry<'_> {
 fn json_escape_separators(line: &mut String) {
     let mut out = String::with_capacity(line.len() + 16);
     for c in line.chars() {
-        if crate::redact::unsafe_in_log(c) {
+        if crate::ops::redact::unsafe_in_log(c) {
             let _ = write!(out, "\\u{:04x}", c as u32);
         } else {
             out.push(c);
@@ -182,7 +182,10 @@ mod tests {
             for format in [AccessLogFormat::Text, AccessLogFormat::Json] {
                 let line = entry.format(format);
                 let body = line.strip_suffix('\n').unwrap();
-                assert!(!body.chars().any(crate::redact::unsafe_in_log), "{line:?}");
+                assert!(
+                    !body.chars().any(crate::ops::redact::unsafe_in_log),
+                    "{line:?}"
+                );
             }
             let json = entry.format(AccessLogFormat::Json);
             let v: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::auth_api::{ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, UserData};
-use crate::chunks::{self, Layout};
 use crate::config::RuntimeConfig;
-use crate::cookies::CookieNames;
-use crate::decision::renewed_api_cookies;
-use crate::flight::{AuthApiBusy, FlightLost, Landing, SessionEnded};
-use crate::flight::{CallGate, SessionKey};
-use crate::metrics::LogoutOutcome;
-use crate::set_cookie::{CookiePolicy, InvalidLine};
-use crate::tokens::{Claims, TokenKeys};
+use crate::ops::metrics::LogoutOutcome;
+use crate::refresh::auth_api::{ApiTokens, AuthApiClient, AuthApiError, AuthApiSettings, UserData};
+use crate::refresh::flight::{AuthApiBusy, FlightLost, Landing, SessionEnded};
+use crate::refresh::flight::{CallGate, SessionKey};
+use crate::session::chunks::{self, Layout};
+use crate::session::cookies::CookieNames;
+use crate::session::decision::renewed_api_cookies;
+use crate::session::set_cookie::{CookiePolicy, InvalidLine};
+use crate::session::tokens::{Claims, TokenKeys};
 
 /// The result of a refresh, shared by every request of its flight and grace window, and kept
 /// for the grace window: so it is stored compactly, as its Set-Cookie lines (all slices of one
@@ -121,7 +121,7 @@ impl RenewedSession {
                 let base = first.strip_suffix(".0").ok_or(InvalidLine)?.to_owned();
                 for (i, line) in lines.iter().enumerate().skip(1) {
                     let (name, part) = pair(line).ok_or(InvalidLine)?;
-                    if name != crate::chunks::chunk_name(&base, i) {
+                    if name != crate::session::chunks::chunk_name(&base, i) {
                         return Err(InvalidLine);
                     }
                     value.push_str(&part);
@@ -212,7 +212,7 @@ pub fn land<K>(
     next: impl FnOnce(&RenewedSession) -> K,
 ) -> Landing<Arc<RenewedSession>, RefreshError>
 where
-    K: Into<Option<crate::flight::SessionKey>>,
+    K: Into<Option<crate::refresh::flight::SessionKey>>,
 {
     match result {
         Ok(renewed) => Landing::Renewed {
@@ -337,7 +337,7 @@ pub fn mint_session(
         max_cookie_bytes,
         other_cookie_bytes,
     } = minting;
-    let mint_err = |e: crate::tokens::MintError| RefreshError::Mint(e.to_string());
+    let mint_err = |e: crate::session::tokens::MintError| RefreshError::Mint(e.to_string());
     let mut cookies = vec![
         (
             names.access_etls.clone(),
@@ -369,11 +369,11 @@ pub fn mint_session(
     // the auth API's values (and the user record) over the bound are its answer's fault.
     let mut lines = Vec::with_capacity(cookies.len());
     for (i, (name, value)) in cookies.iter().enumerate() {
-        if i < 2 && value.len() > crate::tokens::MAX_TOKEN_BYTES {
+        if i < 2 && value.len() > crate::session::tokens::MAX_TOKEN_BYTES {
             // The proxy would refuse its own token on the next request.
             return Err(RefreshError::Mint(format!(
                 "`{name}` is over {} bytes",
-                crate::tokens::MAX_TOKEN_BYTES
+                crate::session::tokens::MAX_TOKEN_BYTES
             )));
         }
         let split = chunks::set_lines(policy, name, value, *max_chunks).map_err(|e| {
@@ -410,8 +410,10 @@ pub fn mint_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::tests::{NOW, keys};
-    use crate::tokens::{AccessState, RefreshState, TYP_ACCESS, TYP_REFRESH, TYP_USER, TokenFault};
+    use crate::session::tokens::tests::{NOW, keys};
+    use crate::session::tokens::{
+        AccessState, RefreshState, TYP_ACCESS, TYP_REFRESH, TYP_USER, TokenFault,
+    };
     use serde_json::json;
 
     const OLD_SESSION: &str = "theme=dark; refreshToken=api-refresh-old";
@@ -618,7 +620,7 @@ mod tests {
     fn a_rejection_ends_the_session_other_failures_do_not() {
         let rejected = RefreshError::AuthApi(AuthApiError::Rejected(403));
         assert!(matches!(
-            land::<Option<crate::flight::SessionKey>>(Err(rejected), |_| None),
+            land::<Option<crate::refresh::flight::SessionKey>>(Err(rejected), |_| None),
             Landing::Ended(RefreshError::AuthApi(AuthApiError::Rejected(403)))
         ));
         for error in [
@@ -627,7 +629,7 @@ mod tests {
             RefreshError::Mint("x".into()),
         ] {
             assert!(matches!(
-                land::<Option<crate::flight::SessionKey>>(Err(error), |_| None),
+                land::<Option<crate::refresh::flight::SessionKey>>(Err(error), |_| None),
                 Landing::Failed(_)
             ));
         }

@@ -10,9 +10,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{ConfigError, Loaded, Outside, RuntimeConfig, load_file};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::ops::redact::{self, Redactor};
 use crate::proxy::Flights;
-use crate::redact::{self, Redactor};
 
 pub struct LiveConfig {
     current: ArcSwap<RuntimeConfig>,

@@ -9,8 +9,8 @@ use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use crate::auth_api::AuthApiError;
-use crate::renewal::{RefreshError, RenewedSession};
+use crate::refresh::auth_api::AuthApiError;
+use crate::refresh::renew::{RefreshError, RenewedSession};
 
 /// Request bodies read before an early answer, so the connection can be kept; beyond this the
 /// connection is closed instead.
@@ -176,7 +176,7 @@ impl<'a> Answer<'a> {
         // An answer carrying session cookies says `private` too, as the app's answers get it.
         let cache = match self.set_cookie {
             [] => "no-store",
-            _ => crate::cache_control::PRIVATE,
+            _ => crate::proxy::cache_control::PRIVATE,
         };
         h.insert_header("Cache-Control", cache)?;
         if let Some(location) = &self.location {

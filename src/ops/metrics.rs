@@ -142,7 +142,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// For the counters of other modules (`crate::shared_store`), exposed on the same page.
+    /// For the counters of other modules (`crate::refresh::shared_store`), exposed on the same page.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -15,8 +15,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error as PingoraError, ErrorType};
 use serde_json::Value;
 
-use crate::cookies::is_cookie_octets;
-use crate::tokens::Claims;
+use crate::session::cookies::is_cookie_octets;
+use crate::session::tokens::Claims;
 
 /// Longer answers are refused: three tokens and a user record fit in far less.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;

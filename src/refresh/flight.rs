@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::throttle::Throttle;
+use crate::ops::throttle::Throttle;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -38,7 +38,7 @@ impl SessionKey {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The hash itself, for names shared with other instances (`crate::shared_store`).
+    /// The hash itself, for names shared with other instances (`crate::refresh::shared_store`).
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -1,0 +1,10 @@
+//! The pure core: cookies, Set-Cookie lines, chunks, tokens, routes, the decision and the
+//! identity headers. Nothing here imports Pingora (checked by `scripts/check-purity.sh`).
+
+pub mod chunks;
+pub mod cookies;
+pub mod decision;
+pub mod identity;
+pub mod routes;
+pub mod set_cookie;
+pub mod tokens;
