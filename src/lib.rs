@@ -12,6 +12,7 @@ pub mod ops;
 pub mod proxy;
 pub mod refresh;
 pub mod session;
+pub mod state;
 
 /// Seconds since the Unix epoch; JWT `exp` and `nbf` are compared against it.
 pub fn unix_now() -> u64 {

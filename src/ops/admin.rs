@@ -2,7 +2,6 @@
 //! readiness at `/readyz`. Kept off the proxy's own listeners so it can stay private.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,14 +9,10 @@ use http::{Response, StatusCode, header};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::ops::metrics::Metrics;
-use crate::ops::reload::LiveConfig;
-use crate::proxy::Flights;
+use crate::state::State;
 
 pub struct AdminApp {
-    pub live: Arc<LiveConfig>,
-    pub flights: Arc<Flights>,
-    pub metrics: Arc<Metrics>,
+    pub state: State,
 }
 
 #[async_trait]
@@ -27,7 +22,10 @@ impl ServeHttp for AdminApp {
             "/metrics" => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                self.metrics.render(self.flights.len()).into_bytes(),
+                self.state
+                    .metrics
+                    .render(self.state.flights.len())
+                    .into_bytes(),
             ),
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
@@ -60,7 +58,7 @@ impl AdminApp {
     /// Ready: a configuration is loaded (always, once running) and every proxy listener
     /// accepts a connection.
     async fn listening(&self) -> bool {
-        let config = self.live.load();
+        let config = self.state.live.load();
         for listen in &config.listen {
             let Some(addr) = probe_address(&listen.address) else {
                 return false;

@@ -2,22 +2,14 @@
 //! checks all of it, and swaps it in at once. A request keeps the configuration it started
 //! with; a refused file leaves the running one in place.
 
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::{ConfigError, Loaded, Outside, RuntimeConfig, load_file};
-use crate::ops::metrics::Metrics;
+use crate::config::{ConfigError, Loaded, Outside, load_file};
 use crate::ops::redact::{self, Redactor};
-use crate::proxy::Flights;
-
-pub struct LiveConfig {
-    current: ArcSwap<RuntimeConfig>,
-    path: String,
-}
+use crate::state::{LiveConfig, State};
 
 /// What a reload changed that only a restart (or a graceful upgrade) applies.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,18 +18,8 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
+/// The reload half of the running configuration ([`LiveConfig`] lives in `state`).
 impl LiveConfig {
-    pub fn new(path: impl Into<String>, runtime: RuntimeConfig) -> Self {
-        LiveConfig {
-            current: ArcSwap::from_pointee(runtime),
-            path: path.into(),
-        }
-    }
-
-    pub fn load(&self) -> Arc<RuntimeConfig> {
-        self.current.load_full()
-    }
-
     /// Loads the file again and, when it checks out, makes it the running configuration.
     pub fn reload(&self, outside: Outside<'_>) -> Result<(Applied, Loaded), ConfigError> {
         let loaded = load_file(&self.path, outside)?;
@@ -88,22 +70,16 @@ impl LiveConfig {
             warnings: loaded.warnings.clone(),
         }
     }
-
-    fn swap(&self, runtime: RuntimeConfig) {
-        self.current.store(Arc::new(runtime));
-    }
 }
 
 /// Waits for SIGHUP and reloads; one log line per reload says what happened.
 pub struct ReloadOnHangup {
-    pub live: Arc<LiveConfig>,
-    pub flights: Arc<Flights>,
-    pub metrics: Arc<Metrics>,
+    pub state: State,
 }
 
 impl ReloadOnHangup {
     pub fn reload_now(&self) -> bool {
-        match self.live.reload(Outside::process()) {
+        match self.state.live.reload(Outside::process()) {
             Ok((applied, loaded)) => {
                 let Loaded {
                     runtime, secrets, ..
@@ -112,8 +88,10 @@ impl ReloadOnHangup {
                     runtime.names.all().map(String::from).to_vec(),
                     secrets,
                 ));
-                self.flights.set_limits(runtime.grace, runtime.max_entries);
-                self.live.swap(runtime);
+                self.state
+                    .flights
+                    .set_limits(runtime.grace, runtime.max_entries);
+                self.state.live.swap(runtime);
                 for warning in &applied.warnings {
                     log::warn!("{warning}");
                 }
@@ -125,14 +103,17 @@ impl ReloadOnHangup {
                         applied.needs_restart.join(", ")
                     )
                 };
-                log::info!("configuration reloaded from {}{restart}", self.live.path);
-                self.metrics.reload(true);
+                log::info!(
+                    "configuration reloaded from {}{restart}",
+                    self.state.live.path
+                );
+                self.state.metrics.reload(true);
                 true
             }
             Err(e) => {
                 let one_line = e.to_string().replace('\n', " ");
                 log::error!("configuration reload refused, the running one stays: {one_line}");
-                self.metrics.reload(false);
+                self.state.metrics.reload(false);
                 false
             }
         }

@@ -22,12 +22,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::RuntimeConfig;
 use crate::ops::access_log::AccessEntry;
 use crate::ops::metrics::{AuthApiOutcome, Decision, Metrics};
-use crate::ops::reload::LiveConfig;
 use crate::proxy::answer::Answer;
 use crate::proxy::forwarded::{Caller, client_address};
 use crate::proxy::upstream::AppUpstream;
 use crate::refresh::auth_api::{AuthApiClient, AuthApiError};
-use crate::refresh::flight::{Joined, RefreshFlights, SessionKey, SessionKeyer};
+use crate::refresh::flight::{Joined, SessionKey, SessionKeyer};
 use crate::refresh::renew::{
     Minting, RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew,
 };
@@ -37,8 +36,7 @@ use crate::session::cookies::{CookieJar, rewrite};
 use crate::session::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
 use crate::session::routes::{Route, is_page_navigation};
 use crate::session::tokens::{Binding, RefreshState, UnboundRefresh};
-
-pub type Flights = RefreshFlights<Arc<RenewedSession>, RefreshError>;
+use crate::state::{Flights, LiveConfig, State};
 
 pub struct EtlsProxy {
     live: Arc<LiveConfig>,
@@ -51,17 +49,12 @@ pub struct EtlsProxy {
 }
 
 impl EtlsProxy {
-    pub fn new(
-        live: Arc<LiveConfig>,
-        flights: Arc<Flights>,
-        metrics: Arc<Metrics>,
-        app: Arc<AppUpstream>,
-    ) -> Self {
+    pub fn new(state: &State, app: Arc<AppUpstream>) -> Self {
         EtlsProxy {
-            live,
-            flights,
+            live: Arc::clone(&state.live),
+            flights: Arc::clone(&state.flights),
             client: Arc::new(AuthApiClient::default()),
-            metrics,
+            metrics: Arc::clone(&state.metrics),
             app,
             shared: None,
         }
