@@ -2,7 +2,6 @@
 //! checks all of it, and swaps it in at once. A request keeps the configuration it started
 //! with; a refused file leaves the running one in place.
 
-
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;

@@ -1,5 +1,5 @@
 //! The pure core: cookies, Set-Cookie lines, chunks, tokens, routes, the decision and the
-//! identity headers. Nothing here imports Pingora (checked by `scripts/check-purity.sh`).
+//! identity headers. Nothing here imports Pingora (checked by `tests/purity.rs`, part of `make test`).
 
 pub mod chunks;
 pub mod cookies;
