@@ -21,6 +21,7 @@ use crate::session::chunks::{MAX_CHUNKS, MAX_LINE_BYTES};
 use crate::session::cookies::{CookieNames, is_cookie_name};
 use crate::session::identity::{IdentityHeaders, is_reserved};
 use crate::session::routes::{Routes, is_local_path};
+use crate::session::secret::Secret;
 use crate::session::set_cookie::{CookiePolicy, header_value};
 use crate::session::tokens::{TokenKeys, TokenTimes, UnboundRefresh};
 use http::HeaderName;
@@ -119,7 +120,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
         file.refresh.store,
         &file.refresh.redis,
         outside.env,
-        &refresh_secret,
+        refresh_secret.expose(),
     );
     for (key, message) in store.problems {
         c.problem(key, message);
@@ -175,7 +176,9 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             // included) never re-keys a refresh in flight or a session's tombstones; shared, a
             // key every instance derives alike.
             session_keyer: match store.settings {
-                Some(_) => crate::refresh::shared_store::settings::session_keyer(&refresh_secret),
+                Some(_) => {
+                    crate::refresh::shared_store::settings::session_keyer(refresh_secret.expose())
+                }
                 None => crate::refresh::shared_store::settings::process_session_keyer(),
             },
             shared_store: store.settings,
@@ -578,11 +581,7 @@ fn check_endpoint(
     })
 }
 
-fn check_tokens(
-    c: &mut Checker,
-    t: &TokensFile,
-    env: Env<'_>,
-) -> Option<(TokenKeys, Vec<Vec<u8>>)> {
+fn check_tokens(c: &mut Checker, t: &TokensFile, env: Env<'_>) -> Option<(TokenKeys, Vec<Secret>)> {
     let access = secrets(
         c,
         "access",
@@ -616,11 +615,12 @@ fn check_tokens(
         env,
     );
     if let (Some(access), Some(refresh)) = (&access, &refresh) {
-        for (a_key, a_var, a) in access {
-            for (r_key, r_var, r) in refresh {
-                if a == r {
+        for a in access {
+            for r in refresh {
+                if a.value == r.value {
+                    let (a_key, a_var, r_var) = (&a.key, &a.var, &r.var);
                     c.problem(
-                        r_key,
+                        &r.key,
                         format!(
                             "{r_var} holds the same secret as {a_var} ({a_key}): a refresh token would pass as an access token"
                         ),
@@ -662,19 +662,24 @@ fn check_tokens(
         leeway_secs: t.leeway_secs,
         refresh_ahead_secs: t.refresh_ahead_secs,
     };
-    let values = |s: &[Secret]| s.iter().map(|(_, _, v)| v.clone()).collect::<Vec<_>>();
-    let (access, refresh) = (values(&access), values(&refresh));
-    let mut keys = TokenKeys::rotating(&as_slices(&access), &as_slices(&refresh), times);
+    let mut keys = TokenKeys::rotating(&exposed(&access), &exposed(&refresh), times);
     keys.unbound_refresh = unbound_refresh;
-    Some((keys, access.into_iter().chain(refresh).collect()))
+    let values = access.into_iter().chain(refresh).map(|s| s.value);
+    Some((keys, values.collect()))
 }
 
-fn as_slices(secrets: &[Vec<u8>]) -> Vec<&[u8]> {
-    secrets.iter().map(Vec::as_slice).collect()
+fn exposed(secrets: &[FoundSecret]) -> Vec<&[u8]> {
+    secrets.iter().map(|s| s.value.expose()).collect()
 }
 
-/// One secret: the key path that names it, its env var, its value.
-type Secret = (String, String, Vec<u8>);
+/// One secret as the configuration found it.
+struct FoundSecret {
+    /// The key path that names it (`tokens.access_secret_envs[1]`).
+    key: String,
+    /// Its environment variable.
+    var: String,
+    value: Secret,
+}
 
 /// The secrets of one token kind, newest first, with the key and env var each came from:
 /// `tokens.<kind>_secret_env` (one name, default `default`) or `tokens.<kind>_secret_envs` (a
@@ -686,7 +691,7 @@ fn secrets(
     default: &str,
     allow_short: bool,
     env: Env<'_>,
-) -> Option<Vec<Secret>> {
+) -> Option<Vec<FoundSecret>> {
     let list_key = format!("tokens.{kind}_secret_envs");
     let names: Vec<(String, &str)> = match (single, list) {
         (Some(_), Some(_)) => {
@@ -719,7 +724,11 @@ fn secrets(
             continue;
         }
         match secret(c, key, var, allow_short, env) {
-            Some(value) => found.push((key.clone(), var.to_string(), value)),
+            Some(value) => found.push(FoundSecret {
+                key: key.clone(),
+                var: var.to_string(),
+                value,
+            }),
             None => ok = false,
         }
     }
@@ -737,7 +746,7 @@ fn secret(
     var: &str,
     allow_short: bool,
     env: Env<'_>,
-) -> Option<Vec<u8>> {
+) -> Option<Secret> {
     if var.is_empty() {
         c.problem(key, "must name an environment variable");
         return None;
@@ -768,7 +777,7 @@ fn secret(
             return None;
         }
     }
-    Some(value)
+    Some(Secret::new(value))
 }
 
 /// The env var wins when set (the seeds' `.env`), else the YAML value.
@@ -1214,7 +1223,8 @@ mod tests {
         ]);
         let yaml = "tokens: {access_secret_envs: [ETLS_ACCESS, ETLS_ACCESS_PREVIOUS], refresh_secret_envs: [ETLS_REFRESH, ETLS_REFRESH_PREVIOUS]}";
         let loaded = build(parse(yaml).unwrap(), outside(&env)).unwrap_or_else(|p| panic!("{p:?}"));
-        let mut secrets = loaded.secrets.clone();
+        let mut secrets: Vec<Vec<u8>> =
+            loaded.secrets.iter().map(|s| s.expose().to_vec()).collect();
         secrets.sort();
         let mut want: Vec<Vec<u8>> = [A, PREVIOUS, R, PREVIOUS_R].map(Into::into).to_vec();
         want.sort();

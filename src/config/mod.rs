@@ -20,6 +20,7 @@ use crate::session::cookies::CookieNames;
 use crate::session::decision::SessionPolicy;
 use crate::session::identity::IdentityHeaders;
 use crate::session::routes::Routes;
+use crate::session::secret::Secret;
 use crate::session::set_cookie::CookiePolicy;
 use crate::session::tokens::TokenKeys;
 
@@ -140,7 +141,7 @@ pub struct Loaded {
     pub server: ServerConf,
     pub warnings: Vec<String>,
     /// Secret values, so the logger can make sure none is ever printed.
-    pub secrets: Vec<Vec<u8>>,
+    pub secrets: Vec<Secret>,
 }
 
 /// One problem, named by the key's path (`auth_api.refresh_url`) or the env var.

@@ -10,18 +10,21 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use log::{Log, Metadata, Record};
 
+use crate::session::secret::Secret;
+
 const MASK: &str = "[redacted]";
 
 /// What to scrub: the values of the managed cookies, anything after a `cookie:` header name,
-/// anything shaped like a JWT, and the secrets themselves.
+/// anything shaped like a JWT, and the secrets themselves (a [`Secret`] prints nothing, so the
+/// derived `Debug` shows the names only).
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     cookie_names: Vec<String>,
-    secrets: Vec<Vec<u8>>,
+    secrets: Vec<Secret>,
 }
 
 impl Redactor {
-    pub fn new(cookie_names: Vec<String>, secrets: Vec<Vec<u8>>) -> Self {
+    pub fn new(cookie_names: Vec<String>, secrets: Vec<Secret>) -> Self {
         Redactor {
             cookie_names,
             secrets: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
@@ -55,7 +58,7 @@ impl Redactor {
         jwt_like(bytes, &mut spans);
         query_strings(bytes, &mut spans);
         for secret in &self.secrets {
-            literal(bytes, secret, &mut spans);
+            literal(bytes, secret.expose(), &mut spans);
         }
         if spans.is_empty() {
             return Cow::Borrowed(text);
@@ -348,8 +351,19 @@ mod tests {
             ]
             .map(String::from)
             .to_vec(),
-            vec![b"super-secret-value-0123456789abcd".to_vec()],
+            vec![Secret::new(b"super-secret-value-0123456789abcd".to_vec())],
         )
+    }
+
+    #[test]
+    fn its_debug_shows_no_secret() {
+        let shown = format!("{:?}", r());
+        assert!(shown.contains("accessTokenEtls"), "{shown}");
+        assert!(!shown.contains("super-secret"), "{shown}");
+        assert!(
+            !shown.contains("115, 117"),
+            "no byte values either: {shown}"
+        );
     }
 
     #[test]

@@ -6,5 +6,6 @@ pub mod cookies;
 pub mod decision;
 pub mod identity;
 pub mod routes;
+pub mod secret;
 pub mod set_cookie;
 pub mod tokens;

@@ -10,6 +10,7 @@ use sha2::Sha256;
 
 use crate::config::Env;
 use crate::refresh::flight::SessionKeyer;
+use crate::session::secret::Secret;
 
 /// Where refresh results are shared: this process only, or every instance through Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -87,7 +88,7 @@ pub struct Checked {
     /// `(key path, message)`.
     pub problems: Vec<(String, String)>,
     /// A password read from `url_env`, so the logger masks it.
-    pub secret: Option<Vec<u8>>,
+    pub secret: Option<Secret>,
 }
 
 /// Checks the store settings; `refresh_secret` is the first refresh secret (None when the
@@ -173,7 +174,7 @@ pub fn check(store: StoreKind, file: &RedisFile, env: Env<'_>, refresh_secret: &
     let Some((url, parsed)) = parsed else {
         return out;
     };
-    out.secret = parsed.password.map(String::into_bytes);
+    out.secret = parsed.password.map(|p| Secret::new(p.into_bytes()));
     out.settings = Some(SharedStoreSettings {
         url,
         display: parsed.display,
@@ -257,18 +258,16 @@ pub fn process_session_keyer() -> Arc<SessionKeyer> {
 
 /// The value of the first refresh secret's env var (the one tokens are minted with), as the
 /// tokens section names it; empty when unset (the tokens check reports that).
-pub fn first_refresh_secret(
-    list: Option<&[String]>,
-    single: Option<&str>,
-    env: Env<'_>,
-) -> Vec<u8> {
+pub fn first_refresh_secret(list: Option<&[String]>, single: Option<&str>, env: Env<'_>) -> Secret {
     let name = list
         .and_then(|l| l.first().map(String::as_str))
         .or(single)
         .unwrap_or("ETLS_REFRESH");
-    env(name)
-        .map(|v| v.into_encoded_bytes())
-        .unwrap_or_default()
+    Secret::new(
+        env(name)
+            .map(|v| v.into_encoded_bytes())
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -384,7 +383,10 @@ mod tests {
         let settings = out.settings.unwrap();
         assert_eq!(settings.display, "redis://10.0.0.5:6380/2");
         assert!(!format!("{settings:?}").contains("hunter2"));
-        assert_eq!(out.secret.as_deref(), Some(&b"hunter2-secret"[..]));
+        assert_eq!(
+            out.secret.as_ref().map(Secret::expose),
+            Some(&b"hunter2-secret"[..])
+        );
     }
 
     #[test]
