@@ -6,6 +6,7 @@
 //! `config`.
 
 pub mod config;
+#[cfg(any(test, fuzzing, feature = "testkit"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;
