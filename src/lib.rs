@@ -14,6 +14,8 @@ pub mod proxy;
 pub mod refresh;
 pub mod session;
 pub mod state;
+#[cfg(any(test, fuzzing, feature = "testkit"))]
+pub mod testkit;
 
 /// Seconds since the Unix epoch; JWT `exp` and `nbf` are compared against it.
 pub fn unix_now() -> u64 {

@@ -1,7 +1,7 @@
 //! Configuration: parse the YAML (`file`), check all of it in one pass and build the immutable
 //! runtime configuration (`build`), shared behind an `Arc`.
 
-mod build;
+mod check;
 pub mod file;
 
 use std::ffi::OsString;
@@ -24,7 +24,7 @@ use crate::session::secret::Secret;
 use crate::session::set_cookie::CookiePolicy;
 use crate::session::tokens::TokenKeys;
 
-pub use build::build;
+pub use check::build;
 
 /// Reads one environment variable.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;

@@ -143,23 +143,8 @@ impl BackgroundService for ReloadOnHangup {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsString;
-
     use super::*;
-    use crate::config::load_str;
-
-    fn loaded(yaml: &str) -> Loaded {
-        let env = |name: &str| match name {
-            "ETLS_ACCESS" => Some(OsString::from("access-secret-access-secret-0123")),
-            "ETLS_REFRESH" => Some(OsString::from("refresh-secret-refresh-secret-01")),
-            _ => None,
-        };
-        let outside = Outside {
-            env: &env,
-            resolve: &crate::config::system_resolve,
-        };
-        load_str(yaml, "test.yaml", outside).unwrap_or_else(|e| panic!("{e}"))
-    }
+    use crate::testkit::config::loaded;
 
     #[test]
     fn changing_the_app_instances_needs_a_restart_but_their_timeouts_do_not() {

@@ -410,10 +410,11 @@ pub fn mint_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::tokens::tests::{NOW, keys};
     use crate::session::tokens::{
         AccessState, RefreshState, TYP_ACCESS, TYP_REFRESH, TYP_USER, TokenFault,
     };
+    use crate::testkit::NOW;
+    use crate::testkit::tokens::keys;
     use serde_json::json;
 
     const OLD_SESSION: &str = "theme=dark; refreshToken=api-refresh-old";

@@ -288,7 +288,8 @@ fn api_cookies_of<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::tokens::tests::{ACCESS, NOW, REFRESH, keys, sign};
+    use crate::testkit::NOW;
+    use crate::testkit::tokens::{ACCESS, REFRESH, keys, sign};
     use jsonwebtoken::Algorithm;
     use serde_json::json;
 

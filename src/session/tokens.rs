@@ -624,56 +624,12 @@ fn session_claims(mut claims: Claims) -> Claims {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use serde_json::json;
 
-    pub const ACCESS: &[u8] = b"access-secret-access-secret-0123";
-    pub const REFRESH: &[u8] = b"refresh-secret-refresh-secret-01";
-    pub const NOW: u64 = 1_800_000_000;
-
-    pub fn keys() -> TokenKeys {
-        TokenKeys::new(
-            ACCESS,
-            REFRESH,
-            TokenTimes {
-                access_ttl_secs: 900,
-                refresh_ttl_secs: 43_200,
-                leeway_secs: 0,
-                refresh_ahead_secs: 0,
-            },
-        )
-    }
-
-    pub fn sign(secret: &[u8], alg: Algorithm, claims: Value) -> String {
-        jsonwebtoken::encode(
-            &Header::new(alg),
-            &claims,
-            &EncodingKey::from_secret(secret),
-        )
-        .unwrap()
-    }
-
-    /// An HS256 token over a payload written by hand (escapes, duplicates, trailing bytes).
-    pub fn sign_raw(secret: &[u8], payload_json: &str) -> String {
-        sign_raw_header(secret, r#"{"alg":"HS256","typ":"JWT"}"#, payload_json)
-    }
-
-    /// Like [`sign_raw`], with the header written by hand too (`kid` variants).
-    pub fn sign_raw_header(secret: &[u8], header_json: &str, payload_json: &str) -> String {
-        let message = format!("{}.{}", b64(header_json), b64(payload_json));
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-        mac.update(message.as_bytes());
-        format!(
-            "{message}.{}",
-            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-        )
-    }
-
-    pub fn b64(s: &str) -> String {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-    }
+    use crate::testkit::NOW;
+    use crate::testkit::tokens::{ACCESS, REFRESH, b64, keys, sign, sign_raw, sign_raw_header};
 
     #[test]
     fn access_states_by_table() {
