@@ -10,21 +10,11 @@ use etls_proxy::session::cookies::{CookieJar, CookieNames, rewrite};
 use etls_proxy::session::decision::{Purpose, SessionPolicy, assess};
 use etls_proxy::session::routes::Routes;
 use etls_proxy::session::set_cookie::CookiePolicy;
-use etls_proxy::session::tokens::{Claims, TokenKeys, TokenTimes};
-
-const ACCESS: &[u8] = b"access-secret-access-secret-0123";
+use etls_proxy::session::tokens::{Claims, TokenKeys};
+use etls_proxy::testkit::tokens::{ACCESS, keys};
 
 fn fixtures() -> (TokenKeys, String, u64) {
-    let keys = TokenKeys::new(
-        ACCESS,
-        b"refresh-secret-refresh-secret-01",
-        TokenTimes {
-            access_ttl_secs: 900,
-            refresh_ttl_secs: 43_200,
-            leeway_secs: 0,
-            refresh_ahead_secs: 0,
-        },
-    );
+    let keys = keys();
     let now = etls_proxy::unix_now();
     let claims: Claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let token = keys.mint_access(&claims, now).unwrap();
@@ -47,16 +37,7 @@ fn benches(c: &mut Criterion) {
         keys: &keys,
         send_cookies: &send,
     };
-    let routes = Routes {
-        public: vec![
-            "/_next/static/".into(),
-            "/_next/image".into(),
-            "/favicon.ico".into(),
-        ],
-        refresh_endpoint: Some("/api/auth/refreshtoken".into()),
-        logout_endpoint: Some("/api/auth/logout".into()),
-        login_redirect: None,
-    };
+    let routes = Routes::default();
 
     c.bench_function("cookie header: parse and find accessTokenEtls", |b| {
         b.iter(|| {
@@ -135,7 +116,7 @@ fn benches(c: &mut Criterion) {
         names: &names,
         policy: &cookie_policy,
         send_cookies: &send_cookies,
-        max_chunks: 8,
+        max_chunks: etls_proxy::session::chunks::DEFAULT_MAX_CHUNKS,
         max_cookie_bytes: 16 * 1024,
         other_cookie_bytes: 0,
     };

@@ -9,6 +9,7 @@ use etls_proxy::session::cookies::{CookieJar, CookieNames};
 use etls_proxy::session::decision::{Purpose, SessionPolicy, Verdict, assess};
 use etls_proxy::session::routes::{Route, Routes};
 use etls_proxy::session::tokens::{TokenKeys, TokenTimes};
+use etls_proxy::testkit::tokens::{ACCESS, REFRESH, keys};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 struct Counting;
@@ -44,35 +45,19 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 
 #[test]
 fn a_valid_request_allocates_nothing() {
-    let access = b"access-secret-access-secret-0123";
-    let times = TokenTimes {
-        access_ttl_secs: 900,
-        refresh_ttl_secs: 43_200,
-        leeway_secs: 0,
-        refresh_ahead_secs: 0,
-    };
-    let keys = TokenKeys::new(access, b"refresh-secret-refresh-secret-01", times);
+    let keys = keys();
     let now = etls_proxy::unix_now();
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &serde_json::json!({"username": "ann", "role": "admin", "exp": now + 600}),
-        &EncodingKey::from_secret(access),
+        &EncodingKey::from_secret(ACCESS),
     )
     .unwrap();
     let cookie =
         format!("theme=dark; accessTokenEtls={token}; refreshTokenEtls=x; lang=uk; _ga=GA1.2.3");
     let names = CookieNames::default();
     let send = vec!["refreshToken".to_owned()];
-    let routes = Routes {
-        public: vec![
-            "/_next/static/".into(),
-            "/_next/image".into(),
-            "/favicon.ico".into(),
-        ],
-        refresh_endpoint: Some("/api/auth/refreshtoken".into()),
-        logout_endpoint: Some("/api/auth/logout".into()),
-        login_redirect: None,
-    };
+    let routes = Routes::default();
     let policy = SessionPolicy {
         names: &names,
         keys: &keys,
@@ -115,9 +100,9 @@ fn a_valid_request_allocates_nothing() {
     // Secret rotation: a token with a `kid` (as the proxy mints them) checked against the key it
     // names, and one without (the old routes') tried against each secret, allocate nothing.
     let rotating = TokenKeys::rotating(
-        &[b"newer-access-secret-newer-access-01", access],
-        &[b"refresh-secret-refresh-secret-01"],
-        times,
+        &[b"newer-access-secret-newer-access-01", ACCESS],
+        &[REFRESH],
+        TokenTimes::default(),
     );
     let claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let minted = rotating.mint_access(&claims, now).unwrap();

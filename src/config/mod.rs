@@ -57,4 +57,3 @@ pub fn load_str(text: &str, path: &str, outside: Outside<'_>) -> Result<Loaded, 
     };
     build(parsed, with_file).map_err(invalid)
 }
-

@@ -23,6 +23,8 @@ use crate::session::set_cookie::CookiePolicy;
 
 /// RFC 6265bis §5.4: what a browser keeps of one cookie; here the bound of a whole line.
 pub const MAX_LINE_BYTES: usize = 4096;
+/// `cookies.max_chunks` when the file gives none.
+pub const DEFAULT_MAX_CHUNKS: usize = 8;
 /// The highest `cookies.max_chunks` accepted.
 pub const MAX_CHUNKS: usize = 64;
 /// Chunk indices recognised on the way in (two digits).

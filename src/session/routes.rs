@@ -13,6 +13,23 @@ pub struct Routes {
     pub login_redirect: Option<String>,
 }
 
+/// The seeds' routes: Next.js's static files and the favicon public, the refresh and logout
+/// endpoints where the seed 001/002 routes were, no login redirect.
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            public: vec![
+                "/_next/static/".into(),
+                "/_next/image".into(),
+                "/favicon.ico".into(),
+            ],
+            refresh_endpoint: Some("/api/auth/refreshtoken".into()),
+            logout_endpoint: Some("/api/auth/logout".into()),
+            login_redirect: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Public,

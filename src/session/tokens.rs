@@ -223,6 +223,19 @@ pub struct TokenTimes {
     pub refresh_ahead_secs: u64,
 }
 
+/// The seeds' lifetimes: 15 minutes for the access token, 12 hours for the refresh token, no
+/// leeway, no refresh ahead of expiry.
+impl Default for TokenTimes {
+    fn default() -> Self {
+        TokenTimes {
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 43_200,
+            leeway_secs: 0,
+            refresh_ahead_secs: 0,
+        }
+    }
+}
+
 pub struct TokenKeys {
     access: KeySet,
     refresh: KeySet,

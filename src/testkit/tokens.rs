@@ -16,17 +16,9 @@ pub const ACCESS: &[u8] = ACCESS_SECRET.as_bytes();
 /// [`REFRESH_SECRET`] as bytes.
 pub const REFRESH: &[u8] = REFRESH_SECRET.as_bytes();
 
-/// The seeds' lifetimes (15 minutes, 12 hours), no leeway, no refresh-ahead.
-pub const TIMES: TokenTimes = TokenTimes {
-    access_ttl_secs: 900,
-    refresh_ttl_secs: 43_200,
-    leeway_secs: 0,
-    refresh_ahead_secs: 0,
-};
-
-/// Keys over the test secrets with [`TIMES`].
+/// Keys over the test secrets with the seeds' lifetimes ([`TokenTimes::default`]).
 pub fn keys() -> TokenKeys {
-    TokenKeys::new(ACCESS, REFRESH, TIMES)
+    TokenKeys::new(ACCESS, REFRESH, TokenTimes::default())
 }
 
 /// A token signed by `jsonwebtoken` (not by the code under test), `typ: JWT`.

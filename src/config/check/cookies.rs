@@ -6,11 +6,9 @@ use cookie::SameSite;
 
 use super::Checker;
 use crate::config::file::CookiesFile;
-use crate::session::chunks::{MAX_CHUNKS, MAX_LINE_BYTES};
+use crate::session::chunks::{DEFAULT_MAX_CHUNKS, MAX_CHUNKS, MAX_LINE_BYTES};
 use crate::session::cookies::{CookieNames, is_cookie_name};
 use crate::session::set_cookie::CookiePolicy;
-
-const DEFAULT_MAX_CHUNKS: usize = 8;
 
 /// The `cookies` section as checked: the names and the attributes of the lines we write.
 pub(super) struct Cookies {

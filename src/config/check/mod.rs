@@ -223,8 +223,26 @@ mod tests {
         assert!(!s.clean());
         assert_eq!(s.done(3), None);
         let keys: Vec<&str> = c.problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["before", "inside"], "every problem stays in the checker");
+        assert_eq!(
+            keys,
+            ["before", "inside"],
+            "every problem stays in the checker"
+        );
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_runtime_types_own_defaults() {
+        let rt = crate::testkit::config::loaded("{}").runtime;
+        assert_eq!(rt.routes, crate::session::routes::Routes::default());
+        assert_eq!(
+            rt.auth_api.fields,
+            crate::refresh::auth_api::AuthFields::default()
+        );
+        assert_eq!(rt.keys.times, crate::session::tokens::TokenTimes::default());
+        assert_eq!(rt.names, CookieNames::default());
+        assert_eq!(rt.cookie_policy, CookiePolicy::default());
+        assert_eq!(rt.max_chunks, crate::session::chunks::DEFAULT_MAX_CHUNKS);
     }
 
     #[test]
