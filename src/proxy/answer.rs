@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::refresh::auth_api::AuthApiError;
 use crate::refresh::renew::{RefreshError, RenewedSession};
@@ -221,6 +222,24 @@ impl Answer<'_> {
             Cow::Borrowed(b) => Bytes::from_static(b),
             Cow::Owned(v) => Bytes::copy_from_slice(v),
         }
+    }
+}
+
+/// Status for a request that could not be proxied, Pingora's rules with timeouts as 504.
+pub fn failure_status(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
     }
 }
 

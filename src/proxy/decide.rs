@@ -1,0 +1,455 @@
+//! The decision for one request, from its headers: forward (with what the app gets), answer
+//! it here (the endpoints, refusals, failed refreshes), or refresh first. Pingora's session is
+//! not touched here: `mod.rs` moves the data in and out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+use pingora::Result;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use super::ctx::{Outcome, RequestCtx, request_id};
+use super::{EtlsProxy, guard};
+use crate::config::RuntimeConfig;
+use crate::ops::metrics::AuthApiOutcome;
+use crate::proxy::answer::Answer;
+use crate::refresh::auth_api::AuthApiError;
+use crate::refresh::flight::{Joined, SessionKey, SessionKeyer};
+use crate::refresh::renew::{
+    Minting, RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew,
+};
+use crate::refresh::shared_store::SharedFlight;
+use crate::session::chunks::{self, Layout};
+use crate::session::cookies::{CookieJar, rewrite};
+use crate::session::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
+use crate::session::routes::{Route, is_page_navigation};
+use crate::session::tokens::{Binding, RefreshState, UnboundRefresh};
+
+/// What `request_filter` does once the decision is made.
+pub(super) enum Step {
+    Forward,
+    Reply(Reply),
+}
+
+/// An answer decided while the request was borrowed, written once it is not.
+pub(super) enum Reply {
+    Logout(Option<String>),
+    LoggedOut,
+    MethodNotAllowed,
+    CookiesTooLarge,
+    BadRequest,
+    Forbidden,
+    Refreshed(Arc<RenewedSession>),
+    RefreshFailed(RefreshError),
+}
+
+impl EtlsProxy {
+    pub(super) async fn decide(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Step {
+        let config = Arc::clone(&ctx.config);
+        let config = config.as_ref();
+        let post = req.method == http::Method::POST;
+        let host = match guard::check_host(req) {
+            Ok(host) => host,
+            Err(bad) => {
+                log::debug!("bad Host ({bad:?}): 400");
+                ctx.outcome = Outcome::BadHost;
+                return Step::Reply(Reply::BadRequest);
+            }
+        };
+        let cookies = req.headers.get_all("cookie");
+        let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
+        if cookie_bytes > config.max_cookie_bytes + 2 {
+            ctx.outcome = Outcome::CookiesTooLarge;
+            return Step::Reply(Reply::CookiesTooLarge);
+        }
+        let purpose = match config.routes.classify(req.uri.path().as_bytes()) {
+            Route::Public => {
+                ctx.outcome = Outcome::Public;
+                let jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+                ctx.forward_cookie = joined_chunks(config, &jar).and_then(header_value);
+                return Step::Forward;
+            }
+            Route::LogoutEndpoint | Route::RefreshEndpoint
+                if post && !guard::same_origin_request(req, host) =>
+            {
+                ctx.outcome = Outcome::CrossSite;
+                return Step::Reply(Reply::Forbidden);
+            }
+            Route::LogoutEndpoint if post => {
+                ctx.outcome = Outcome::LoggedOut;
+                self.end_session(req, ctx).await;
+                return Step::Reply(Reply::LoggedOut);
+            }
+            Route::LogoutEndpoint | Route::RefreshEndpoint if !post => {
+                ctx.outcome = Outcome::MethodNotAllowed;
+                return Step::Reply(Reply::MethodNotAllowed);
+            }
+            Route::RefreshEndpoint => Purpose::RefreshEndpoint,
+            _ => Purpose::Request,
+        };
+        let joined: Vec<u8>;
+        let mut jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+        // Chunked values are joined: the decision, the session key, the auth API and the app
+        // all read one cookie per name.
+        if let Some(header) = joined_chunks(config, &jar) {
+            joined = header;
+            ctx.forward_cookie = HeaderValue::from_bytes(&joined).ok();
+            jar = CookieJar::from_headers([joined.as_slice()]);
+        }
+        let verdict = assess(&jar, &config.session_policy(), crate::unix_now(), purpose);
+        let plan = match verdict {
+            Verdict::Forward { keep_access } => return forward(config, ctx, &jar, keep_access),
+            Verdict::Refuse(refusal) => {
+                if refusal == Refusal::RefreshUnbound {
+                    self.metrics.unbound_refresh(false);
+                }
+                return refuse(config, req, ctx, refusal);
+            }
+            Verdict::Refresh(plan) => plan,
+        };
+        // An unbound refresh token (old routes) shares flights and grace hits only with the
+        // same token: another one beside these API cookies calls the auth API itself.
+        if plan.unbound {
+            self.metrics.unbound_refresh(true);
+        }
+        let unbound = plan.unbound.then_some(plan.refresh_token);
+        let key = session_key(&config.session_keyer, &plan.api_cookies, unbound);
+        ctx.session = Some(key);
+        let (client, flight_config) = (Arc::clone(&self.client), Arc::clone(&ctx.config));
+        let (metrics, shared) = (Arc::clone(&self.metrics), self.shared.clone());
+        // `auth_api.max_in_flight` bounds calls to the auth API. Alone, every flight is one; with
+        // a shared store a flight may only wait for another instance's call, so the place is
+        // taken around the call itself.
+        let max_in_flight = config.auth_api.max_in_flight;
+        let (flight_bound, call_gate) = match shared {
+            Some(_) => (None, Some(Arc::clone(self.flights.gate()))),
+            None => (Some(max_in_flight), None),
+        };
+        let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
+        // What the browser sends beside the new cookies counts against the same limit.
+        let sent = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+        let other_cookie_bytes = chunks::other_cookie_bytes(&sent, &config.names);
+        // Only the request that starts the flight copies what the flight needs.
+        let start = move || {
+            let refresh_token = refresh_token.to_vec();
+            async move {
+                let config = flight_config;
+                let minting = Minting {
+                    other_cookie_bytes,
+                    ..config.minting()
+                };
+                let call = async {
+                    let _place = match &call_gate {
+                        Some(gate) => match gate.try_acquire(max_in_flight) {
+                            Some(place) => Some(place),
+                            None => return Err(RefreshError::Busy),
+                        },
+                        None => None,
+                    };
+                    let started = Instant::now();
+                    let result = renew(
+                        &client,
+                        &config.auth_api,
+                        &minting,
+                        &refresh_token,
+                        &api_cookies,
+                    )
+                    .await;
+                    metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+                    result
+                };
+                let send = &config.auth_api.send_cookies;
+                let keyer = &config.session_keyer;
+                let next = |renewed: &RenewedSession| {
+                    Some(keyer.key(&[next_api_cookies(&api_cookies, renewed, send).as_bytes()]))
+                };
+                match shared {
+                    Some(store) => {
+                        // From the running configuration: follows a secret rotation.
+                        let value_key = config
+                            .shared_store
+                            .as_ref()
+                            .map_or(store.value_key(), |s| s.value_key);
+                        let flight = SharedFlight {
+                            key,
+                            value_key: &value_key,
+                            api_cookies: &api_cookies,
+                            auth_timeout: config.auth_api.timeout,
+                            grace: config.grace,
+                        };
+                        store.coordinate(flight, call, next).await
+                    }
+                    None => land(call.await, next),
+                }
+            }
+        };
+        let waiting = Instant::now();
+        let (mut outcome, joined) = self.flights.run_bounded(key, flight_bound, start).await;
+        // A result kept here may belong to a session another instance has ended since.
+        if let (Ok(_), Joined::Grace, Some(store)) = (&outcome, joined, &self.shared)
+            && store.is_ended(key).await == Some(true)
+        {
+            self.flights.end(key);
+            outcome = Err(RefreshError::Ended);
+        }
+        ctx.auth_wait = Some(waiting.elapsed());
+        log::debug!(
+            "session {}: refresh {} ({joined:?})",
+            key.short(),
+            if outcome.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            }
+        );
+        match (outcome, purpose) {
+            (Ok(renewed), Purpose::RefreshEndpoint) => {
+                ctx.outcome = Outcome::RefreshEndpoint(joined);
+                Step::Reply(Reply::Refreshed(renewed))
+            }
+            (Ok(renewed), Purpose::Request) => {
+                ctx.outcome = Outcome::Refreshed(joined);
+                let updates: Vec<(&str, &str)> = renewed.cookies().collect();
+                ctx.forward_cookie = header_value(rewrite(&jar, &updates));
+                if !config.identity.is_empty()
+                    && let Some((_, token)) = updates
+                        .iter()
+                        .find(|(name, _)| *name == config.names.access_etls)
+                {
+                    ctx.identity = config.identity.from_verified(token.as_bytes());
+                }
+                ctx.renewed = Some(renewed);
+                Step::Forward
+            }
+            (Err(RefreshError::AuthApi(AuthApiError::Rejected(status))), _) => {
+                log::info!(
+                    "session {} refused by the auth API (HTTP {status})",
+                    key.short()
+                );
+                refuse(config, req, ctx, Refusal::AuthApiRejected)
+            }
+            (Err(RefreshError::Ended), _) => refuse(config, req, ctx, Refusal::SessionEnded),
+            (Err(RefreshError::Busy), _) => {
+                self.metrics.auth_api_busy();
+                match plan.fallback {
+                    Some(keep_access) => forward(config, ctx, &jar, keep_access),
+                    None => {
+                        ctx.outcome = Outcome::AuthApiFailed;
+                        Step::Reply(Reply::RefreshFailed(RefreshError::Busy))
+                    }
+                }
+            }
+            (Err(error), _) => match plan.fallback {
+                Some(keep_access) => {
+                    log::warn!(
+                        "refresh ahead failed, forwarding on the still valid token: {error}"
+                    );
+                    forward(config, ctx, &jar, keep_access)
+                }
+                None => {
+                    log::warn!("session {}: {error}", key.short());
+                    ctx.outcome = Outcome::AuthApiFailed;
+                    Step::Reply(Reply::RefreshFailed(error))
+                }
+            },
+        }
+    }
+
+    /// Logout: the session of the auth API cookies sent (and its whole chain) is ended in the
+    /// table, then the backend logout runs when configured; nothing here can stop the answer.
+    async fn end_session(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
+        let config = &ctx.config;
+        let sent =
+            CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+        // A chunked `refreshToken` names its session joined, as the refresh read it.
+        let joined = joined_chunks(config, &sent);
+        let jar = match &joined {
+            Some(header) => CookieJar::from_headers([header.as_slice()]),
+            None => sent,
+        };
+        let api_cookies = api_cookie_header(&jar, &config.auth_api.send_cookies);
+        if api_cookies.is_empty() {
+            return;
+        }
+        let keyer = &config.session_keyer;
+        let key = session_key(keyer, &api_cookies, None);
+        ctx.session = Some(key);
+        // The keys an unbound refresh token of this request would have refreshed under too
+        // (unknown keys leave nothing behind).
+        // Only refresh tokens that verify and are unbound, each once and a few at most: a logout
+        // needs no valid token, so crumbs must not multiply its work.
+        let now = crate::unix_now();
+        let mut keys = vec![key];
+        if config.keys.unbound_refresh == UnboundRefresh::Allow {
+            for token in jar.values(&config.names.refresh_etls) {
+                let unbound = matches!(
+                    config.keys.check_refresh(token, now),
+                    RefreshState::Valid(Binding::Unbound)
+                );
+                let key = session_key(keyer, &api_cookies, Some(token));
+                if unbound && !keys.contains(&key) && keys.len() <= MAX_UNBOUND_ENDED {
+                    keys.push(key);
+                }
+            }
+        }
+        let mut ended = 0;
+        for key in keys {
+            ended += self.flights.end(key);
+            if let Some(store) = &self.shared {
+                store.end(key, config.grace, config.auth_api.timeout).await;
+            }
+        }
+        log::debug!(
+            "session {}: logout ended {ended} table entries",
+            key.short()
+        );
+        if config.auth_api.logout.is_some() {
+            let gate = self.flights.gate();
+            let outcome = backend_logout(&self.client, gate, config, api_cookies, key).await;
+            self.metrics.logout(outcome);
+        }
+    }
+
+    pub(super) async fn reply(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        reply: Reply,
+    ) -> Result<()> {
+        let clear = &ctx.config.clear_cookies;
+        let more = match &reply {
+            Reply::Logout(_) | Reply::LoggedOut => {
+                chunk_clears(&ctx.config, session.req_header(), &[Layout::Cleared; 5])
+            }
+            Reply::Refreshed(renewed) => chunk_clears(
+                &ctx.config,
+                session.req_header(),
+                &renewed.layout(&ctx.config.names),
+            ),
+            _ => Vec::new(),
+        };
+        let answer = match &reply {
+            Reply::Logout(location) => Answer::logout(clear, location.clone()),
+            Reply::LoggedOut => Answer::logged_out(clear),
+            Reply::MethodNotAllowed => Answer::method_not_allowed(),
+            Reply::CookiesTooLarge => Answer::cookies_too_large(),
+            Reply::BadRequest => {
+                // As nginx: a request this broken ends its connection.
+                session.set_keepalive(None);
+                Answer::bad_request()
+            }
+            Reply::Forbidden => Answer::forbidden(),
+            Reply::Refreshed(renewed) => Answer::refreshed(renewed),
+            Reply::RefreshFailed(error) => Answer::refresh_failed(error),
+        };
+        answer
+            .with_request_id(request_id(ctx))
+            .with_cookies(&more)
+            .send(session)
+            .await
+    }
+}
+
+/// Unbound refresh tokens of one logout whose keys are ended besides its own.
+const MAX_UNBOUND_ENDED: usize = 4;
+
+/// The flight-table key of a session: its auth API cookies, and for an unbound refresh token
+/// (old routes) the token too, so such a token shares flights and grace hits only with itself.
+fn session_key(
+    keyer: &SessionKeyer,
+    api_cookies: &str,
+    unbound_refresh: Option<&[u8]>,
+) -> SessionKey {
+    match unbound_refresh {
+        Some(token) => keyer.key(&[api_cookies.as_bytes(), token]),
+        None => keyer.key(&[api_cookies.as_bytes()]),
+    }
+}
+
+/// Forwards as sent, but as one Cookie header holding one access token.
+fn forward(
+    config: &RuntimeConfig,
+    ctx: &mut RequestCtx,
+    jar: &CookieJar<'_>,
+    keep_access: Option<&[u8]>,
+) -> Step {
+    if ctx.outcome == Outcome::Pending {
+        ctx.outcome = Outcome::Passed;
+    }
+    if let Some(value) = keep_access {
+        let value = String::from_utf8_lossy(value);
+        let updates = [(config.names.access_etls.as_str(), value.as_ref())];
+        ctx.forward_cookie = header_value(rewrite(jar, &updates));
+    } else if jar.is_split() {
+        ctx.forward_cookie = header_value(rewrite::<&str, &str>(jar, &[]));
+    }
+    if !config.identity.is_empty()
+        && let Some(token) = keep_access.or_else(|| jar.get(&config.names.access_etls))
+    {
+        ctx.identity = config.identity.from_verified(token);
+    }
+    Step::Forward
+}
+
+fn refuse(
+    config: &RuntimeConfig,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+    refusal: Refusal,
+) -> Step {
+    match refusal {
+        // A refresh pair that does not belong together, or one the old routes minted.
+        Refusal::SessionMismatch | Refusal::RefreshUnbound => {
+            log::info!("refresh refused: {}", refusal.as_str());
+        }
+        _ => log::debug!("refused: {}", refusal.as_str()),
+    }
+    ctx.outcome = Outcome::Refused(refusal);
+    let routes = &config.routes;
+    let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+    let navigation = routes.login_redirect.is_some()
+        && is_page_navigation(
+            header("sec-fetch-mode"),
+            header("accept"),
+            req.headers.contains_key("rsc"),
+        );
+    let location = navigation
+        .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
+        .flatten();
+    Step::Reply(Reply::Logout(location))
+}
+
+/// The Cookie header with chunked values joined, when the request carries chunks (a scan
+/// without allocation otherwise).
+fn joined_chunks(config: &RuntimeConfig, jar: &CookieJar<'_>) -> Option<Vec<u8>> {
+    if !chunks::any_chunk(jar, &config.names) {
+        return None;
+    }
+    chunks::normalise(jar, &config.names, config.max_chunks)
+}
+
+/// This request's chunk cookies that the answer's `layout` no longer uses, to clear.
+pub(super) fn chunk_clears(
+    config: &RuntimeConfig,
+    req: &RequestHeader,
+    layout: &[Layout; 5],
+) -> Vec<HeaderValue> {
+    let jar = CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+    chunks::clears_for(&config.cookie_policy, &config.names, &jar, layout)
+}
+
+fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    // Built from bytes that already were header values, joined with `; `.
+    HeaderValue::from_bytes(&bytes).ok()
+}
+
+pub(super) fn auth_api_outcome<T>(result: &std::result::Result<T, RefreshError>) -> AuthApiOutcome {
+    match result {
+        Ok(_) => AuthApiOutcome::Ok,
+        Err(RefreshError::AuthApi(AuthApiError::Rejected(_))) => AuthApiOutcome::Rejected,
+        Err(RefreshError::AuthApi(AuthApiError::Timeout(_))) => AuthApiOutcome::Timeout,
+        Err(_) => AuthApiOutcome::Failed,
+    }
+}
