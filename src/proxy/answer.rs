@@ -18,16 +18,21 @@ use crate::refresh::renew::{RefreshError, RenewedSession};
 const DRAIN_LIMIT: usize = 64 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
+/// An answer of the proxy's own, decided while the request is read and written once it is not:
+/// it owns its Set-Cookie lines (each a shared `HeaderValue`, no copy of the bytes), so the
+/// decision returns it as it is. Only its request id is borrowed, at the end.
 pub struct Answer<'a> {
     pub status: u16,
     body: Cow<'static, [u8]>,
     location: Option<String>,
-    set_cookie: &'a [HeaderValue],
+    set_cookie: Vec<HeaderValue>,
     /// Per-request lines after `set_cookie`: chunk cookies to clear.
-    more_cookies: &'a [HeaderValue],
+    more_cookies: Vec<HeaderValue>,
     allow: Option<&'static str>,
     retry_after: Option<&'static str>,
     request_id: Option<&'a HeaderValue>,
+    /// The connection ends with this answer (a request too broken to trust what follows).
+    close: bool,
 }
 
 /// `Retry-After` of a refresh refused because the auth API is busy: a refresh takes well under
@@ -40,11 +45,12 @@ impl<'a> Answer<'a> {
             status,
             body: Cow::Borrowed(body),
             location: None,
-            set_cookie: &[],
-            more_cookies: &[],
+            set_cookie: Vec::new(),
+            more_cookies: Vec::new(),
             allow: None,
             retry_after: None,
             request_id: None,
+            close: false,
         }
     }
 
@@ -55,7 +61,7 @@ impl<'a> Answer<'a> {
 
     /// Seed 000's `logoutResponse()`: 401 and the five cookies cleared; a page navigation gets
     /// the login redirect instead when one is configured.
-    pub fn logout(clear_cookies: &'a [HeaderValue], location: Option<String>) -> Self {
+    pub fn logout(clear_cookies: &[HeaderValue], location: Option<String>) -> Self {
         let mut answer = match location {
             Some(location) => Answer {
                 location: Some(location),
@@ -63,28 +69,28 @@ impl<'a> Answer<'a> {
             },
             None => Answer::json(401, br#"{"error":"Unauthorized"}"#),
         };
-        answer.set_cookie = clear_cookies;
+        answer.set_cookie = clear_cookies.to_vec();
         answer
     }
 
     /// Adds per-request Set-Cookie lines after the others (chunk cookies to clear).
-    pub fn with_cookies(self, more: &'a [HeaderValue]) -> Self {
+    pub fn with_cookies(self, more: Vec<HeaderValue>) -> Self {
         Answer {
             more_cookies: more,
             ..self
         }
     }
 
-    pub fn logged_out(clear_cookies: &'a [HeaderValue]) -> Self {
+    pub fn logged_out(clear_cookies: &[HeaderValue]) -> Self {
         Answer {
-            set_cookie: clear_cookies,
+            set_cookie: clear_cookies.to_vec(),
             ..Answer::json(200, br#"{"message":"Logged out"}"#)
         }
     }
 
-    pub fn refreshed(session: &'a RenewedSession) -> Self {
+    pub fn refreshed(session: &RenewedSession) -> Self {
         Answer {
-            set_cookie: session.set_cookie(),
+            set_cookie: session.set_cookie().to_vec(),
             ..Answer::json(200, br#"{"message":"Tokens refreshed"}"#)
         }
     }
@@ -99,9 +105,13 @@ impl<'a> Answer<'a> {
         Answer::json(403, br#"{"error":"Forbidden"}"#)
     }
 
-    /// No `Host`, several, or one outside RFC 9110's grammar (`guard::check_host`).
+    /// No `Host`, several, or one outside RFC 9110's grammar (`guard::check_host`). As nginx:
+    /// a request this broken ends its connection.
     pub fn bad_request() -> Self {
-        Answer::json(400, br#"{"error":"Bad Request"}"#)
+        Answer {
+            close: true,
+            ..Answer::json(400, br#"{"error":"Bad Request"}"#)
+        }
     }
 
     pub fn method_not_allowed() -> Self {
@@ -154,7 +164,7 @@ impl<'a> Answer<'a> {
 
     /// The app could not be reached (or failed mid-way). After a refresh, the new cookies go
     /// out anyway: a rotated refresh token must never be lost.
-    pub fn app_failed(status: u16, renewed: Option<&'a RenewedSession>) -> Self {
+    pub fn app_failed(status: u16, renewed: Option<&RenewedSession>) -> Self {
         let body: &'static [u8] = match status {
             502 => br#"{"error":"Bad Gateway","reason":"app unavailable"}"#,
             504 => br#"{"error":"Gateway Timeout","reason":"app timed out"}"#,
@@ -162,7 +172,7 @@ impl<'a> Answer<'a> {
             _ => br#"{"error":"Internal Server Error"}"#,
         };
         Answer {
-            set_cookie: renewed.map_or(&[], |r| r.set_cookie()),
+            set_cookie: renewed.map_or_else(Vec::new, |r| r.set_cookie().to_vec()),
             ..Answer::json(status, body)
         }
     }
@@ -175,7 +185,7 @@ impl<'a> Answer<'a> {
         }
         h.insert_header("Content-Length", self.body.len().to_string())?;
         // An answer carrying session cookies says `private` too, as the app's answers get it.
-        let cache = match self.set_cookie {
+        let cache = match self.set_cookie[..] {
             [] => "no-store",
             _ => crate::proxy::cache_control::PRIVATE,
         };
@@ -192,7 +202,7 @@ impl<'a> Answer<'a> {
         if let Some(id) = self.request_id {
             h.insert_header("X-Request-Id", id.clone())?;
         }
-        for line in self.set_cookie.iter().chain(self.more_cookies) {
+        for line in self.set_cookie.iter().chain(&self.more_cookies) {
             h.append_header("Set-Cookie", line.clone())?;
         }
         Ok(h)
@@ -201,6 +211,9 @@ impl<'a> Answer<'a> {
     /// Writes the whole answer; the request body, if any, is drained first (bounded) so the
     /// connection stays usable.
     pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
+        if self.close {
+            session.set_keepalive(None);
+        }
         drain_request_body(session).await;
         let header = self.header()?;
         let head_only = session.req_header().method == http::Method::HEAD;
@@ -289,6 +302,20 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn only_a_bad_request_ends_its_connection() {
+        assert!(Answer::bad_request().close);
+        for answer in [
+            Answer::forbidden(),
+            Answer::cookies_too_large(),
+            Answer::method_not_allowed(),
+            Answer::logout(&[], None),
+            Answer::refresh_failed(&RefreshError::Busy),
+        ] {
+            assert!(!answer.close, "{}", answer.status);
+        }
     }
 
     #[test]
@@ -404,7 +431,7 @@ mod tests {
     fn per_request_lines_follow_the_shared_ones() {
         let (clear, more) = (lines(5), lines(2));
         let h = Answer::logged_out(&clear)
-            .with_cookies(&more[1..])
+            .with_cookies(more[1..].to_vec())
             .header()
             .unwrap();
         let got = set_cookies(&h);

@@ -27,22 +27,11 @@ use crate::session::decision::{Purpose, Refusal, Verdict, api_cookie_header, ass
 use crate::session::routes::{Route, is_page_navigation};
 use crate::session::tokens::{Binding, RefreshState, UnboundRefresh};
 
-/// What `request_filter` does once the decision is made.
+/// What `request_filter` does once the decision is made: forward to the app, or write this
+/// answer (decided while the request was borrowed, written once it is not).
 pub(super) enum Step {
     Forward,
-    Reply(Reply),
-}
-
-/// An answer decided while the request was borrowed, written once it is not.
-pub(super) enum Reply {
-    Logout(Option<String>),
-    LoggedOut,
-    MethodNotAllowed,
-    CookiesTooLarge,
-    BadRequest,
-    Forbidden,
-    Refreshed(Arc<RenewedSession>),
-    RefreshFailed(RefreshError),
+    Reply(Answer<'static>),
 }
 
 impl EtlsProxy {
@@ -55,14 +44,14 @@ impl EtlsProxy {
             Err(bad) => {
                 log::debug!("bad Host ({bad:?}): 400");
                 ctx.outcome = Outcome::BadHost;
-                return Step::Reply(Reply::BadRequest);
+                return Step::Reply(Answer::bad_request());
             }
         };
         let cookies = req.headers.get_all("cookie");
         let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
         if cookie_bytes > config.max_cookie_bytes + 2 {
             ctx.outcome = Outcome::CookiesTooLarge;
-            return Step::Reply(Reply::CookiesTooLarge);
+            return Step::Reply(Answer::cookies_too_large());
         }
         let purpose = match config.routes.classify(req.uri.path().as_bytes()) {
             Route::Public => {
@@ -75,16 +64,16 @@ impl EtlsProxy {
                 if post && !guard::same_origin_request(req, host) =>
             {
                 ctx.outcome = Outcome::CrossSite;
-                return Step::Reply(Reply::Forbidden);
+                return Step::Reply(Answer::forbidden());
             }
             Route::LogoutEndpoint if post => {
                 ctx.outcome = Outcome::LoggedOut;
                 self.end_session(req, ctx).await;
-                return Step::Reply(Reply::LoggedOut);
+                return Step::Reply(logged_out(config, req));
             }
             Route::LogoutEndpoint | Route::RefreshEndpoint if !post => {
                 ctx.outcome = Outcome::MethodNotAllowed;
-                return Step::Reply(Reply::MethodNotAllowed);
+                return Step::Reply(Answer::method_not_allowed());
             }
             Route::RefreshEndpoint => Purpose::RefreshEndpoint,
             _ => Purpose::Request,
@@ -207,7 +196,7 @@ impl EtlsProxy {
         match (outcome, purpose) {
             (Ok(renewed), Purpose::RefreshEndpoint) => {
                 ctx.outcome = Outcome::RefreshEndpoint(joined);
-                Step::Reply(Reply::Refreshed(renewed))
+                Step::Reply(refreshed(config, req, &renewed))
             }
             (Ok(renewed), Purpose::Request) => {
                 ctx.outcome = Outcome::Refreshed(joined);
@@ -237,7 +226,7 @@ impl EtlsProxy {
                     Some(keep_access) => forward(config, ctx, &jar, keep_access),
                     None => {
                         ctx.outcome = Outcome::AuthApiFailed;
-                        Step::Reply(Reply::RefreshFailed(RefreshError::Busy))
+                        Step::Reply(Answer::refresh_failed(&RefreshError::Busy))
                     }
                 }
             }
@@ -251,7 +240,7 @@ impl EtlsProxy {
                 None => {
                     log::warn!("session {}: {error}", key.short());
                     ctx.outcome = Outcome::AuthApiFailed;
-                    Step::Reply(Reply::RefreshFailed(error))
+                    Step::Reply(Answer::refresh_failed(&error))
                 }
             },
         }
@@ -312,43 +301,14 @@ impl EtlsProxy {
         }
     }
 
+    /// Writes an answer of the proxy's own, with the request's id.
     pub(super) async fn reply(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
-        reply: Reply,
+        answer: Answer<'static>,
     ) -> Result<()> {
-        let clear = &ctx.config.clear_cookies;
-        let more = match &reply {
-            Reply::Logout(_) | Reply::LoggedOut => {
-                chunk_clears(&ctx.config, session.req_header(), &[Layout::Cleared; 5])
-            }
-            Reply::Refreshed(renewed) => chunk_clears(
-                &ctx.config,
-                session.req_header(),
-                &renewed.layout(&ctx.config.names),
-            ),
-            _ => Vec::new(),
-        };
-        let answer = match &reply {
-            Reply::Logout(location) => Answer::logout(clear, location.clone()),
-            Reply::LoggedOut => Answer::logged_out(clear),
-            Reply::MethodNotAllowed => Answer::method_not_allowed(),
-            Reply::CookiesTooLarge => Answer::cookies_too_large(),
-            Reply::BadRequest => {
-                // As nginx: a request this broken ends its connection.
-                session.set_keepalive(None);
-                Answer::bad_request()
-            }
-            Reply::Forbidden => Answer::forbidden(),
-            Reply::Refreshed(renewed) => Answer::refreshed(renewed),
-            Reply::RefreshFailed(error) => Answer::refresh_failed(error),
-        };
-        answer
-            .with_request_id(request_id(ctx))
-            .with_cookies(&more)
-            .send(session)
-            .await
+        answer.with_request_id(request_id(ctx)).send(session).await
     }
 }
 
@@ -418,7 +378,24 @@ fn refuse(
     let location = navigation
         .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
         .flatten();
-    Step::Reply(Reply::Logout(location))
+    let clears = chunk_clears(config, req, &[Layout::Cleared; 5]);
+    Step::Reply(Answer::logout(&config.clear_cookies, location).with_cookies(clears))
+}
+
+/// The logout endpoint's answer: the five cookies cleared, and this request's chunks.
+fn logged_out(config: &RuntimeConfig, req: &RequestHeader) -> Answer<'static> {
+    let clears = chunk_clears(config, req, &[Layout::Cleared; 5]);
+    Answer::logged_out(&config.clear_cookies).with_cookies(clears)
+}
+
+/// The refresh endpoint's answer: the new cookies, and the chunks they no longer use cleared.
+fn refreshed(
+    config: &RuntimeConfig,
+    req: &RequestHeader,
+    renewed: &RenewedSession,
+) -> Answer<'static> {
+    let clears = chunk_clears(config, req, &renewed.layout(&config.names));
+    Answer::refreshed(renewed).with_cookies(clears)
 }
 
 /// The Cookie header with chunked values joined, when the request carries chunks (a scan

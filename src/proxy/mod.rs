@@ -201,7 +201,7 @@ impl ProxyHttp for EtlsProxy {
                 )
             });
             let answer = Answer::app_failed(code, ctx.renewed.as_deref())
-                .with_cookies(&more)
+                .with_cookies(more)
                 .with_request_id(request_id(ctx));
             if let Err(write_error) = answer.send(session).await {
                 log::debug!("could not send the error answer: {write_error}");
