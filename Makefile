@@ -16,6 +16,7 @@ run: build
 ## Formatting, lints, unit and integration tests.
 test: deps lint
 	$(CARGO) test --all-targets
+	python3 bench/test_run.py
 
 lint:
 	$(CARGO) fmt --check

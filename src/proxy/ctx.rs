@@ -37,7 +37,8 @@ pub enum Outcome {
 pub struct RequestCtx {
     /// The configuration this request started with, kept through a reload.
     pub(super) config: Arc<RuntimeConfig>,
-    pub(super) started: Instant,
+    /// For the access log's total time; no clock read per request without one.
+    pub(super) started: Option<Instant>,
     /// Time spent waiting for a refresh.
     pub(super) auth_wait: Option<Duration>,
     /// Connections refused by an app instance on this request (each retried on the next one).
@@ -52,13 +53,15 @@ pub struct RequestCtx {
     pub session: Option<SessionKey>,
     /// Peer, trust and request id, settled first so every answer carries the id.
     pub(super) caller: Option<Caller>,
+    /// Whether the request holds chunk cookies, once `decide` has looked (`None`: not known).
+    pub(super) sent_chunks: Option<bool>,
 }
 
 impl RequestCtx {
     pub fn new(config: Arc<RuntimeConfig>) -> Self {
         RequestCtx {
+            started: config.access_log.is_some().then(Instant::now),
             config,
-            started: Instant::now(),
             auth_wait: None,
             refused_connects: 0,
             identity: Vec::new(),
@@ -67,6 +70,7 @@ impl RequestCtx {
             outcome: Outcome::Pending,
             session: None,
             caller: None,
+            sent_chunks: None,
         }
     }
 }

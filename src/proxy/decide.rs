@@ -23,7 +23,7 @@ use crate::refresh::renew::{
 use crate::refresh::shared_store::SharedFlight;
 use crate::session::chunks::{self, Layout};
 use crate::session::cookies::{CookieJar, rewrite};
-use crate::session::decision::{Purpose, Refusal, Verdict, api_cookie_header, assess};
+use crate::session::decision::{Purpose, RefreshPlan, Refusal, Verdict, api_cookie_header, assess};
 use crate::session::routes::{Route, is_page_navigation};
 use crate::session::tokens::{Binding, RefreshState, UnboundRefresh};
 
@@ -31,7 +31,14 @@ use crate::session::tokens::{Binding, RefreshState, UnboundRefresh};
 /// answer (decided while the request was borrowed, written once it is not).
 pub(super) enum Step {
     Forward,
-    Reply(Answer<'static>),
+    /// Boxed: the valid path's future (which holds a `Step`) stays small.
+    Reply(Box<Answer<'static>>),
+}
+
+impl Step {
+    fn reply(answer: Answer<'static>) -> Step {
+        Step::Reply(Box::new(answer))
+    }
 }
 
 impl EtlsProxy {
@@ -44,36 +51,36 @@ impl EtlsProxy {
             Err(bad) => {
                 log::debug!("bad Host ({bad:?}): 400");
                 ctx.outcome = Outcome::BadHost;
-                return Step::Reply(Answer::bad_request());
+                return Step::reply(Answer::bad_request());
             }
         };
         let cookies = req.headers.get_all("cookie");
         let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
         if cookie_bytes > config.max_cookie_bytes + 2 {
             ctx.outcome = Outcome::CookiesTooLarge;
-            return Step::Reply(Answer::cookies_too_large());
+            return Step::reply(Answer::cookies_too_large());
         }
         let purpose = match config.routes.classify(req.uri.path().as_bytes()) {
             Route::Public => {
                 ctx.outcome = Outcome::Public;
                 let jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
-                ctx.forward_cookie = joined_chunks(config, &jar).and_then(header_value);
+                ctx.forward_cookie = joined_chunks(config, &jar, ctx).and_then(header_value);
                 return Step::Forward;
             }
             Route::LogoutEndpoint | Route::RefreshEndpoint
                 if post && !guard::same_origin_request(req, host) =>
             {
                 ctx.outcome = Outcome::CrossSite;
-                return Step::Reply(Answer::forbidden());
+                return Step::reply(Answer::forbidden());
             }
             Route::LogoutEndpoint if post => {
                 ctx.outcome = Outcome::LoggedOut;
-                self.end_session(req, ctx).await;
-                return Step::Reply(logged_out(config, req));
+                Box::pin(self.end_session(req, ctx)).await;
+                return Step::reply(logged_out(ctx, req));
             }
             Route::LogoutEndpoint | Route::RefreshEndpoint if !post => {
                 ctx.outcome = Outcome::MethodNotAllowed;
-                return Step::Reply(Answer::method_not_allowed());
+                return Step::reply(Answer::method_not_allowed());
             }
             Route::RefreshEndpoint => Purpose::RefreshEndpoint,
             _ => Purpose::Request,
@@ -82,7 +89,7 @@ impl EtlsProxy {
         let mut jar = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
         // Chunked values are joined: the decision, the session key, the auth API and the app
         // all read one cookie per name.
-        if let Some(header) = joined_chunks(config, &jar) {
+        if let Some(header) = joined_chunks(config, &jar, ctx) {
             joined = header;
             ctx.forward_cookie = HeaderValue::from_bytes(&joined).ok();
             jar = CookieJar::from_headers([joined.as_slice()]);
@@ -98,6 +105,23 @@ impl EtlsProxy {
             }
             Verdict::Refresh(plan) => plan,
         };
+        // Boxed: the valid path's future stays small (it is moved and allocated per request).
+        Box::pin(self.refresh(req, ctx, &jar, plan, purpose)).await
+    }
+
+    /// The refresh of a request whose access token is due: one flight per session, its result
+    /// kept for the grace window.
+    async fn refresh(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+        jar: &CookieJar<'_>,
+        plan: RefreshPlan<'_>,
+        purpose: Purpose,
+    ) -> Step {
+        let config = Arc::clone(&ctx.config);
+        let config = config.as_ref();
+        let cookies = req.headers.get_all("cookie");
         // An unbound refresh token (old routes) shares flights and grace hits only with the
         // same token: another one beside these API cookies calls the auth API itself.
         if plan.unbound {
@@ -196,12 +220,12 @@ impl EtlsProxy {
         match (outcome, purpose) {
             (Ok(renewed), Purpose::RefreshEndpoint) => {
                 ctx.outcome = Outcome::RefreshEndpoint(joined);
-                Step::Reply(refreshed(config, req, &renewed))
+                Step::reply(refreshed(ctx, req, &renewed))
             }
             (Ok(renewed), Purpose::Request) => {
                 ctx.outcome = Outcome::Refreshed(joined);
                 let updates: Vec<(&str, &str)> = renewed.cookies().collect();
-                ctx.forward_cookie = header_value(rewrite(&jar, &updates));
+                ctx.forward_cookie = header_value(rewrite(jar, &updates));
                 if !config.identity.is_empty()
                     && let Some((_, token)) = updates
                         .iter()
@@ -223,10 +247,10 @@ impl EtlsProxy {
             (Err(RefreshError::Busy), _) => {
                 self.metrics.auth_api_busy();
                 match plan.fallback {
-                    Some(keep_access) => forward(config, ctx, &jar, keep_access),
+                    Some(keep_access) => forward(config, ctx, jar, keep_access),
                     None => {
                         ctx.outcome = Outcome::AuthApiFailed;
-                        Step::Reply(Answer::refresh_failed(&RefreshError::Busy))
+                        Step::reply(Answer::refresh_failed(&RefreshError::Busy))
                     }
                 }
             }
@@ -235,12 +259,12 @@ impl EtlsProxy {
                     log::warn!(
                         "refresh ahead failed, forwarding on the still valid token: {error}"
                     );
-                    forward(config, ctx, &jar, keep_access)
+                    forward(config, ctx, jar, keep_access)
                 }
                 None => {
                     log::warn!("session {}: {error}", key.short());
                     ctx.outcome = Outcome::AuthApiFailed;
-                    Step::Reply(Answer::refresh_failed(&error))
+                    Step::reply(Answer::refresh_failed(&error))
                 }
             },
         }
@@ -253,7 +277,7 @@ impl EtlsProxy {
         let sent =
             CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
         // A chunked `refreshToken` names its session joined, as the refresh read it.
-        let joined = joined_chunks(config, &sent);
+        let joined = joined_chunk_header(config, &sent);
         let jar = match &joined {
             Some(header) => CookieJar::from_headers([header.as_slice()]),
             None => sent,
@@ -306,7 +330,7 @@ impl EtlsProxy {
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
-        answer: Answer<'static>,
+        answer: Box<Answer<'static>>,
     ) -> Result<()> {
         answer.with_request_id(request_id(ctx)).send(session).await
     }
@@ -378,41 +402,55 @@ fn refuse(
     let location = navigation
         .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
         .flatten();
-    let clears = chunk_clears(config, req, &[Layout::Cleared; 5]);
-    Step::Reply(Answer::logout(&config.clear_cookies, location).with_cookies(clears))
+    let clears = chunk_clears(ctx, req, &[Layout::Cleared; 5]);
+    Step::reply(Answer::logout(&config.clear_cookies, location).with_cookies(clears))
 }
 
 /// The logout endpoint's answer: the five cookies cleared, and this request's chunks.
-fn logged_out(config: &RuntimeConfig, req: &RequestHeader) -> Answer<'static> {
-    let clears = chunk_clears(config, req, &[Layout::Cleared; 5]);
-    Answer::logged_out(&config.clear_cookies).with_cookies(clears)
+fn logged_out(ctx: &RequestCtx, req: &RequestHeader) -> Answer<'static> {
+    let clears = chunk_clears(ctx, req, &[Layout::Cleared; 5]);
+    Answer::logged_out(&ctx.config.clear_cookies).with_cookies(clears)
 }
 
 /// The refresh endpoint's answer: the new cookies, and the chunks they no longer use cleared.
-fn refreshed(
-    config: &RuntimeConfig,
-    req: &RequestHeader,
-    renewed: &RenewedSession,
-) -> Answer<'static> {
-    let clears = chunk_clears(config, req, &renewed.layout(&config.names));
+fn refreshed(ctx: &RequestCtx, req: &RequestHeader, renewed: &RenewedSession) -> Answer<'static> {
+    let clears = chunk_clears(ctx, req, &renewed.layout(&ctx.config.names));
     Answer::refreshed(renewed).with_cookies(clears)
 }
 
 /// The Cookie header with chunked values joined, when the request carries chunks (a scan
-/// without allocation otherwise).
-fn joined_chunks(config: &RuntimeConfig, jar: &CookieJar<'_>) -> Option<Vec<u8>> {
+/// without allocation otherwise); notes in `ctx` whether it does.
+fn joined_chunks(
+    config: &RuntimeConfig,
+    jar: &CookieJar<'_>,
+    ctx: &mut RequestCtx,
+) -> Option<Vec<u8>> {
+    let chunked = chunks::any_chunk(jar, &config.names);
+    ctx.sent_chunks = Some(chunked);
+    if !chunked {
+        return None;
+    }
+    chunks::normalise(jar, &config.names, config.max_chunks)
+}
+
+fn joined_chunk_header(config: &RuntimeConfig, jar: &CookieJar<'_>) -> Option<Vec<u8>> {
     if !chunks::any_chunk(jar, &config.names) {
         return None;
     }
     chunks::normalise(jar, &config.names, config.max_chunks)
 }
 
-/// This request's chunk cookies that the answer's `layout` no longer uses, to clear.
+/// This request's cookies that the answer's `layout` no longer uses, to clear. A request known
+/// to hold no chunk needs no second look at its cookies unless a value is now chunked.
 pub(super) fn chunk_clears(
-    config: &RuntimeConfig,
+    ctx: &RequestCtx,
     req: &RequestHeader,
     layout: &[Layout; 5],
 ) -> Vec<HeaderValue> {
+    if ctx.sent_chunks == Some(false) && !chunks::clears_without_chunks(layout) {
+        return Vec::new();
+    }
+    let config = &ctx.config;
     let jar = CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
     chunks::clears_for(&config.cookie_policy, &config.names, &jar, layout)
 }

@@ -1,8 +1,9 @@
 //! Browser-side connection timeouts Pingora 0.9.1 does not apply by itself.
 //!
-//! - Between requests (`downstream.keepalive_timeout_secs`): Pingora's own keep-alive timeout,
-//!   set on each HTTP/1 session by [`keepalive`] (Pingora keeps a reused connection forever
-//!   otherwise); for HTTP/2 the same value is `HttpServerOptions::h2_idle_timeout`.
+//! - Between requests (`downstream.keepalive_timeout_secs`): the [`Deadlined`] stream below
+//!   ends a connection idle that long (Pingora keeps a reused connection forever otherwise;
+//!   its own keep-alive timeout would arm a timer for every request); for HTTP/2 the same value
+//!   is `HttpServerOptions::h2_idle_timeout`.
 //! - The whole request header (`downstream.header_timeout_secs`): Pingora only bounds each read,
 //!   so a client dripping one byte a minute holds a connection forever. [`HeaderDeadlineApp`]
 //!   wraps every HTTP/1 connection's stream in a [`Deadlined`] stream that answers end-of-file
@@ -32,9 +33,17 @@ use tokio::time::{Instant, Sleep};
 /// Applies `downstream.keepalive_timeout_secs` to an HTTP/1 session the client keeps alive
 /// (Pingora's "keep alive" is otherwise unbounded); `0` closes after each answer, as nginx's
 /// `keepalive_timeout 0`. A session the client closes (`Connection: close`, HTTP/1.0) stays so.
+///
+/// On a [`Deadlined`] stream the stream itself ends the idle connection (see
+/// [`next_request`]), so Pingora arms no timer of its own for every request; only a stream
+/// without one gets Pingora's keep-alive timeout.
 pub fn keepalive(session: &mut Session, secs: u64) {
     if session.get_keepalive() == Some(0) {
-        session.set_keepalive((secs > 0).then_some(secs));
+        if secs == 0 {
+            session.set_keepalive(None);
+        } else if deadlined(session).is_none() {
+            session.set_keepalive(Some(secs));
+        }
     }
 }
 
@@ -45,12 +54,11 @@ pub fn header_read(session: &Session) {
     }
 }
 
-/// The request is over: the next header's deadline starts at its first byte.
-pub fn next_request(session: &Session, header_timeout: Duration) {
+/// The request is over: the connection may stay idle for `keepalive` (`downstream.
+/// keepalive_timeout_secs`), and the next header's deadline starts at its first byte.
+pub fn next_request(session: &Session, header_timeout: Duration, keepalive: Duration) {
     if let Some(stream) = deadlined(session) {
-        let ms = u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX);
-        stream.timeout_ms.store(ms, Ordering::Relaxed);
-        stream.phase.store(NEXT, Ordering::Relaxed);
+        stream.idle(header_timeout, keepalive);
     }
 }
 
@@ -99,26 +107,81 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
 const ARMED: u8 = 0;
 /// Between the end of a header and the end of its request: no deadline.
 const DONE: u8 = 1;
-/// After a request: the deadline starts with the next byte read.
-const NEXT: u8 = 2;
+/// After a request: idle until the keep-alive deadline; the next byte read starts the next
+/// header's deadline.
+const IDLE: u8 = 2;
 
-/// A stream whose reads end (EOF) once the current request header is late.
+/// A stream whose reads end (EOF) once the connection has been idle too long between requests
+/// or the current request header is late.
+///
+/// Every request moves the deadline, so the timer is lazy: it stays armed at an earlier
+/// deadline and, when it fires early, is moved to the current one. A busy connection thus costs
+/// one timer reset a minute, not one per request; the timer is only moved ahead of time when
+/// the current deadline is earlier than where it stands.
 pub struct Deadlined {
     inner: Stream,
-    deadline: Pin<Box<Sleep>>,
+    /// Fires at `armed` (ms after `start`), never later than the current deadline.
+    timer: Pin<Box<Sleep>>,
+    armed: u64,
+    start: Instant,
     phase: AtomicU8,
-    timeout_ms: AtomicU64,
+    /// The current deadline, ms after `start`.
+    due: AtomicU64,
+    /// `downstream.header_timeout_secs` in ms, for the header after an idle period.
+    header_ms: AtomicU64,
 }
 
 impl Deadlined {
     pub fn new(inner: Stream, header_timeout: Duration) -> Self {
+        let header_ms = millis(header_timeout);
+        let start = Instant::now();
         Deadlined {
             inner,
-            deadline: Box::pin(tokio::time::sleep(header_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(start + header_timeout)),
+            armed: header_ms,
+            start,
             phase: AtomicU8::new(ARMED),
-            timeout_ms: AtomicU64::new(0),
+            due: AtomicU64::new(header_ms),
+            header_ms: AtomicU64::new(header_ms),
         }
     }
+
+    fn now_ms(&self) -> u64 {
+        millis(self.start.elapsed())
+    }
+
+    fn idle(&self, header_timeout: Duration, keepalive: Duration) {
+        self.header_ms
+            .store(millis(header_timeout), Ordering::Relaxed);
+        let due = self.now_ms().saturating_add(millis(keepalive));
+        self.due.store(due, Ordering::Relaxed);
+        self.phase.store(IDLE, Ordering::Relaxed);
+    }
+
+    fn arm(&mut self, due: u64) {
+        self.armed = due;
+        let at = self.start + Duration::from_millis(due);
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Whether the current deadline has passed; moves the timer to it when it fired early.
+    fn late(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let due = self.due.load(Ordering::Relaxed);
+            if self.armed > due {
+                self.arm(due);
+            }
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(()) if self.now_ms() >= due => return true,
+                Poll::Ready(()) => self.arm(due),
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl std::fmt::Debug for Deadlined {
@@ -136,36 +199,36 @@ impl AsyncRead for Deadlined {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match this.phase.load(Ordering::Relaxed) {
-            DONE => Pin::new(&mut this.inner).poll_read(cx, buf),
-            NEXT => {
-                let before = buf.filled().len();
-                let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-                if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-                    let ms = this.timeout_ms.load(Ordering::Relaxed);
-                    let at = Instant::now() + Duration::from_millis(ms);
-                    this.deadline.as_mut().reset(at);
-                    this.phase.store(ARMED, Ordering::Relaxed);
-                }
-                read
+        let phase = this.phase.load(Ordering::Relaxed);
+        if phase == DONE {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        // A timer that has fired says the deadline may have passed: a client dripping bytes is
+        // cut off as surely as a silent one.
+        if this.timer.is_elapsed() && this.late(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if phase == IDLE && buf.filled().len() > before => {
+                let due = this
+                    .now_ms()
+                    .saturating_add(this.header_ms.load(Ordering::Relaxed));
+                this.due.store(due, Ordering::Relaxed);
+                this.phase.store(ARMED, Ordering::Relaxed);
+                Poll::Ready(Ok(()))
             }
-            _ => {
-                if this.deadline.is_elapsed() {
-                    return Poll::Ready(Ok(()));
+            // End of file: Pingora closes the connection without an answer, as nginx does on
+            // `keepalive_timeout` and `client_header_timeout`.
+            Poll::Pending if this.late(cx) => {
+                if phase == IDLE {
+                    log::debug!("keep-alive timeout: closing the idle connection");
+                } else {
+                    log::debug!("request header timeout: closing the connection");
                 }
-                match Pin::new(&mut this.inner).poll_read(cx, buf) {
-                    Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                        // End of file: Pingora closes the connection without an answer, as
-                        // nginx does on `client_header_timeout`.
-                        Poll::Ready(()) => {
-                            log::debug!("request header timeout: closing the connection");
-                            Poll::Ready(Ok(()))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    },
-                    ready => ready,
-                }
+                Poll::Ready(Ok(()))
             }
+            read => read,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod status;
 pub mod upstream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -173,7 +174,7 @@ impl ProxyHttp for EtlsProxy {
                     layout[slot] = Layout::Cleared;
                 }
             }
-            for line in chunk_clears(&ctx.config, session.req_header(), &layout) {
+            for line in chunk_clears(ctx, session.req_header(), &layout) {
                 response.append_header("Set-Cookie", line)?;
             }
             // A response carrying session cookies must never sit in a shared cache.
@@ -194,11 +195,7 @@ impl ProxyHttp for EtlsProxy {
             .is_some_and(|h| !crate::proxy::status::is_interim(h.status));
         if code > 0 && !final_written {
             let more = ctx.renewed.as_deref().map_or_else(Vec::new, |r| {
-                chunk_clears(
-                    &ctx.config,
-                    session.req_header(),
-                    &r.layout(&ctx.config.names),
-                )
+                chunk_clears(ctx, session.req_header(), &r.layout(&ctx.config.names))
             });
             let answer = Answer::app_failed(code, ctx.renewed.as_deref())
                 .with_cookies(more)
@@ -229,7 +226,11 @@ impl ProxyHttp for EtlsProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        downstream::next_request(session, ctx.config.header_timeout);
+        downstream::next_request(
+            session,
+            ctx.config.header_timeout,
+            Duration::from_secs(ctx.config.keepalive_secs),
+        );
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
         let app_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
         let decision = decision(ctx.outcome, status, app_failed);
@@ -245,7 +246,7 @@ impl ProxyHttp for EtlsProxy {
                 path: req.uri.path(),
                 status,
                 decision: decision.as_str(),
-                total: ctx.started.elapsed(),
+                total: ctx.started.map_or(Duration::ZERO, |t| t.elapsed()),
                 auth_api: ctx.auth_wait,
                 session: ctx.session.map(|k| k.short()),
                 client,

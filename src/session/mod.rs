@@ -9,3 +9,4 @@ pub mod routes;
 pub mod secret;
 pub mod set_cookie;
 pub mod tokens;
+pub mod verified;

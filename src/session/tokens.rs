@@ -17,6 +17,7 @@
 //! way in tests and in production.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,6 +26,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
+
+use crate::session::verified::{self, KeySetId, Verified};
 
 /// Larger values are refused before any decoding: browsers cap a cookie near 4 KiB.
 pub const MAX_TOKEN_BYTES: usize = 8192;
@@ -84,6 +87,8 @@ impl HmacKey {
 /// the one their `kid` names, or, without a `kid` (tokens of the old Next.js routes), with each.
 struct KeySet {
     keys: Vec<HmacKey>,
+    /// Files this set's verified tokens in the per-thread memory ([`crate::session::verified`]).
+    id: KeySetId,
 }
 
 impl KeySet {
@@ -94,6 +99,7 @@ impl KeySet {
         );
         KeySet {
             keys: secrets.iter().map(|s| HmacKey::new(s)).collect(),
+            id: KeySetId::next(),
         }
     }
 
@@ -350,6 +356,28 @@ fn decode_sid(sid: &str) -> Result<[u8; SID_BYTES], TokenFault> {
     }
 }
 
+/// What a verified token says that does not change with the clock, as this thread remembers it.
+#[derive(Clone, Copy)]
+struct Checked {
+    /// Index of the key that verified it.
+    key: usize,
+    exp: u64,
+    nbf: Option<u64>,
+    sid: Sid,
+}
+
+/// A refresh token's `sid` claim, decoded (an access token's is never read).
+#[derive(Clone, Copy)]
+enum Sid {
+    Absent,
+    Valid([u8; SID_BYTES]),
+    Invalid(TokenFault),
+}
+
+thread_local! {
+    static VERIFIED: RefCell<Verified<Checked>> = RefCell::new(Verified::default());
+}
+
 /// What to do with a refresh token without `sid` (`tokens.unbound_refresh`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UnboundRefresh {
@@ -497,24 +525,35 @@ impl TokenKeys {
     }
 
     pub fn check_access(&self, token: &[u8], now: u64) -> AccessState {
-        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
-        match self.verify_times::<false>(&self.access, TYP_ACCESS, token, &mut buf, now) {
+        let checked = verified::with(&VERIFIED, |memory| {
+            self.checked::<false>(memory, &self.access, TYP_ACCESS, token)
+        });
+        match checked.and_then(|c| self.remaining(&c, now)) {
             Err(fault) => AccessState::Invalid(fault),
-            Ok((0, ..)) => AccessState::Expired,
-            Ok((left, ..)) if left <= self.times.refresh_ahead_secs => AccessState::Due,
+            Ok(0) => AccessState::Expired,
+            Ok(left) if left <= self.times.refresh_ahead_secs => AccessState::Due,
             Ok(_) => AccessState::Fresh,
         }
     }
 
     pub fn check_refresh(&self, token: &[u8], now: u64) -> RefreshState {
-        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
-        match self.verify_times::<true>(&self.refresh, TYP_REFRESH, token, &mut buf, now) {
+        let checked = verified::with(&VERIFIED, |memory| {
+            self.checked::<true>(memory, &self.refresh, TYP_REFRESH, token)
+        });
+        let checked = match checked {
+            Ok(c) => c,
+            Err(fault) => return RefreshState::Invalid(fault),
+        };
+        match self.remaining(&checked, now) {
             Err(fault) => RefreshState::Invalid(fault),
-            Ok((0, ..)) => RefreshState::Expired,
-            Ok((_, key, sid)) => match sid.map(decode_sid) {
-                None => RefreshState::Valid(Binding::Unbound),
-                Some(Ok(sid)) => RefreshState::Valid(Binding::Bound { key, sid }),
-                Some(Err(fault)) => RefreshState::Invalid(fault),
+            Ok(0) => RefreshState::Expired,
+            Ok(_) => match checked.sid {
+                Sid::Absent => RefreshState::Valid(Binding::Unbound),
+                Sid::Valid(sid) => RefreshState::Valid(Binding::Bound {
+                    key: checked.key,
+                    sid,
+                }),
+                Sid::Invalid(fault) => RefreshState::Invalid(fault),
             },
         }
     }
@@ -541,35 +580,43 @@ impl TokenKeys {
             .map_err(|_| TokenFault::Claims)
     }
 
-    /// Verifies `token` with `key` as a token of kind `typ` and reads its time claims: the
-    /// seconds it has left, the index of the key that verified it, and (`SID`) its `sid`.
-    fn verify_times<'b, const SID: bool>(
+    /// Verifies `token` with `set` as a token of kind `typ` and reads what does not change with
+    /// the clock: the index of the key that verified it, its time claims and (`SID`) its `sid`.
+    /// This thread remembers tokens that verified, so the same token again costs a comparison.
+    fn checked<const SID: bool>(
         &self,
-        key: &KeySet,
+        memory: &mut Verified<Checked>,
+        set: &KeySet,
         typ: &str,
         token: &[u8],
-        buf: &'b mut [u8; MAX_PAYLOAD_BYTES],
-        now: u64,
-    ) -> Result<(u64, usize, Option<&'b str>), TokenFault> {
-        let (index, payload) = key.verify(token, typ, buf)?;
+    ) -> Result<Checked, TokenFault> {
+        if let Some(known) = memory.get(set.id, token) {
+            return Ok(known);
+        }
+        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
+        let (key, payload) = set.verify(token, typ, &mut buf)?;
         let fields = read_fields::<SID>(payload)?;
-        let left = self.remaining(fields.exp.as_ref(), fields.nbf.as_ref(), now)?;
-        Ok((left, index, fields.sid))
+        let (exp, nbf) = time_claims(fields.exp.as_ref(), fields.nbf.as_ref())?;
+        let sid = match fields.sid.map(decode_sid) {
+            None => Sid::Absent,
+            Some(Ok(sid)) => Sid::Valid(sid),
+            Some(Err(fault)) => Sid::Invalid(fault),
+        };
+        let checked = Checked { key, exp, nbf, sid };
+        memory.put(set.id, token, checked);
+        Ok(checked)
     }
 
     /// Seconds of validity left (0: expired), leeway included.
-    fn remaining(
-        &self,
-        exp: Option<&Value>,
-        nbf: Option<&Value>,
-        now: u64,
-    ) -> Result<u64, TokenFault> {
-        let (exp, nbf) = time_claims(exp, nbf)?;
+    fn remaining(&self, checked: &Checked, now: u64) -> Result<u64, TokenFault> {
         let leeway = self.times.leeway_secs;
-        if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        if checked
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
             return Err(TokenFault::Claims);
         }
-        Ok(exp.saturating_add(leeway).saturating_sub(now))
+        Ok(checked.exp.saturating_add(leeway).saturating_sub(now))
     }
 
     pub fn mint_access(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
@@ -643,6 +690,47 @@ mod tests {
 
     use crate::testkit::NOW;
     use crate::testkit::tokens::{ACCESS, REFRESH, b64, keys, sign, sign_raw, sign_raw_header};
+
+    #[test]
+    fn a_remembered_token_still_follows_the_clock_and_its_own_keys() {
+        let k = keys();
+        let token = sign(
+            ACCESS,
+            Algorithm::HS256,
+            json!({"username": "ann", "exp": NOW + 60}),
+        );
+        // Checked twice (the second from this thread's memory), with the clock moving on.
+        for _ in 0..2 {
+            assert_eq!(k.check_access(token.as_bytes(), NOW), AccessState::Fresh);
+        }
+        assert_eq!(
+            k.check_access(token.as_bytes(), NOW + 61),
+            AccessState::Expired
+        );
+        assert_eq!(k.check_access(token.as_bytes(), NOW), AccessState::Fresh);
+        // A reload with another access secret: the remembered token verifies no more.
+        let rotated = TokenKeys::new(b"another-access-secret-0123456789", REFRESH, k.times);
+        assert_eq!(
+            rotated.check_access(token.as_bytes(), NOW),
+            AccessState::Invalid(TokenFault::Signature)
+        );
+        // A refresh token's `nbf` is checked on every hit too.
+        let later = sign(
+            REFRESH,
+            Algorithm::HS256,
+            json!({"exp": NOW + 600, "nbf": NOW + 30}),
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                k.check_refresh(later.as_bytes(), NOW),
+                RefreshState::Invalid(TokenFault::Claims)
+            );
+        }
+        assert_eq!(
+            k.check_refresh(later.as_bytes(), NOW + 30),
+            RefreshState::Valid(Binding::Unbound)
+        );
+    }
 
     #[test]
     fn access_states_by_table() {

@@ -72,6 +72,26 @@ async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     assert_eq!(app.calls(), 2);
 }
 
+/// The stream's timer is lazy (armed at an earlier deadline, moved when it fires): a
+/// connection busy for longer than both timeouts is never cut while requests keep coming, and
+/// is still closed once it falls idle.
+#[tokio::test]
+async fn a_busy_connection_outlives_both_timeouts_then_closes_when_idle() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("downstream: {keepalive_timeout_secs: 2, header_timeout_secs: 1}")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..8 {
+        stream.write_all(REQUEST).await.unwrap();
+        assert_eq!(read_answer(&mut stream).await, 200);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(app.calls(), 8);
+    assert!(closed_within(&mut stream, Duration::from_secs(15)).await);
+}
+
 #[tokio::test]
 async fn keepalive_timeout_zero_closes_after_each_answer() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
