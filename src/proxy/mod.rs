@@ -27,7 +27,7 @@ use crate::proxy::forwarded::client_address;
 use crate::proxy::upstream::AppUpstream;
 use crate::refresh::auth_api::AuthApiClient;
 use crate::refresh::shared_store::SharedStore;
-use crate::session::chunks::Layout;
+use crate::session::chunks;
 use crate::state::{Flights, LiveConfig, State};
 use ctx::{caller, decision, request_id};
 use decide::{Step, chunk_clears};
@@ -151,13 +151,9 @@ impl ProxyHttp for EtlsProxy {
         if let Some(renewed) = &ctx.renewed {
             // The app deleting one of our cookies (logging the user out) wins over the refresh;
             // otherwise ours are appended after the app's, never replacing them.
-            let policy = &ctx.config.cookie_policy;
-            let deleted: Vec<String> = response
-                .headers
-                .get_all("set-cookie")
-                .iter()
-                .filter_map(|v| policy.deleted_by(v.to_str().ok()?).map(str::to_owned))
-                .collect();
+            let app_lines = response.headers.get_all("set-cookie");
+            let deleted = (ctx.config.cookie_policy)
+                .deleted_among(app_lines.iter().filter_map(|v| v.to_str().ok()));
             for (name, lines) in renewed.cookie_lines() {
                 if !deleted.iter().any(|d| d == name) {
                     for line in lines {
@@ -168,12 +164,7 @@ impl ProxyHttp for EtlsProxy {
             // Chunks this request holds that the new values no longer use; all of them for a
             // cookie the app deleted.
             let names = &ctx.config.names;
-            let mut layout = renewed.layout(names);
-            for (slot, name) in names.all().iter().enumerate() {
-                if deleted.iter().any(|d| d == name) {
-                    layout[slot] = Layout::Cleared;
-                }
-            }
+            let layout = chunks::with_deleted(renewed.layout(names), names, &deleted);
             for line in chunk_clears(ctx, session.req_header(), &layout) {
                 response.append_header("Set-Cookie", line)?;
             }

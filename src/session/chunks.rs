@@ -263,6 +263,21 @@ pub enum Layout {
     Cleared,
 }
 
+/// `layout` after the app deleted some of the five cookies itself (`deleted`, by name): their
+/// chunks are all cleared, whatever the refresh set.
+pub fn with_deleted(
+    mut layout: [Layout; 5],
+    names: &CookieNames,
+    deleted: &[String],
+) -> [Layout; 5] {
+    for (slot, name) in names.all().iter().enumerate() {
+        if deleted.iter().any(|d| d == name) {
+            layout[slot] = Layout::Cleared;
+        }
+    }
+    layout
+}
+
 /// Lines clearing what the request holds and the answer no longer uses: chunks past the new
 /// count (all of them for a plain value or a logout), and the plain cookie when the value is now
 /// chunked. Computed per request; empty (no allocation) when there is nothing to clear.
@@ -313,6 +328,30 @@ pub fn clears_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_the_app_deleted_have_all_their_chunks_cleared() {
+        let names = CookieNames::default();
+        let layout = [
+            Layout::Plain,
+            Layout::Plain,
+            Layout::Plain,
+            Layout::Untouched,
+            Layout::Chunks(3),
+        ];
+        let deleted = vec!["etlsUser".to_owned(), "accessToken".to_owned()];
+        assert_eq!(
+            with_deleted(layout, &names, &deleted),
+            [
+                Layout::Plain,
+                Layout::Plain,
+                Layout::Cleared,
+                Layout::Untouched,
+                Layout::Cleared,
+            ]
+        );
+        assert_eq!(with_deleted(layout, &names, &[]), layout);
+    }
 
     fn jar<'a>(headers: &[&'a str]) -> CookieJar<'a> {
         CookieJar::from_headers(headers.iter().map(|h| h.as_bytes()))

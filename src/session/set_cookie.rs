@@ -77,6 +77,16 @@ impl CookiePolicy {
         let name = c.name_raw()?;
         (expired && same_path && same_domain).then_some(name)
     }
+
+    /// The merge of a refresh into the app's answer: the names the app's own Set-Cookie lines
+    /// delete (see [`CookiePolicy::deleted_by`]). Those win: the refresh's lines for them are
+    /// left out and their chunks cleared; ours are appended after the app's, never replacing.
+    pub fn deleted_among<'l>(&self, app_lines: impl IntoIterator<Item = &'l str>) -> Vec<String> {
+        app_lines
+            .into_iter()
+            .filter_map(|line| self.deleted_by(line).map(str::to_owned))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +96,24 @@ pub struct InvalidLine;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_app_deleting_our_cookies_is_read_from_its_own_lines() {
+        let policy = CookiePolicy::default();
+        let app = [
+            "theme=dark; Path=/",
+            "etlsUser=; Path=/; Max-Age=0",
+            "accessTokenEtls=gone; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+            "refreshTokenEtls=; Path=/other; Max-Age=0",
+            "not a cookie line",
+        ];
+        assert_eq!(
+            policy.deleted_among(app),
+            ["etlsUser", "accessTokenEtls"],
+            "only expired lines on our Path and Domain delete"
+        );
+        assert!(policy.deleted_among([]).is_empty());
+    }
 
     fn attrs(line: &str) -> Vec<String> {
         let mut parts: Vec<String> = line.split("; ").map(str::to_owned).collect();
