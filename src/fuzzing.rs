@@ -15,10 +15,13 @@ use crate::session::routes::{Route, Routes};
 use crate::session::set_cookie::CookiePolicy;
 use crate::session::tokens::{AccessState, Claims, RefreshState, TokenKeys, TokenTimes};
 
+/// The fuzz targets' own secrets, not the test kit's: the committed corpus (`fuzz/corpus`,
+/// written by `fuzz/make-seeds.py`) holds tokens signed with them.
 pub const ACCESS_SECRET: &[u8] = b"fuzz-access-secret-fuzz-access-01";
 pub const REFRESH_SECRET: &[u8] = b"fuzz-refresh-secret-fuzz-refresh1";
-/// The clock every entry point runs at, so a corpus replays the same way on any day.
-pub const NOW: u64 = 1_800_000_000;
+/// The clock every entry point runs at (the test kit's), so a corpus replays the same way on
+/// any day.
+pub use crate::testkit::NOW;
 const REFRESH_AHEAD_SECS: u64 = 60;
 
 pub fn keys() -> TokenKeys {
@@ -26,10 +29,8 @@ pub fn keys() -> TokenKeys {
         ACCESS_SECRET,
         REFRESH_SECRET,
         TokenTimes {
-            access_ttl_secs: 900,
-            refresh_ttl_secs: 43_200,
-            leeway_secs: 0,
             refresh_ahead_secs: REFRESH_AHEAD_SECS,
+            ..TokenTimes::default()
         },
     )
 }

@@ -305,6 +305,31 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_to_proxy_gets_pingoras_status_with_timeouts_as_504() {
+        let status = |etype: ErrorType, up: bool| {
+            let e = if up {
+                Error::new_up(etype)
+            } else {
+                Error::new_down(etype)
+            };
+            failure_status(&e)
+        };
+        assert_eq!(status(ErrorType::HTTPStatus(413), false), 413);
+        assert_eq!(status(ErrorType::ConnectTimedout, true), 504);
+        assert_eq!(status(ErrorType::ReadTimedout, true), 504);
+        assert_eq!(status(ErrorType::WriteTimedout, true), 504);
+        assert_eq!(status(ErrorType::ConnectRefused, true), 502);
+        assert_eq!(
+            status(ErrorType::ConnectionClosed, false),
+            0,
+            "the browser left"
+        );
+        assert_eq!(status(ErrorType::ReadError, false), 0);
+        assert_eq!(status(ErrorType::InvalidHTTPHeader, false), 400);
+        assert_eq!(failure_status(&Error::new(ErrorType::InternalError)), 500);
+    }
+
+    #[test]
     fn only_a_bad_request_ends_its_connection() {
         assert!(Answer::bad_request().close);
         for answer in [

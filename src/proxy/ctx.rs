@@ -112,3 +112,74 @@ pub(super) fn decision(outcome: Outcome, status: u16, app_failed: bool) -> Decis
         | Outcome::CrossSite => Decision::Rejected,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_request_came_to_by_outcome_status_and_app_failure() {
+        let cases = [
+            (Outcome::Public, 200, false, Decision::Public),
+            (Outcome::Public, 502, true, Decision::AppError),
+            (Outcome::Passed, 200, false, Decision::Passed),
+            (Outcome::Passed, 504, true, Decision::AppError),
+            (
+                Outcome::Refreshed(Joined::Led),
+                200,
+                false,
+                Decision::Refreshed,
+            ),
+            (
+                Outcome::Refreshed(Joined::Waited),
+                200,
+                false,
+                Decision::Coalesced,
+            ),
+            (
+                Outcome::Refreshed(Joined::Grace),
+                200,
+                false,
+                Decision::GraceHit,
+            ),
+            (
+                Outcome::Refreshed(Joined::Led),
+                502,
+                true,
+                Decision::AppError,
+            ),
+            (
+                Outcome::RefreshEndpoint(Joined::Led),
+                200,
+                false,
+                Decision::RefreshEndpoint,
+            ),
+            (Outcome::LoggedOut, 200, false, Decision::LogoutEndpoint),
+            (
+                Outcome::Refused(Refusal::SessionEnded),
+                302,
+                false,
+                Decision::Redirected,
+            ),
+            (
+                Outcome::Refused(Refusal::SessionEnded),
+                401,
+                false,
+                Decision::LoggedOut,
+            ),
+            (Outcome::AuthApiFailed, 502, false, Decision::AuthApiError),
+            (Outcome::Pending, 0, false, Decision::Rejected),
+            (Outcome::MethodNotAllowed, 405, false, Decision::Rejected),
+            (Outcome::CookiesTooLarge, 431, false, Decision::Rejected),
+            (Outcome::BadHost, 400, false, Decision::Rejected),
+            (Outcome::CrossSite, 403, false, Decision::Rejected),
+        ];
+        for (outcome, status, app_failed, want) in cases {
+            assert_eq!(
+                decision(outcome, status, app_failed),
+                want,
+                "{outcome:?} {status}"
+            );
+        }
+    }
+}
