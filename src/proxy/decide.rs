@@ -13,14 +13,14 @@ use pingora::proxy::Session;
 use super::ctx::{Outcome, RequestCtx, request_id};
 use super::{EtlsProxy, guard};
 use crate::config::RuntimeConfig;
-use crate::ops::metrics::AuthApiOutcome;
+use crate::ops::metrics::{AuthApiOutcome, Metrics};
 use crate::proxy::answer::Answer;
-use crate::refresh::auth_api::AuthApiError;
-use crate::refresh::flight::{Joined, SessionKey, SessionKeyer};
+use crate::refresh::auth_api::{AuthApiClient, AuthApiError};
+use crate::refresh::flight::{CallGate, Joined, Landing, SessionKey, SessionKeyer};
 use crate::refresh::renew::{
     Minting, RefreshError, RenewedSession, backend_logout, land, next_api_cookies, renew,
 };
-use crate::refresh::shared_store::SharedFlight;
+use crate::refresh::shared_store::{SharedFlight, SharedStore};
 use crate::session::chunks::{self, Layout};
 use crate::session::cookies::{CookieJar, rewrite};
 use crate::session::decision::{Purpose, RefreshPlan, Refusal, Verdict, api_cookie_header, assess};
@@ -146,57 +146,19 @@ impl EtlsProxy {
         let other_cookie_bytes = chunks::other_cookie_bytes(&sent, &config.names);
         // Only the request that starts the flight copies what the flight needs.
         let start = move || {
-            let refresh_token = refresh_token.to_vec();
-            async move {
-                let config = flight_config;
-                let minting = Minting {
-                    other_cookie_bytes,
-                    ..config.minting()
-                };
-                let call = async {
-                    let _place = match &call_gate {
-                        Some(gate) => match gate.try_acquire(max_in_flight) {
-                            Some(place) => Some(place),
-                            None => return Err(RefreshError::Busy),
-                        },
-                        None => None,
-                    };
-                    let started = Instant::now();
-                    let result = renew(
-                        &client,
-                        &config.auth_api,
-                        &minting,
-                        &refresh_token,
-                        &api_cookies,
-                    )
-                    .await;
-                    metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
-                    result
-                };
-                let send = &config.auth_api.send_cookies;
-                let keyer = &config.session_keyer;
-                let next = |renewed: &RenewedSession| {
-                    Some(keyer.key(&[next_api_cookies(&api_cookies, renewed, send).as_bytes()]))
-                };
-                match shared {
-                    Some(store) => {
-                        // From the running configuration: follows a secret rotation.
-                        let value_key = config
-                            .shared_store
-                            .as_ref()
-                            .map_or(store.value_key(), |s| s.value_key);
-                        let flight = SharedFlight {
-                            key,
-                            value_key: &value_key,
-                            api_cookies: &api_cookies,
-                            auth_timeout: config.auth_api.timeout,
-                            grace: config.grace,
-                        };
-                        store.coordinate(flight, call, next).await
-                    }
-                    None => land(call.await, next),
-                }
+            FlightStart {
+                config: flight_config,
+                client,
+                metrics,
+                shared,
+                call_gate,
+                max_in_flight,
+                key,
+                refresh_token: refresh_token.to_vec(),
+                api_cookies,
+                other_cookie_bytes,
             }
+            .run()
         };
         let waiting = Instant::now();
         let (mut outcome, joined) = self.flights.run_bounded(key, flight_bound, start).await;
@@ -333,6 +295,88 @@ impl EtlsProxy {
         answer: Box<Answer<'static>>,
     ) -> Result<()> {
         answer.with_request_id(request_id(ctx)).send(session).await
+    }
+}
+
+/// What one refresh flight needs: copied only by the request that starts the flight.
+struct FlightStart {
+    config: Arc<RuntimeConfig>,
+    client: Arc<AuthApiClient>,
+    metrics: Arc<Metrics>,
+    shared: Option<Arc<SharedStore>>,
+    /// With a shared store, `auth_api.max_in_flight` is taken around the call itself.
+    call_gate: Option<Arc<CallGate>>,
+    max_in_flight: usize,
+    key: SessionKey,
+    refresh_token: Vec<u8>,
+    api_cookies: String,
+    /// What the browser sends beside the new cookies, against `downstream.max_cookie_bytes`.
+    other_cookie_bytes: usize,
+}
+
+impl FlightStart {
+    /// The auth API call and the minting, then the landing of the result: in this process's
+    /// table, or coordinated with the other instances through the shared store.
+    async fn run(self) -> Landing<Arc<RenewedSession>, RefreshError> {
+        let FlightStart {
+            config,
+            client,
+            metrics,
+            shared,
+            call_gate,
+            max_in_flight,
+            key,
+            refresh_token,
+            api_cookies,
+            other_cookie_bytes,
+        } = self;
+        let minting = Minting {
+            other_cookie_bytes,
+            ..config.minting()
+        };
+        let call = async {
+            let _place = match &call_gate {
+                Some(gate) => match gate.try_acquire(max_in_flight) {
+                    Some(place) => Some(place),
+                    None => return Err(RefreshError::Busy),
+                },
+                None => None,
+            };
+            let started = Instant::now();
+            let result = renew(
+                &client,
+                &config.auth_api,
+                &minting,
+                &refresh_token,
+                &api_cookies,
+            )
+            .await;
+            metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+            result
+        };
+        let send = &config.auth_api.send_cookies;
+        let keyer = &config.session_keyer;
+        let next = |renewed: &RenewedSession| {
+            Some(keyer.key(&[next_api_cookies(&api_cookies, renewed, send).as_bytes()]))
+        };
+        match shared {
+            Some(store) => {
+                // From the running configuration: follows a secret rotation.
+                let value_key = config
+                    .shared_store
+                    .as_ref()
+                    .map_or(store.value_key(), |s| s.value_key);
+                let flight = SharedFlight {
+                    key,
+                    value_key: &value_key,
+                    api_cookies: &api_cookies,
+                    auth_timeout: config.auth_api.timeout,
+                    grace: config.grace,
+                };
+                store.coordinate(flight, call, next).await
+            }
+            None => land(call.await, next),
+        }
     }
 }
 
