@@ -147,6 +147,15 @@ impl Stub {
         .await;
     }
 
+    /// Waits (at most 5 s) until `n` requests have reached it.
+    pub async fn wait_for_calls(&self, n: usize) {
+        let what = format!("{n} call(s) at {}", self.addr);
+        until_async(&what, Duration::from_secs(5), || async {
+            self.calls() >= n
+        })
+        .await;
+    }
+
     /// Serves again on the same port, with the same handler and the same record of calls.
     pub async fn restart(&self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
