@@ -42,9 +42,7 @@ pub(super) fn check_refresh(
         env,
     );
     let mut store = settings::check(r.store, &r.redis, env, refresh_secret.expose());
-    for (key, message) in std::mem::take(&mut store.problems) {
-        c.problem(key, message);
-    }
+    c.problems.append(&mut store.problems);
     // Alone, one random key for the process's life, so a reload (a secret rotation included)
     // never re-keys a refresh in flight or a session's tombstones; shared, a key every instance
     // derives alike.

@@ -8,7 +8,7 @@ use hkdf::Hkdf;
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::config::Env;
+use crate::config::{Env, Problem};
 use crate::refresh::flight::SessionKeyer;
 use crate::session::secret::Secret;
 
@@ -85,8 +85,7 @@ impl std::fmt::Debug for SharedStoreSettings {
 #[derive(Default)]
 pub struct Checked {
     pub settings: Option<SharedStoreSettings>,
-    /// `(key path, message)`.
-    pub problems: Vec<(String, String)>,
+    pub problems: Vec<Problem>,
     /// A password read from `url_env`, so the logger masks it.
     pub secret: Option<Secret>,
 }
@@ -95,7 +94,12 @@ pub struct Checked {
 /// tokens section has problems of its own, reported there).
 pub fn check(store: StoreKind, file: &RedisFile, env: Env<'_>, refresh_secret: &[u8]) -> Checked {
     let mut out = Checked::default();
-    let mut problem = |key: &str, msg: String| out.problems.push((key.to_owned(), msg));
+    let mut problem = |key: &str, message: String| {
+        out.problems.push(Problem {
+            key: key.to_owned(),
+            message,
+        })
+    };
     if file.timeout_ms == 0 || file.timeout_ms > MAX_TIMEOUT_MS {
         problem(
             "refresh.redis.timeout_ms",
@@ -358,11 +362,7 @@ mod tests {
         ];
         for (yaml, expected) in cases {
             let out = checked(yaml);
-            let got: Vec<String> = out
-                .problems
-                .iter()
-                .map(|(k, m)| format!("{k}: {m}"))
-                .collect();
+            let got: Vec<String> = out.problems.iter().map(|p| p.to_string()).collect();
             assert_eq!(got.len(), expected.len(), "{yaml}: {got:?}");
             for (g, e) in got.iter().zip(expected.iter()) {
                 assert!(g.starts_with(e), "{yaml}: {g:?} does not start with {e:?}");
