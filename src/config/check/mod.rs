@@ -158,6 +158,47 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
     })
 }
 
+/// One entry of a key that takes one value or a list, with the path that names it
+/// (`upstream.address`, `upstream.addresses[1]`).
+struct Entry<'a> {
+    key: String,
+    value: &'a str,
+}
+
+/// A pair of keys that take one value (`single`, `default` when neither is given) or a list
+/// (`list`), never both, and never an empty list: the entries with their paths, or `None` with
+/// the problem raised on the list's key. `messages` say what is wrong: (both given, list empty).
+fn one_or_list<'a>(
+    c: &mut Checker,
+    (single_key, single, default): (&str, Option<&'a str>, &'a str),
+    (list_key, list): (&str, Option<&'a [String]>),
+    (both, empty): (&str, &str),
+) -> Option<Vec<Entry<'a>>> {
+    match (single, list) {
+        (Some(_), Some(_)) => {
+            c.problem(list_key, both);
+            None
+        }
+        (_, Some([])) => {
+            c.problem(list_key, empty);
+            None
+        }
+        (_, Some(list)) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, value)| Entry {
+                    key: format!("{list_key}[{i}]"),
+                    value,
+                })
+                .collect(),
+        ),
+        (single, None) => Some(vec![Entry {
+            key: single_key.to_owned(),
+            value: single.unwrap_or(default),
+        }]),
+    }
+}
+
 /// `log`: the access log's format, and whether there is one.
 fn check_log(c: &mut Checker, log: &LogFile) -> Option<AccessLogFormat> {
     let format = AccessLogFormat::parse(&log.format);
@@ -229,6 +270,33 @@ mod tests {
             "every problem stays in the checker"
         );
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn one_value_or_a_list_never_both_never_empty() {
+        let mut c = Checker::default();
+        let keys = |entries: Option<Vec<Entry<'_>>>| {
+            entries.map(|e| {
+                e.iter()
+                    .map(|e| format!("{}={}", e.key, e.value))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let list = ["a".to_owned(), "b".to_owned()];
+        let msgs = ("both", "empty");
+        let got = one_or_list(&mut c, ("k", None, "d"), ("ks", Some(&list[..])), msgs);
+        assert_eq!(keys(got), Some(vec!["ks[0]=a".into(), "ks[1]=b".into()]));
+        let got = one_or_list(&mut c, ("k", Some("x"), "d"), ("ks", None), msgs);
+        assert_eq!(keys(got), Some(vec!["k=x".into()]));
+        let got = one_or_list(&mut c, ("k", None, "d"), ("ks", None), msgs);
+        assert_eq!(keys(got), Some(vec!["k=d".into()]));
+        assert!(c.problems.is_empty());
+        assert!(
+            one_or_list(&mut c, ("k", Some("x"), "d"), ("ks", Some(&list[..])), msgs).is_none()
+        );
+        assert!(one_or_list(&mut c, ("k", None, "d"), ("ks", Some(&[][..])), msgs).is_none());
+        let raised: Vec<String> = c.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(raised, ["ks: both", "ks: empty"]);
     }
 
     #[test]

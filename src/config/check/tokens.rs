@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 
-use super::{Checker, MAX_WINDOW_SECS, MIN_SECRET_BYTES};
+use super::{Checker, Entry, MAX_WINDOW_SECS, MIN_SECRET_BYTES, one_or_list};
 use crate::config::Env;
 use crate::config::file::TokensFile;
 use crate::session::secret::Secret;
@@ -146,32 +146,18 @@ fn secrets(
     let (single, list, default) = (kind.single, kind.list, kind.default_env);
     let kind = kind.name;
     let list_key = format!("tokens.{kind}_secret_envs");
-    let names: Vec<(String, &str)> = match (single, list) {
-        (Some(_), Some(_)) => {
-            c.problem(
-                list_key,
-                format!("give either tokens.{kind}_secret_env or this list, not both"),
-            );
-            return None;
-        }
-        (_, Some(list)) if list.is_empty() => {
-            c.problem(list_key, "needs at least one environment variable");
-            return None;
-        }
-        (_, Some(list)) => list
-            .iter()
-            .enumerate()
-            .map(|(i, var)| (format!("{list_key}[{i}]"), var.as_str()))
-            .collect(),
-        (single, None) => vec![(
-            format!("tokens.{kind}_secret_env"),
-            single.as_deref().unwrap_or(default),
-        )],
-    };
+    let single_key = format!("tokens.{kind}_secret_env");
+    let both = format!("give either {single_key} or this list, not both");
+    let names = one_or_list(
+        c,
+        (&single_key, single.as_deref(), default),
+        (&list_key, list.as_deref()),
+        (&both, "needs at least one environment variable"),
+    )?;
     let mut found = Vec::with_capacity(names.len());
     let mut s = c.section();
-    for (i, (key, var)) in names.iter().enumerate() {
-        if names[..i].iter().any(|(_, earlier)| earlier == var) {
+    for (i, Entry { key, value: var }) in names.iter().enumerate() {
+        if names[..i].iter().any(|earlier| earlier.value == *var) {
             s.problem(key, format!("{var} is listed twice"));
             continue;
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::HeaderName;
 use pingora::upstreams::peer::HttpPeer;
 
-use super::{Checker, check_timeout, resolve};
+use super::{Checker, Entry, check_timeout, one_or_list, resolve};
 use crate::config::file::{DEFAULT_APP_ADDRESS, UpstreamFile};
 use crate::config::{Resolve, Upstream};
 use crate::session::identity::{IdentityHeaders, is_reserved};
@@ -30,32 +30,27 @@ pub(super) fn check_upstream(
             format!("must be between 1 and {MAX_HEALTH_CHECK_SECS} seconds"),
         );
     }
-    let entries: Vec<(String, &str)> = match (&u.address, &u.addresses) {
-        (Some(_), Some(_)) => {
-            c.problem(
-                "upstream.addresses",
-                "upstream.address is also set: give one address or a list, not both",
-            );
-            return None;
-        }
-        (None, Some(list)) if list.is_empty() => {
-            c.problem("upstream.addresses", "needs at least one host:port");
-            return None;
-        }
-        (None, Some(list)) => list
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (format!("upstream.addresses[{i}]"), a.as_str()))
-            .collect(),
-        (address, None) => vec![(
-            "upstream.address".to_owned(),
-            address.as_deref().unwrap_or(DEFAULT_APP_ADDRESS),
-        )],
-    };
+    let entries = one_or_list(
+        &mut c,
+        (
+            "upstream.address",
+            u.address.as_deref(),
+            DEFAULT_APP_ADDRESS,
+        ),
+        ("upstream.addresses", u.addresses.as_deref()),
+        (
+            "upstream.address is also set: give one address or a list, not both",
+            "needs at least one host:port",
+        ),
+    )?;
     let mut peers: Vec<HttpPeer> = Vec::with_capacity(entries.len());
     // The key each peer came from, to name the first of two entries reaching one instance.
     let mut from: Vec<&str> = Vec::with_capacity(entries.len());
-    for (key, address) in &entries {
+    for Entry {
+        key,
+        value: address,
+    } in &entries
+    {
         let Some(mut peer) = check_instance(&mut c, key, address, u, resolver) else {
             continue;
         };
