@@ -317,26 +317,16 @@ struct FlightStart {
 impl FlightStart {
     /// The auth API call and the minting, then the landing of the result: in this process's
     /// table, or coordinated with the other instances through the shared store.
-    async fn run(self) -> Landing<Arc<RenewedSession>, RefreshError> {
-        let FlightStart {
-            config,
-            client,
-            metrics,
-            shared,
-            call_gate,
-            max_in_flight,
-            key,
-            refresh_token,
-            api_cookies,
-            other_cookie_bytes,
-        } = self;
+    async fn run(mut self) -> Landing<Arc<RenewedSession>, RefreshError> {
+        let shared = self.shared.take();
+        let (config, api_cookies, key) = (&self.config, self.api_cookies.as_str(), self.key);
         let minting = Minting {
-            other_cookie_bytes,
+            other_cookie_bytes: self.other_cookie_bytes,
             ..config.minting()
         };
         let call = async {
-            let _place = match &call_gate {
-                Some(gate) => match gate.try_acquire(max_in_flight) {
+            let _place = match &self.call_gate {
+                Some(gate) => match gate.try_acquire(self.max_in_flight) {
                     Some(place) => Some(place),
                     None => return Err(RefreshError::Busy),
                 },
@@ -344,20 +334,21 @@ impl FlightStart {
             };
             let started = Instant::now();
             let result = renew(
-                &client,
+                &self.client,
                 &config.auth_api,
                 &minting,
-                &refresh_token,
-                &api_cookies,
+                &self.refresh_token,
+                api_cookies,
             )
             .await;
-            metrics.auth_api(started.elapsed(), auth_api_outcome(&result));
+            self.metrics
+                .auth_api(started.elapsed(), auth_api_outcome(&result));
             result
         };
         let send = &config.auth_api.send_cookies;
         let keyer = &config.session_keyer;
         let next = |renewed: &RenewedSession| {
-            Some(keyer.key(&[next_api_cookies(&api_cookies, renewed, send).as_bytes()]))
+            Some(keyer.key(&[next_api_cookies(api_cookies, renewed, send).as_bytes()]))
         };
         match shared {
             Some(store) => {
@@ -369,7 +360,7 @@ impl FlightStart {
                 let flight = SharedFlight {
                     key,
                     value_key: &value_key,
-                    api_cookies: &api_cookies,
+                    api_cookies,
                     auth_timeout: config.auth_api.timeout,
                     grace: config.grace,
                 };
