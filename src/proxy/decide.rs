@@ -141,11 +141,11 @@ impl EtlsProxy {
             None => (Some(max_in_flight), None),
         };
         let (refresh_token, api_cookies) = (plan.refresh_token, plan.api_cookies);
-        // What the browser sends beside the new cookies counts against the same limit.
-        let sent = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
-        let other_cookie_bytes = chunks::other_cookie_bytes(&sent, &config.names);
-        // Only the request that starts the flight copies what the flight needs.
+        // Only the request that starts the flight copies what the flight needs, and counts what
+        // the browser sends beside the new cookies (against the same limit).
         let start = move || {
+            let sent = CookieJar::from_headers(cookies.iter().map(|v| v.as_bytes()));
+            let other_cookie_bytes = chunks::other_cookie_bytes(&sent, &config.names);
             FlightStart {
                 config: flight_config,
                 client,
@@ -324,7 +324,9 @@ impl FlightStart {
             other_cookie_bytes: self.other_cookie_bytes,
             ..config.minting()
         };
-        let call = async {
+        // Boxed once here: the auth API exchange is a large future (Pingora's client session),
+        // and the flight is moved into its task; unboxed, each refresh copied tens of KiB.
+        let call = Box::pin(async {
             let _place = match &self.call_gate {
                 Some(gate) => match gate.try_acquire(self.max_in_flight) {
                     Some(place) => Some(place),
@@ -344,7 +346,7 @@ impl FlightStart {
             self.metrics
                 .auth_api(started.elapsed(), auth_api_outcome(&result));
             result
-        };
+        });
         let send = &config.auth_api.send_cookies;
         let keyer = &config.session_keyer;
         let next = |renewed: &RenewedSession| {
@@ -364,7 +366,7 @@ impl FlightStart {
                     auth_timeout: config.auth_api.timeout,
                     grace: config.grace,
                 };
-                store.coordinate(flight, call, next).await
+                Box::pin(store.coordinate(flight, call, next)).await
             }
             None => land(call.await, next),
         }
@@ -491,8 +493,9 @@ pub(super) fn chunk_clears(
 }
 
 fn header_value(bytes: Vec<u8>) -> Option<HeaderValue> {
-    // Built from bytes that already were header values, joined with `; `.
-    HeaderValue::from_bytes(&bytes).ok()
+    // Built from bytes that already were header values, joined with `; `; taken as they are,
+    // not copied.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).ok()
 }
 
 pub(super) fn auth_api_outcome<T>(result: &std::result::Result<T, RefreshError>) -> AuthApiOutcome {

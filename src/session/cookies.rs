@@ -131,7 +131,14 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// never sees two values), names not sent by the browser are appended, and every other crumb is
 /// kept in order, byte for byte.
 pub fn rewrite<N: AsRef<str>, V: AsRef<str>>(jar: &CookieJar<'_>, updates: &[(N, V)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    // One allocation: the header as sent plus every new value (an update replaces at most its
+    // own old crumb, so this is never too little).
+    let sent: usize = jar.headers().map(|h| h.len() + 2).sum();
+    let added: usize = updates
+        .iter()
+        .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 3)
+        .sum();
+    let mut out = Vec::with_capacity(sent + added);
     let mut written = vec![false; updates.len()];
     let push = |out: &mut Vec<u8>, bytes: &[&[u8]]| {
         if !out.is_empty() {
