@@ -10,6 +10,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY tools ./tools
 RUN cargo build --release --locked --bin etls-proxy
 
 FROM debian:bookworm-slim

@@ -7,7 +7,7 @@ deps:
 	@scripts/deps.sh
 
 build: deps
-	$(CARGO) build --bins
+	$(CARGO) build --bins --features tools
 
 ## The proxy in front of the bundled demo app and auth API, with three curl lines to try.
 run: build
@@ -26,7 +26,7 @@ lint:
 ## BENCH_ARGS="--duration 5 --rounds 2 --soak 0" for a quicker run.
 bench:
 	@scripts/deps.sh bench
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins --features tools
 	ulimit -n 65536 2>/dev/null || true; python3 bench/run.py $(BENCH_ARGS)
 
 ## Load and soak, pass/fail: a minute each of valid and refresh-storm load (no errors, flat RSS, no
@@ -34,7 +34,7 @@ bench:
 ## in flight; see target/soak-report.md. SOAK_ARGS="--duration 10" for a quicker run.
 soak:
 	@scripts/deps.sh bench
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins --features tools
 	ulimit -n 65536 2>/dev/null || true; python3 bench/soak.py $(SOAK_ARGS)
 
 ## Criterion micro-benchmarks of the pure hot-path pieces (ns per operation).

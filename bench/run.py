@@ -962,7 +962,7 @@ def tls_targets(ctx):
     elif not ctx.get("floor_tls_said"):
         ctx["floor_tls_said"] = True
         note = ("floor left out of the TLS scenarios: this etls-floor has no --tls-listen/--tls-cert/--tls-key "
-                "(a bare Pingora pass-through with TLS needs those few lines in src/bin/etls-floor.rs).")
+                "(a bare Pingora pass-through with TLS needs those few lines in tools/etls-floor.rs).")
         print(f"  {note}", flush=True)
         ctx["report"].append(f"\n{note}")
     ports = {}

@@ -4,27 +4,17 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use etls_proxy::auth_api::{ApiTokens, UserData};
-use etls_proxy::cookies::{CookieJar, CookieNames, rewrite};
-use etls_proxy::decision::{Purpose, SessionPolicy, assess};
-use etls_proxy::renewal::{Minting, mint_session};
-use etls_proxy::routes::Routes;
-use etls_proxy::set_cookie::CookiePolicy;
-use etls_proxy::tokens::{Claims, TokenKeys, TokenTimes};
-
-const ACCESS: &[u8] = b"access-secret-access-secret-0123";
+use etls_proxy::refresh::auth_api::{ApiTokens, UserData};
+use etls_proxy::refresh::renew::{Minting, mint_session};
+use etls_proxy::session::cookies::{CookieJar, CookieNames, rewrite};
+use etls_proxy::session::decision::{Purpose, SessionPolicy, assess};
+use etls_proxy::session::routes::Routes;
+use etls_proxy::session::set_cookie::CookiePolicy;
+use etls_proxy::session::tokens::{Claims, TokenKeys};
+use etls_proxy::testkit::tokens::{ACCESS, keys};
 
 fn fixtures() -> (TokenKeys, String, u64) {
-    let keys = TokenKeys::new(
-        ACCESS,
-        b"refresh-secret-refresh-secret-01",
-        TokenTimes {
-            access_ttl_secs: 900,
-            refresh_ttl_secs: 43_200,
-            leeway_secs: 0,
-            refresh_ahead_secs: 0,
-        },
-    );
+    let keys = keys();
     let now = etls_proxy::unix_now();
     let claims: Claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let token = keys.mint_access(&claims, now).unwrap();
@@ -47,16 +37,7 @@ fn benches(c: &mut Criterion) {
         keys: &keys,
         send_cookies: &send,
     };
-    let routes = Routes {
-        public: vec![
-            "/_next/static/".into(),
-            "/_next/image".into(),
-            "/favicon.ico".into(),
-        ],
-        refresh_endpoint: Some("/api/auth/refreshtoken".into()),
-        logout_endpoint: Some("/api/auth/logout".into()),
-        login_redirect: None,
-    };
+    let routes = Routes::default();
 
     c.bench_function("cookie header: parse and find accessTokenEtls", |b| {
         b.iter(|| {
@@ -72,7 +53,7 @@ fn benches(c: &mut Criterion) {
     // the verifier's own cost apart from the longer header (`etls-access+jwt` makes the signed
     // message 16 bytes longer, which can cost one more SHA-256 block).
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some(etls_proxy::tokens::key_id(ACCESS));
+    header.kid = Some(etls_proxy::session::tokens::key_id(ACCESS));
     let untyped = jsonwebtoken::encode(
         &header,
         &serde_json::json!({"username": "ann", "exp": now + 900}),
@@ -104,7 +85,7 @@ fn benches(c: &mut Criterion) {
                 route,
                 matches!(
                     assess(&jar, &policy, now, Purpose::Request),
-                    etls_proxy::decision::Verdict::Forward { .. }
+                    etls_proxy::session::decision::Verdict::Forward { .. }
                 ),
             )
         })
@@ -112,7 +93,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("scan a valid request's cookies for chunks (none)", |b| {
         b.iter(|| {
             let jar = CookieJar::from_headers([black_box(cookie.as_bytes())]);
-            etls_proxy::chunks::any_chunk(&jar, &names)
+            etls_proxy::session::chunks::any_chunk(&jar, &names)
         })
     });
     let updates: Vec<(String, String)> = names
@@ -135,7 +116,7 @@ fn benches(c: &mut Criterion) {
         names: &names,
         policy: &cookie_policy,
         send_cookies: &send_cookies,
-        max_chunks: 8,
+        max_chunks: etls_proxy::session::chunks::DEFAULT_MAX_CHUNKS,
         max_cookie_bytes: 16 * 1024,
         other_cookie_bytes: 0,
     };

@@ -6,19 +6,22 @@
 use http::HeaderValue;
 use serde_json::Value;
 
-use crate::auth_api::{AuthFields, read_answer};
 use crate::config::{Outside, load_str};
-use crate::cookies::{CookieJar, CookieNames, rewrite};
-use crate::decision::{Purpose, SessionPolicy, Verdict, assess};
-use crate::renewal::{Minting, mint_session};
-use crate::routes::{Route, Routes};
-use crate::set_cookie::CookiePolicy;
-use crate::tokens::{AccessState, Claims, RefreshState, TokenKeys, TokenTimes};
+use crate::refresh::auth_api::{AuthFields, read_answer};
+use crate::refresh::renew::{Minting, mint_session};
+use crate::session::cookies::{CookieJar, CookieNames, rewrite};
+use crate::session::decision::{Purpose, SessionPolicy, Verdict, assess};
+use crate::session::routes::{Route, Routes};
+use crate::session::set_cookie::CookiePolicy;
+use crate::session::tokens::{AccessState, Claims, RefreshState, TokenKeys, TokenTimes};
 
+/// The fuzz targets' own secrets, not the test kit's: the committed corpus (`fuzz/corpus`,
+/// written by `fuzz/make-seeds.py`) holds tokens signed with them.
 pub const ACCESS_SECRET: &[u8] = b"fuzz-access-secret-fuzz-access-01";
 pub const REFRESH_SECRET: &[u8] = b"fuzz-refresh-secret-fuzz-refresh1";
-/// The clock every entry point runs at, so a corpus replays the same way on any day.
-pub const NOW: u64 = 1_800_000_000;
+/// The clock every entry point runs at (the test kit's), so a corpus replays the same way on
+/// any day.
+pub use crate::testkit::NOW;
 const REFRESH_AHEAD_SECS: u64 = 60;
 
 pub fn keys() -> TokenKeys {
@@ -26,10 +29,8 @@ pub fn keys() -> TokenKeys {
         ACCESS_SECRET,
         REFRESH_SECRET,
         TokenTimes {
-            access_ttl_secs: 900,
-            refresh_ttl_secs: 43_200,
-            leeway_secs: 0,
             refresh_ahead_secs: REFRESH_AHEAD_SECS,
+            ..TokenTimes::default()
         },
     )
 }
@@ -160,14 +161,14 @@ pub fn auth_answer(data: &[u8]) {
         for (i, line) in lines.iter().enumerate() {
             let text = line.to_str().expect("a Set-Cookie line is visible ASCII");
             assert!(
-                text.len() <= crate::chunks::MAX_LINE_BYTES,
+                text.len() <= crate::session::chunks::MAX_LINE_BYTES,
                 "{}",
                 text.len()
             );
             let parsed = cookie::Cookie::parse(text).expect("a Set-Cookie line parses");
             let want = match lines.len() {
                 1 => name.to_owned(),
-                _ => crate::chunks::chunk_name(name, i),
+                _ => crate::session::chunks::chunk_name(name, i),
             };
             assert_eq!(parsed.name(), want, "{text}");
             assert_eq!(parsed.http_only(), Some(true), "{text}");
@@ -215,7 +216,7 @@ pub fn reference_exp(token: &[u8], secret: &[u8], now: u64) -> Option<u64> {
     if jsonwebtoken::decode_header(token)
         .ok()?
         .kid
-        .is_some_and(|kid| kid != crate::tokens::key_id(secret))
+        .is_some_and(|kid| kid != crate::session::tokens::key_id(secret))
     {
         return None;
     }
@@ -261,7 +262,8 @@ pub fn decision(data: &[u8]) {
         .and_then(|p| routes.login_location(p))
     {
         assert!(
-            crate::routes::is_local_path(&location) && HeaderValue::from_str(&location).is_ok(),
+            crate::session::routes::is_local_path(&location)
+                && HeaderValue::from_str(&location).is_ok(),
             "login redirect leaves the site: {location}"
         );
     }
@@ -278,7 +280,7 @@ pub fn decision(data: &[u8]) {
     for value in &access {
         let ours = keys.check_access(value, NOW);
         let reference = reference_exp(value, ACCESS_SECRET, NOW);
-        if value.len() <= crate::tokens::MAX_TOKEN_BYTES {
+        if value.len() <= crate::session::tokens::MAX_TOKEN_BYTES {
             assert_eq!(
                 !matches!(ours, AccessState::Invalid(_)),
                 reference.is_some(),

@@ -1,37 +1,21 @@
 //! etls-proxy: an edge reverse proxy on Pingora that checks the eTLS JWT cookies of a Next.js
 //! app and refreshes them inside the one request that found them expired.
 //!
-//! Modules by concern; everything but `proxy` is plain code testable without a socket.
+//! Modules by layer: `session` (pure, no Pingora), `refresh` (renewal, flights, the auth API
+//! client, the stores), `proxy` (the Pingora glue), `ops` (reload, admin, metrics, logs) and
+//! `config`.
 
-pub mod access_log;
-pub mod admin;
-pub mod answer;
-pub mod auth_api;
-pub mod cache_control;
-pub mod chunks;
 pub mod config;
-pub mod cookies;
-pub mod decision;
-pub mod downstream;
-pub mod flight;
-pub mod forwarded;
+#[cfg(any(test, fuzzing, feature = "testkit"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod guard;
-pub mod identity;
-pub mod metrics;
+pub mod ops;
 pub mod proxy;
-pub mod redact;
-pub mod reload;
-pub mod renewal;
-pub mod routes;
-pub mod set_cookie;
-pub mod shared_store;
-pub mod status;
-pub mod throttle;
-pub mod tokens;
-pub mod upstream;
-pub mod verified;
+pub mod refresh;
+pub mod session;
+pub mod state;
+#[cfg(any(test, fuzzing, feature = "testkit"))]
+pub mod testkit;
 
 /// Seconds since the Unix epoch; JWT `exp` and `nbf` are compared against it.
 pub fn unix_now() -> u64 {

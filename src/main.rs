@@ -15,14 +15,14 @@ use pingora::server::configuration::Opt;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use etls_proxy::admin::AdminApp;
 use etls_proxy::config::{self, Loaded};
-use etls_proxy::downstream::HeaderDeadlineApp;
-use etls_proxy::metrics::Metrics;
-use etls_proxy::proxy::{EtlsProxy, Flights};
-use etls_proxy::redact::{self, Redactor};
-use etls_proxy::reload::{LiveConfig, ReloadOnHangup};
-use etls_proxy::upstream::AppUpstream;
+use etls_proxy::ops::admin::AdminApp;
+use etls_proxy::ops::redact::{self, Redactor};
+use etls_proxy::ops::reload::ReloadOnHangup;
+use etls_proxy::proxy::EtlsProxy;
+use etls_proxy::proxy::downstream::HeaderDeadlineApp;
+use etls_proxy::proxy::upstream::AppUpstream;
+use etls_proxy::state::State;
 
 /// See bench/RESULTS.md for the allocators tried.
 #[global_allocator]
@@ -129,7 +129,6 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     let listen = runtime.listen.clone();
     let read_buffer = runtime.read_buffer_bytes;
     let admin_listen = runtime.admin_listen.clone();
-    let flights = Arc::new(Flights::new(runtime.grace, runtime.max_entries));
     // The instances and their health are kept for the life of the process (a reload that
     // changes them says a restart is needed).
     let app = match AppUpstream::new(&runtime.upstream) {
@@ -151,12 +150,14 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     // both since 1.19.7); fixed at start.
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(Duration::from_secs(runtime.keepalive_secs.max(1)));
-    let live = Arc::new(LiveConfig::new(cli.conf.clone(), runtime));
-    let metrics = Arc::new(Metrics::new());
-    let shared = match live.load().shared_store.clone() {
+    let state = State::new(cli.conf.clone(), runtime);
+    let shared = match state.live.load().shared_store.clone() {
         None => None,
         Some(settings) => {
-            match etls_proxy::shared_store::SharedStore::start(settings, metrics.registry()) {
+            match etls_proxy::refresh::shared_store::SharedStore::start(
+                settings,
+                state.metrics.registry(),
+            ) {
                 Ok(store) => Some(store),
                 Err(e) => {
                     eprintln!("etls-proxy: refresh.redis: {e}");
@@ -167,14 +168,13 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     };
     if let Some(store) = &shared {
         // Unreachable at start is a warning: sharing begins once it answers.
-        let probe = etls_proxy::shared_store::StartProbe(Arc::clone(store));
+        let probe = etls_proxy::refresh::shared_store::StartProbe(Arc::clone(store));
         server.add_service(background_service("shared store probe", probe));
     }
-    let proxy = EtlsProxy::new(live.clone(), flights.clone(), metrics.clone(), app)
-        .with_shared_store(shared);
+    let proxy = EtlsProxy::new(&state, app).with_shared_store(shared);
     let mut proxy = http_proxy(&server.configuration, proxy);
     proxy.server_options = Some(options);
-    let header_live = live.clone();
+    let header_live = state.live.clone();
     let app = HeaderDeadlineApp::new(proxy, move || header_live.load().header_timeout);
     let mut service = Service::new("Pingora HTTP Proxy Service".to_owned(), app);
     for listener in &listen {
@@ -196,17 +196,11 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     }
     server.add_service(service);
     let reload = ReloadOnHangup {
-        live: live.clone(),
-        flights: flights.clone(),
-        metrics: metrics.clone(),
+        state: state.clone(),
     };
     server.add_service(background_service("reload on SIGHUP", reload));
     if let Some(addr) = &admin_listen {
-        let admin = AdminApp {
-            live,
-            flights,
-            metrics,
-        };
+        let admin = AdminApp { state };
         let mut service = Service::new("admin".to_owned(), admin);
         service.add_tcp(addr);
         server.add_service(service);

@@ -4,11 +4,12 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use etls_proxy::cookies::{CookieJar, CookieNames};
-use etls_proxy::decision::{Purpose, SessionPolicy, Verdict, assess};
 use etls_proxy::proxy::RequestCtx;
-use etls_proxy::routes::{Route, Routes};
-use etls_proxy::tokens::{TokenKeys, TokenTimes};
+use etls_proxy::session::cookies::{CookieJar, CookieNames};
+use etls_proxy::session::decision::{Purpose, SessionPolicy, Verdict, assess};
+use etls_proxy::session::routes::{Route, Routes};
+use etls_proxy::session::tokens::{TokenKeys, TokenTimes};
+use etls_proxy::testkit::tokens::{ACCESS, REFRESH, keys};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 struct Counting;
@@ -44,35 +45,19 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 
 #[test]
 fn a_valid_request_allocates_nothing() {
-    let access = b"access-secret-access-secret-0123";
-    let times = TokenTimes {
-        access_ttl_secs: 900,
-        refresh_ttl_secs: 43_200,
-        leeway_secs: 0,
-        refresh_ahead_secs: 0,
-    };
-    let keys = TokenKeys::new(access, b"refresh-secret-refresh-secret-01", times);
+    let keys = keys();
     let now = etls_proxy::unix_now();
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &serde_json::json!({"username": "ann", "role": "admin", "exp": now + 600}),
-        &EncodingKey::from_secret(access),
+        &EncodingKey::from_secret(ACCESS),
     )
     .unwrap();
     let cookie =
         format!("theme=dark; accessTokenEtls={token}; refreshTokenEtls=x; lang=uk; _ga=GA1.2.3");
     let names = CookieNames::default();
     let send = vec!["refreshToken".to_owned()];
-    let routes = Routes {
-        public: vec![
-            "/_next/static/".into(),
-            "/_next/image".into(),
-            "/favicon.ico".into(),
-        ],
-        refresh_endpoint: Some("/api/auth/refreshtoken".into()),
-        logout_endpoint: Some("/api/auth/logout".into()),
-        login_redirect: None,
-    };
+    let routes = Routes::default();
     let policy = SessionPolicy {
         names: &names,
         keys: &keys,
@@ -101,7 +86,10 @@ fn a_valid_request_allocates_nothing() {
         assert_eq!(routes.classify(b"/dashboard/settings"), Route::Protected);
         let jar = CookieJar::from_headers([cookie.as_bytes()]);
         // The scan for chunk cookies (`chunks`) every request pays.
-        assert!(!etls_proxy::chunks::any_chunk(&jar, &runtime.names));
+        assert!(!etls_proxy::session::chunks::any_chunk(
+            &jar,
+            &runtime.names
+        ));
         let verdict = assess(&jar, &policy, now, Purpose::Request);
         assert_eq!(verdict, Verdict::Forward { keep_access: None });
         drop(ctx);
@@ -112,9 +100,9 @@ fn a_valid_request_allocates_nothing() {
     // Secret rotation: a token with a `kid` (as the proxy mints them) checked against the key it
     // names, and one without (the old routes') tried against each secret, allocate nothing.
     let rotating = TokenKeys::rotating(
-        &[b"newer-access-secret-newer-access-01", access],
-        &[b"refresh-secret-refresh-secret-01"],
-        times,
+        &[b"newer-access-secret-newer-access-01", ACCESS],
+        &[REFRESH],
+        TokenTimes::default(),
     );
     let claims = serde_json::from_value(serde_json::json!({"username": "ann"})).unwrap();
     let minted = rotating.mint_access(&claims, now).unwrap();
@@ -140,7 +128,7 @@ fn a_valid_request_allocates_nothing() {
         .unwrap();
     assert!(minted.starts_with("eyJ") && refresh.starts_with("eyJ"));
     let check = || {
-        let etls_proxy::tokens::RefreshState::Valid(binding) =
+        let etls_proxy::session::tokens::RefreshState::Valid(binding) =
             rotating.check_refresh(refresh.as_bytes(), now)
         else {
             panic!("the minted refresh token verifies");
@@ -152,11 +140,11 @@ fn a_valid_request_allocates_nothing() {
     // Joining chunks is off the hot path: it allocates.
     let chunked = format!("{cookie}; etlsUser.0=a; etlsUser.1=b");
     let jar = CookieJar::from_headers([chunked.as_bytes()]);
-    assert!(etls_proxy::chunks::any_chunk(&jar, &names));
-    assert!(allocations_in(|| drop(etls_proxy::chunks::normalise(&jar, &names, 8))) > 0);
+    assert!(etls_proxy::session::chunks::any_chunk(&jar, &names));
+    assert!(allocations_in(|| drop(etls_proxy::session::chunks::normalise(&jar, &names, 8))) > 0);
     // The counter does count: a refresh-path rewrite allocates.
     assert!(
-        allocations_in(|| drop(etls_proxy::cookies::rewrite(
+        allocations_in(|| drop(etls_proxy::session::cookies::rewrite(
             &CookieJar::from_headers([cookie.as_bytes()]),
             &[("a", "b")]
         ))) > 0
@@ -167,7 +155,7 @@ fn a_valid_request_allocates_nothing() {
 /// nothing when the request is an ordinary one.
 #[test]
 fn the_request_guards_allocate_nothing() {
-    use etls_proxy::guard;
+    use etls_proxy::proxy::guard;
     let mut req = pingora::http::RequestHeader::build("GET", b"/dashboard?tab=2", None).unwrap();
     for (name, value) in [
         ("host", "app.example.com:8443"),
@@ -184,7 +172,7 @@ fn the_request_guards_allocate_nothing() {
         assert!(guard::same_origin_request(&req, host));
         guard::drop_underscore_names(&mut req);
         assert!(matches!(
-            etls_proxy::redact::escape_controls("GET \"/dashboard\" 200 passed 1.2ms"),
+            etls_proxy::ops::redact::escape_controls("GET \"/dashboard\" 200 passed 1.2ms"),
             std::borrow::Cow::Borrowed(_)
         ));
     };

@@ -1,10 +1,18 @@
 //! The YAML file as written by ops: serde types only, no checks beyond types.
 //!
 //! Every section has defaults matching the seeds' Next.js routes, so an empty file (plus the
-//! secret env vars) runs. Unknown keys are refused so a typo never silently falls back to a
+//! secret env vars) runs. Where a runtime type exists (`CookieNames`, `CookiePolicy`,
+//! `AuthFields`, `TokenTimes`, `Routes`), its `Default` is the one home of the value and the
+//! defaults here are read from it. Unknown keys are refused so a typo never silently falls back to a
 //! default.
 
 use serde::Deserialize;
+
+use crate::refresh::auth_api::AuthFields;
+use crate::session::cookies::CookieNames;
+use crate::session::routes::Routes;
+use crate::session::set_cookie::CookiePolicy;
+use crate::session::tokens::TokenTimes;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,22 +238,27 @@ pub struct FieldsFile {
 
 impl Default for FieldsFile {
     fn default() -> Self {
+        let AuthFields {
+            access_token,
+            refresh_token,
+            user,
+        } = AuthFields::default();
         FieldsFile {
-            access_token: default_access_field(),
-            refresh_token: default_refresh_field(),
-            user: default_user_field(),
+            access_token,
+            refresh_token,
+            user,
         }
     }
 }
 
 fn default_access_field() -> String {
-    "accessToken".into()
+    AuthFields::default().access_token
 }
 fn default_refresh_field() -> String {
-    "refreshToken".into()
+    AuthFields::default().refresh_token
 }
 fn default_user_field() -> Option<String> {
-    Some("userData".into())
+    AuthFields::default().user
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,8 +304,8 @@ impl Default for TokensFile {
             refresh_ttl_env: default_refresh_ttl_env(),
             access_ttl_secs: default_access_ttl(),
             refresh_ttl_secs: default_refresh_ttl(),
-            leeway_secs: 0,
-            refresh_ahead_secs: 0,
+            leeway_secs: TokenTimes::default().leeway_secs,
+            refresh_ahead_secs: TokenTimes::default().refresh_ahead_secs,
             allow_short_secrets: false,
             unbound_refresh: default_unbound_refresh(),
         }
@@ -310,10 +323,10 @@ fn default_refresh_ttl_env() -> Option<String> {
     Some("ETLS_REFRESH_EXPIRE_TIME".into())
 }
 fn default_access_ttl() -> u64 {
-    900
+    TokenTimes::default().access_ttl_secs
 }
 fn default_refresh_ttl() -> u64 {
-    43_200
+    TokenTimes::default().refresh_ttl_secs
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,13 +365,13 @@ impl Default for CookiesFile {
 }
 
 fn default_max_age() -> u64 {
-    43_200
+    CookiePolicy::default().max_age_secs
 }
 fn default_path() -> String {
-    "/".into()
+    CookiePolicy::default().path
 }
 fn default_same_site() -> String {
-    "Lax".into()
+    CookiePolicy::default().same_site.to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,12 +386,19 @@ pub struct CookieNamesFile {
 
 impl Default for CookieNamesFile {
     fn default() -> Self {
+        let CookieNames {
+            access_etls,
+            refresh_etls,
+            access_api,
+            refresh_api,
+            user,
+        } = CookieNames::default();
         CookieNamesFile {
-            access_etls: "accessTokenEtls".into(),
-            refresh_etls: "refreshTokenEtls".into(),
-            access_api: "accessToken".into(),
-            refresh_api: "refreshToken".into(),
-            user: "etlsUser".into(),
+            access_etls,
+            refresh_etls,
+            access_api,
+            refresh_api,
+            user,
         }
     }
 }
@@ -402,23 +422,19 @@ impl Default for RoutesFile {
             public: default_public(),
             refresh_endpoint: default_refresh_endpoint(),
             logout_endpoint: default_logout_endpoint(),
-            login_redirect: None,
+            login_redirect: Routes::default().login_redirect,
         }
     }
 }
 
 fn default_public() -> Vec<String> {
-    vec![
-        "/_next/static/".into(),
-        "/_next/image".into(),
-        "/favicon.ico".into(),
-    ]
+    Routes::default().public
 }
 fn default_refresh_endpoint() -> Option<String> {
-    Some("/api/auth/refreshtoken".into())
+    Routes::default().refresh_endpoint
 }
 fn default_logout_endpoint() -> Option<String> {
-    Some("/api/auth/logout".into())
+    Routes::default().logout_endpoint
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,9 +442,9 @@ fn default_logout_endpoint() -> Option<String> {
 pub struct RefreshFile {
     pub grace_secs: u64,
     pub max_entries: usize,
-    /// `memory` (one process) or `redis` (shared by every instance): `crate::shared_store`.
-    pub store: crate::shared_store::StoreKind,
-    pub redis: crate::shared_store::settings::RedisFile,
+    /// `memory` (one process) or `redis` (shared by every instance): `crate::refresh::shared_store`.
+    pub store: crate::refresh::shared_store::StoreKind,
+    pub redis: crate::refresh::shared_store::settings::RedisFile,
 }
 
 impl Default for RefreshFile {

@@ -2,20 +2,11 @@
 //! while valid tokens pass and a refresh-ahead forwards on its still valid token.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::support::*;
-
-/// Polls `check` every 20 ms for up to `limit`.
-async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refreshes_beyond_max_in_flight_are_503_and_nothing_else_is_affected() {
@@ -43,7 +34,7 @@ async fn refreshes_beyond_max_in_flight_are_503_and_nothing_else_is_affected() {
             .await
         }));
     }
-    wait_until("two calls at the auth API", Duration::from_secs(5), || {
+    until("two calls at the auth API", Duration::from_secs(5), || {
         auth.calls() == 2
     })
     .await;

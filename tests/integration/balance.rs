@@ -1,7 +1,7 @@
 //! Several app instances (`upstream.addresses`): round robin, a TCP health check that takes a
 //! stopped instance out of rotation and brings it back, and the 502 when none is left.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -32,22 +32,6 @@ async fn who(proxy: &Proxy) -> Result<String, u16> {
     }
 }
 
-/// Polls until `check` holds, for up to `limit`.
-async fn within<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within {limit:?}");
-}
-
 #[tokio::test]
 async fn instances_take_turns_and_a_stopped_one_leaves_and_rejoins_the_rotation() {
     let (a, b, auth) = (
@@ -74,7 +58,7 @@ async fn instances_take_turns_and_a_stopped_one_leaves_and_rejoins_the_rotation(
     // b goes away: once the health check has seen it, every request goes to a, none fails.
     b.stop().await;
     let port = format!(":{})", b.addr.port());
-    within(Duration::from_secs(5), "b marked unhealthy", || async {
+    until_async("b marked unhealthy", Duration::from_secs(5), || async {
         proxy
             .log()
             .lines()
@@ -90,16 +74,12 @@ async fn instances_take_turns_and_a_stopped_one_leaves_and_rejoins_the_rotation(
     // b is back on its port: the next check puts it back in rotation, and nothing fails while
     // it waits for that check.
     b.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    until_async("b gets a request", Duration::from_secs(5), || async {
         let answer = who(&proxy).await;
         assert!(answer.is_ok(), "{answer:?}");
-        if answer == Ok("b".to_owned()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b gets no request after 5 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        answer == Ok("b".to_owned())
+    })
+    .await;
     assert!(b.calls() > b_calls);
     assert!(proxy.log().contains("becomes healthy"));
 }
@@ -113,7 +93,7 @@ async fn an_instance_down_from_the_start_gets_nothing_once_checked() {
         .extra(addresses(&list, 1))
         .start()
         .await;
-    within(Duration::from_secs(5), "the first health check", || async {
+    until_async("the first health check", Duration::from_secs(5), || async {
         proxy.log().contains("becomes unhealthy")
     })
     .await;
@@ -134,9 +114,9 @@ async fn no_healthy_instance_is_the_502_answer_still_carrying_the_renewed_cookie
         .extra(addresses(&list, 1))
         .start()
         .await;
-    within(
-        Duration::from_secs(5),
+    until_async(
         "both instances marked unhealthy",
+        Duration::from_secs(5),
         || async { proxy.log().matches("becomes unhealthy").count() >= 2 },
     )
     .await;
@@ -175,7 +155,7 @@ async fn a_reload_that_changes_the_instances_says_a_restart_is_needed() {
         .start()
         .await;
     proxy.reload_with(&addresses(&list[..1], 5));
-    within(Duration::from_secs(5), "the reload", || async {
+    until_async("the reload", Duration::from_secs(5), || async {
         proxy.log().contains("configuration reloaded")
     })
     .await;

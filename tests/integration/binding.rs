@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -65,14 +65,11 @@ fn unbound(text: &str, result: &str) -> f64 {
 
 /// Polls the metrics (requests are counted once answered) until `want` holds, at most 5 s.
 async fn metrics_until(admin: SocketAddr, want: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll("the metrics", Duration::from_secs(5), || async {
         let text = metrics(admin).await;
-        if want(&text) || Instant::now() > deadline {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        want(&text).then_some(text)
+    })
+    .await
 }
 
 /// Alice's `refreshTokenEtls` (stolen, or her own from before a role change) beside a live

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -42,11 +42,11 @@ impl Drop for Demo {
 }
 
 async fn wait_for(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "{addr} never opened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{addr} open");
+    until_async(&what, Duration::from_secs(15), || async move {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await
 }
 
 /// The Cookie header of each printed curl line.

@@ -2,7 +2,7 @@
 //! answer, the client and the id in the access log, and `downstream.trusted_proxies`.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -137,19 +137,17 @@ async fn the_proxys_own_answers_carry_the_request_id() {
 }
 
 async fn access_line(proxy: &Proxy, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
     let needle = format!("GET \"{path}\"");
-    while Instant::now() < deadline {
-        if let Some(line) = proxy
+    let what = format!("an access line for {path}");
+    poll(&what, Duration::from_secs(5), || {
+        let line = proxy
             .log()
             .lines()
             .find(|l| l.starts_with(&needle) || l.contains(&format!("\"path\":\"{path}\"")))
-        {
-            return line.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no access line for {path}: {}", proxy.log());
+            .map(str::to_owned);
+        std::future::ready(line)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -54,10 +54,8 @@ async fn a_failed_request_logs_neither_its_query_nor_raw_host_bytes() {
         .await;
     assert_eq!(r.status, 400);
     // The error line is written after the answer: wait for it, bounded.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !proxy.log().contains("Fail to proxy") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let logged = || proxy.log().contains("Fail to proxy");
+    until("the error line", std::time::Duration::from_secs(5), logged).await;
     let log = proxy.log();
     assert!(log.contains("Fail to proxy"), "{log}");
     assert!(log.contains("GET /favicon.ico, Host: app.test"), "{log}");
@@ -79,10 +77,13 @@ async fn no_raw_line_separator_reaches_the_json_access_log() {
             .await;
         assert_eq!(r.status, 401);
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while proxy.log().matches("\"decision\"").count() < 3 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let logged = || proxy.log().matches("\"decision\"").count() >= 3;
+    until(
+        "three access lines",
+        std::time::Duration::from_secs(5),
+        logged,
+    )
+    .await;
     let log = proxy.log();
     assert_eq!(log.matches("\"decision\"").count(), 3, "{log}");
     assert!(log.contains(r#""path":"/a\u2028b""#), "{log}");

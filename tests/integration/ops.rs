@@ -2,27 +2,11 @@
 //! access log, and a graceful stop.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::*;
-
-/// Polls until `check` holds, for up to five seconds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within 5 s");
-}
 
 #[tokio::test]
 async fn sighup_applies_a_new_file_and_a_broken_one_changes_nothing() {
@@ -39,7 +23,7 @@ async fn sighup_applies_a_new_file_and_a_broken_one_changes_nothing() {
     proxy.reload_with(&format!(
         "{{admin: {{listen: '127.0.0.1:{admin_port}'}}, routes: {{public: ['/open/']}}}}"
     ));
-    eventually("the reload", || async {
+    until_async("the reload", Duration::from_secs(5), || async {
         proxy.get("/open/page", "").await.status == 200
     })
     .await;
@@ -47,7 +31,7 @@ async fn sighup_applies_a_new_file_and_a_broken_one_changes_nothing() {
 
     // A typo: refused with one log line, the running configuration stays.
     proxy.reload_raw("listen: ['127.0.0.1:1']\nrouts: {public: []}\n");
-    eventually("the refusal", || async {
+    until_async("the refusal", Duration::from_secs(5), || async {
         proxy.log().contains("configuration reload refused")
     })
     .await;
@@ -117,7 +101,7 @@ async fn reloads_under_load_fail_no_request() {
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     }
     assert!(total >= 590, "{total}");
-    eventually("five reloads logged", || async {
+    until_async("five reloads logged", Duration::from_secs(5), || async {
         proxy.log().matches("configuration reloaded").count() == 5
     })
     .await;
@@ -165,10 +149,14 @@ async fn the_admin_listener_counts_what_happened() {
     assert_eq!(failed.status, 502);
 
     // Counted once each answer is out: wait for the last one.
-    eventually("the last request counted", || async {
-        let text = admin_get(admin, "/metrics").await.text();
-        text.contains("etls_proxy_requests_total{decision=\"app_error\"} 1")
-    })
+    until_async(
+        "the last request counted",
+        Duration::from_secs(5),
+        || async {
+            let text = admin_get(admin, "/metrics").await.text();
+            text.contains("etls_proxy_requests_total{decision=\"app_error\"} 1")
+        },
+    )
     .await;
     let text = admin_get(admin, "/metrics").await.text();
     let requests = |d: &str| {
@@ -227,7 +215,7 @@ async fn access_log_lines_in_json_name_the_decision_never_a_token() {
     proxy.get("/b", &expired_session("opaque-access-log")).await;
     proxy.get("/c", "").await;
     // Written once the answer is out: wait for it.
-    eventually("three access lines", || async {
+    until_async("three access lines", Duration::from_secs(5), || async {
         proxy.log().lines().filter(|l| l.starts_with('{')).count() == 3
     })
     .await;
@@ -255,7 +243,7 @@ async fn access_log_text_lines_and_off_switch() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     let proxy = Proxy::builder(&app, &auth).rust_log("warn").start().await;
     proxy.get("/x", "").await;
-    eventually("the access line", || async {
+    until_async("the access line", Duration::from_secs(5), || async {
         proxy.log().contains("GET \"/x\"")
     })
     .await;
@@ -332,7 +320,7 @@ async fn a_reload_rereads_the_env_file_so_secrets_change_without_a_restart() {
 
     std::fs::write(&env_file.0, format!("ETLS_ACCESS={second}\n")).unwrap();
     proxy.reload_with(&extra);
-    eventually("the new secret", || async {
+    until_async("the new secret", Duration::from_secs(5), || async {
         proxy.get("/", &token(second)).await.status == 200
     })
     .await;
@@ -389,9 +377,11 @@ async fn a_graceful_upgrade_hands_the_listener_over_without_refusing_a_request()
     let cookie = format!("accessTokenEtls={}", access_token(600));
     let mut new = old.successor();
     // Give the new process the time to wait on the upgrade socket.
-    eventually("the new process waits for the sockets", || async {
-        std::path::Path::new(&format!("/tmp/etls-test-{}.sock", addr.port())).exists()
-    })
+    until_async(
+        "the new process waits for the sockets",
+        Duration::from_secs(5),
+        || async { std::path::Path::new(&format!("/tmp/etls-test-{}.sock", addr.port())).exists() },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let load = {
@@ -423,9 +413,11 @@ async fn a_graceful_upgrade_hands_the_listener_over_without_refusing_a_request()
     );
     assert!(new.is_running());
     assert_eq!(proxy_get(addr, &cookie).await, 200);
-    eventually("the new process answers", || async {
-        new.log().contains("GET \"/after\"")
-    })
+    until_async(
+        "the new process answers",
+        Duration::from_secs(5),
+        || async { new.log().contains("GET \"/after\"") },
+    )
     .await;
 }
 

@@ -1,9 +1,9 @@
 //! A real `redis-server` per test: on a free loopback port, no persistence, stopped on drop.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::free_port;
+use crate::support::{free_port, until};
 
 pub struct RedisServer {
     pub port: u16,
@@ -83,14 +83,11 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (scripts/deps.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["PING"]).trim() == "PONG" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not start on port {}", self.port);
+        let what = format!("redis-server on port {}", self.port);
+        until(&what, Duration::from_secs(10), || {
+            self.cli(&["PING"]).trim() == "PONG"
+        })
+        .await;
     }
 
     /// Kills it at once (SIGKILL: no goodbye to the clients).

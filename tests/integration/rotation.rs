@@ -1,7 +1,7 @@
 //! Secret rotation end to end, with the real binary: old tokens keep working until the old
 //! secret is removed, and tokens from before `kid` existed verify against every secret.
 
-use etls_proxy::tokens::key_id;
+use etls_proxy::session::tokens::key_id;
 use serde_json::json;
 
 use crate::support::*;

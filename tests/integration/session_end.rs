@@ -225,14 +225,7 @@ async fn a_logout_during_a_refresh_wins_over_its_result() {
         )
         .await
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while auth.calls() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the refresh reached the auth API"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    auth.wait_for_calls(1).await;
     assert_logged_out(&proxy.post(LOGOUT, &old, b"").await);
     // The refresh lands after the logout: its request gets the logout, not new tokens.
     assert_logout(&racing.await.unwrap());
@@ -264,19 +257,10 @@ async fn a_reload_rotating_the_refresh_secret_joins_the_refresh_in_flight() {
         let (addr, old) = (proxy.addr, old.clone());
         tokio::spawn(async move { fan_out(addr, &old, 1).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while auth.calls() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the refresh reached the auth API"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    auth.wait_for_calls(1).await;
     proxy.reload_with("tokens: {refresh_secret_envs: [ETLS_REFRESH_NEXT, ETLS_REFRESH]}");
-    while !proxy.log().contains("configuration reloaded") {
-        assert!(Instant::now() < deadline, "the reload");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let reloaded = || proxy.log().contains("configuration reloaded");
+    until("the reload", Duration::from_secs(5), reloaded).await;
     let second = proxy.get("/page", &old).await;
     let first = first.await.unwrap().remove(0);
     assert_eq!(

@@ -1,0 +1,249 @@
+//! The Pingora glue: moves data between Pingora's session and the modules that decide, and
+//! holds nothing but the shared state those modules need.
+
+pub mod answer;
+pub mod cache_control;
+mod ctx;
+mod decide;
+pub mod downstream;
+pub mod forwarded;
+pub mod guard;
+pub mod status;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::ops::access_log::AccessEntry;
+use crate::ops::metrics::Metrics;
+use crate::proxy::answer::Answer;
+use crate::proxy::forwarded::client_address;
+use crate::proxy::upstream::AppUpstream;
+use crate::refresh::auth_api::AuthApiClient;
+use crate::refresh::shared_store::SharedStore;
+use crate::session::chunks;
+use crate::state::{Flights, LiveConfig, State};
+use ctx::{caller, decision, request_id};
+use decide::{Step, chunk_clears};
+
+pub use ctx::{Outcome, RequestCtx};
+
+pub struct EtlsProxy {
+    pub(super) live: Arc<LiveConfig>,
+    pub(super) flights: Arc<Flights>,
+    pub(super) client: Arc<AuthApiClient>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) app: Arc<AppUpstream>,
+    /// `refresh.store: redis`: the flights' leaders coordinate with the other instances.
+    pub(super) shared: Option<Arc<SharedStore>>,
+}
+
+impl EtlsProxy {
+    pub fn new(state: &State, app: Arc<AppUpstream>) -> Self {
+        EtlsProxy {
+            live: Arc::clone(&state.live),
+            flights: Arc::clone(&state.flights),
+            client: Arc::new(AuthApiClient::default()),
+            metrics: Arc::clone(&state.metrics),
+            app,
+            shared: None,
+        }
+    }
+
+    pub fn with_shared_store(mut self, shared: Option<Arc<SharedStore>>) -> Self {
+        self.shared = shared;
+        self
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EtlsProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.live.load())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        downstream::header_read(session);
+        downstream::keepalive(session, ctx.config.keepalive_secs);
+        ctx.caller = Some(caller(session, ctx));
+        match self.decide(session.req_header(), ctx).await {
+            Step::Forward => Ok(false),
+            Step::Reply(reply) => {
+                self.reply(session, ctx, reply).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        self.app.peer(&ctx.config.upstream)
+    }
+
+    /// An instance that refused the connection never saw the request: with several instances,
+    /// the request goes to the next one (at most once per other instance) instead of failing
+    /// before the health check has noticed.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if *e.etype() == ErrorType::ConnectRefused
+            && ctx.refused_connects + 1 < self.app.instances()
+        {
+            ctx.refused_connects += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// Runs again on each retry with a fresh copy of the request, so the rewrite lives in ctx.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(cookie) = &ctx.forward_cookie {
+            upstream_request.remove_header("cookie");
+            upstream_request.insert_header("cookie", cookie.clone())?;
+        }
+        guard::drop_underscore_names(upstream_request);
+        // Whatever the client sent under an identity header's name never reaches the app.
+        for name in ctx.config.identity.names() {
+            upstream_request.remove_header(name);
+        }
+        for (name, value) in &ctx.identity {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+        if let Some(caller) = &ctx.caller {
+            caller.apply(upstream_request)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Interim responses (100, 103) carry no cookies a browser keeps; a 101 is final.
+        if crate::proxy::status::is_interim(response.status) {
+            return Ok(());
+        }
+        if let Some(id) = request_id(ctx) {
+            response.insert_header("X-Request-Id", id.clone())?;
+        }
+        if let Some(renewed) = &ctx.renewed {
+            // The app deleting one of our cookies (logging the user out) wins over the refresh;
+            // otherwise ours are appended after the app's, never replacing them.
+            let app_lines = response.headers.get_all("set-cookie");
+            let deleted = (ctx.config.cookie_policy)
+                .deleted_among(app_lines.iter().filter_map(|v| v.to_str().ok()));
+            for (name, lines) in renewed.cookie_lines() {
+                if !deleted.iter().any(|d| d == name) {
+                    for line in lines {
+                        response.append_header("Set-Cookie", line.clone())?;
+                    }
+                }
+            }
+            // Chunks this request holds that the new values no longer use; all of them for a
+            // cookie the app deleted.
+            let names = &ctx.config.names;
+            let layout = chunks::with_deleted(renewed.layout(names), names, &deleted);
+            for line in chunk_clears(ctx, session.req_header(), &layout) {
+                response.append_header("Set-Cookie", line)?;
+            }
+            // A response carrying session cookies must never sit in a shared cache.
+            cache_control::keep_private(response)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = answer::failure_status(e);
+        let final_written = session
+            .response_written()
+            .is_some_and(|h| !crate::proxy::status::is_interim(h.status));
+        if code > 0 && !final_written {
+            let more = ctx.renewed.as_deref().map_or_else(Vec::new, |r| {
+                chunk_clears(ctx, session.req_header(), &r.layout(&ctx.config.names))
+            });
+            let answer = Answer::app_failed(code, ctx.renewed.as_deref())
+                .with_cookies(more)
+                .with_request_id(request_id(ctx));
+            if let Err(write_error) = answer.send(session).await {
+                log::debug!("could not send the error answer: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Pingora's error lines name the request: never with its query or raw Host bytes.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        guard::request_summary(session.req_header())
+    }
+
+    /// A browser that goes away mid-answer is not the proxy's error: keep it out of the error
+    /// log (the per-request debug line still records it).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        *error.esource() == ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+            )
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        downstream::next_request(
+            session,
+            ctx.config.header_timeout,
+            Duration::from_secs(ctx.config.keepalive_secs),
+        );
+        let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        let app_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
+        let decision = decision(ctx.outcome, status, app_failed);
+        self.metrics.request(decision);
+        if let Some(format) = ctx.config.access_log {
+            let req = session.req_header();
+            let client = ctx.caller.as_ref().and_then(|c| c.peer).map(|peer| {
+                let sent = req.headers.get_all("x-forwarded-for");
+                client_address(sent.iter(), &ctx.config.trusted_proxies, peer)
+            });
+            AccessEntry {
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                decision: decision.as_str(),
+                total: ctx.started.map_or(Duration::ZERO, |t| t.elapsed()),
+                auth_api: ctx.auth_wait,
+                session: ctx.session.map(|k| k.short()),
+                client,
+                request_id: request_id(ctx).and_then(|id| id.to_str().ok()),
+            }
+            .write(format);
+        }
+    }
+}

@@ -1,0 +1,716 @@
+//! One refresh per session across several proxy instances, through Redis (issue 13).
+//!
+//! Two tiers: the requests of one session on one instance share the in-process flight
+//! ([`crate::refresh::flight`]); only that flight's leader talks to Redis, through [`SharedStore::coordinate`]:
+//!
+//! 1. one script reads the session's tombstone and kept result and, when there is neither, takes
+//!    the lock (`SET NX PX` with a random token);
+//! 2. the winner calls the auth API while a task renews its lease (`PEXPIRE` if the token is
+//!    still ours) every third of it, so the lease never runs out under a slow call; then it
+//!    stores the sealed result for the grace window and deletes the lock (compare-and-delete,
+//!    in the same script);
+//! 3. the others poll the same script with a growing delay (2 ms doubling to 50 ms): they get
+//!    the result as soon as it is stored, or take the lock themselves when it vanished without
+//!    one (the winner failed or died).
+//!
+//! Every command has `refresh.redis.timeout_ms`; an error, a timeout or a value that does not
+//! open makes the flight go on as in one process (the auth API call of this instance), counted
+//! and logged at most every 10 s. The connection (a `ConnectionManager`, which reconnects by
+//! itself) lives on a runtime of its own, on a dedicated thread, so no request runtime going
+//! idle or busy can stall it.
+
+pub mod seal;
+pub mod settings;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus::{IntCounter, Registry};
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::ops::throttle::Throttle;
+use crate::refresh::auth_api::AuthApiError;
+use crate::refresh::flight::{Landing, SessionEnded, SessionKey};
+use crate::refresh::renew::{RefreshError, RenewedSession};
+use seal::{Seal, SessionKeys, hex, unhex};
+pub use settings::{SharedStoreSettings, StoreKind};
+
+/// Reads the tombstone and the kept result, else takes the lock.
+/// KEYS: ended, result, lock. ARGV: token, lease ms.
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'E' end
+local r = redis.call('GET', KEYS[2])
+if r then return 'R' .. r end
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'W' end
+return 'L'
+";
+
+/// Extends the lease if it is still ours. KEYS: lock. ARGV: token, lease ms.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Compare-and-delete. KEYS: lock. ARGV: token.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Releases the lock and stores the result, unless the session was ended meanwhile.
+/// KEYS: ended, result, lock, next. ARGV: token, value, ms, next (hex or '').
+const STORE: &str = r"
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'E' end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3]) end
+return 'S'
+";
+
+/// Ends one session if Redis knows anything of it; returns its chain links.
+/// KEYS: ended, result, next, origin, lock. ARGV: ms.
+const END: &str = r"
+local n = redis.call('GET', KEYS[3])
+local o = redis.call('GET', KEYS[4])
+local known = n or o or redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[5]) == 1
+if known then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+end
+return {n or '', o or ''}
+";
+
+/// Longest chain ended across instances at once.
+const MAX_CHAIN: usize = 16;
+const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// The cross-instance counters, registered in the proxy's registry.
+pub struct StoreMetrics {
+    pub errors: IntCounter,
+    pub fallbacks: IntCounter,
+    pub waits: IntCounter,
+    pub contention: IntCounter,
+    pub lease_renewals: IntCounter,
+    pub shared_hits: IntCounter,
+    pub ended: IntCounter,
+}
+
+impl StoreMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        StoreMetrics {
+            errors: counter(
+                "shared_store_errors_total",
+                "Redis commands that failed, timed out or answered something unusable",
+            ),
+            fallbacks: counter(
+                "shared_store_fallbacks_total",
+                "Refreshes that went on without sharing because Redis failed",
+            ),
+            waits: counter(
+                "shared_store_waits_total",
+                "Refreshes that waited for another instance holding the session's lock",
+            ),
+            contention: counter(
+                "shared_store_lock_contention_total",
+                "Lock attempts that found the session's lock held by another instance",
+            ),
+            lease_renewals: counter(
+                "shared_store_lease_renewals_total",
+                "Lock leases extended while an auth API call ran",
+            ),
+            shared_hits: counter(
+                "shared_store_results_total",
+                "Refreshes answered with a result another instance stored (no auth API call here)",
+            ),
+            ended: counter(
+                "shared_store_ended_total",
+                "Sessions found ended (logout or rejection) on another instance",
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum StoreError {
+    Redis(redis::RedisError),
+    Timeout,
+    Garbage(&'static str),
+    Lost,
+    Unstarted,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The kind and the category only: never the server's text, which may hold a key.
+            StoreError::Redis(e) => write!(f, "Redis error ({:?})", e.kind()),
+            StoreError::Timeout => f.write_str("Redis command timed out"),
+            StoreError::Garbage(what) => write!(f, "unusable answer from Redis: {what}"),
+            StoreError::Lost => f.write_str("the Redis task ended without an answer"),
+            StoreError::Unstarted => f.write_str("the Redis client could not start"),
+        }
+    }
+}
+
+enum Acquired {
+    Ended,
+    Result(Vec<u8>),
+    Won,
+    Locked,
+}
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    store: Script,
+    end: Script,
+}
+
+/// One session's refresh, as the in-process flight's leader hands it over.
+pub struct SharedFlight<'a> {
+    pub key: SessionKey,
+    /// From the running configuration (`SharedStoreSettings::value_key`).
+    pub value_key: &'a [u8; 32],
+    /// The session's auth API cookies, as sent to the auth API.
+    pub api_cookies: &'a str,
+    /// `auth_api.timeout_ms`: the lease outlives it.
+    pub auth_timeout: Duration,
+    pub grace: Duration,
+}
+
+/// The client's runtime (on its own thread) and its connection.
+struct Client {
+    handle: Handle,
+    conn: ConnectionManager,
+}
+
+/// The Redis client on its own runtime, and what the protocol needs.
+pub struct SharedStore {
+    /// Made at first use: after Pingora's daemon fork (`-d`), which keeps no thread.
+    client: OnceLock<Result<Client, String>>,
+    redis: redis::Client,
+    scripts: Arc<Scripts>,
+    settings: SharedStoreSettings,
+    pub metrics: StoreMetrics,
+    error_log: Throttle,
+}
+
+impl SharedStore {
+    /// The store; its runtime thread starts at first use, and connects lazily (and again
+    /// after any failure).
+    pub fn start(settings: SharedStoreSettings, registry: &Registry) -> Result<Arc<Self>, String> {
+        let redis = redis::Client::open(settings.url.as_str())
+            .map_err(|e| format!("refresh.redis.url: {:?}", e.kind()))?;
+        Ok(Arc::new(SharedStore {
+            client: OnceLock::new(),
+            redis,
+            scripts: Arc::new(Scripts {
+                acquire: Script::new(ACQUIRE),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+                store: Script::new(STORE),
+                end: Script::new(END),
+            }),
+            settings,
+            metrics: StoreMetrics::new(registry),
+            error_log: Throttle::new(),
+        }))
+    }
+
+    fn client(&self) -> Result<&Client, StoreError> {
+        self.client
+            .get_or_init(|| self.connect())
+            .as_ref()
+            .map_err(|_| StoreError::Unstarted)
+    }
+
+    fn connect(&self) -> Result<Client, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("etls-redis")
+            .build()
+            .map_err(|e| format!("cannot start the Redis client's runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("etls-redis".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| format!("cannot start the Redis client's thread: {e}"))?;
+        let client = self.redis.clone();
+        let settings = &self.settings;
+        let config = ConnectionManagerConfig::new()
+            // A (TLS) connection may take longer than one command: requests stop waiting at
+            // the command timeout, the connection goes on being made for the next ones.
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_secs(1))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = {
+            let _inside = handle.enter();
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+                log::error!("shared store: Redis client: {:?}", e.kind());
+                format!("Redis client: {:?}", e.kind())
+            })?
+        };
+        Ok(Client { handle, conn })
+    }
+
+    /// The value key of the configuration the store started with.
+    pub fn value_key(&self) -> [u8; 32] {
+        self.settings.value_key
+    }
+
+    pub fn display(&self) -> &str {
+        &self.settings.display
+    }
+
+    /// One `PING`: whether Redis answers now (a warning at start when it does not).
+    pub async fn ping(&self) -> Result<(), String> {
+        self.run(
+            |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    /// Runs one command on the client's runtime, within the timeout.
+    async fn run<T, F, C>(&self, command: C) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = redis::RedisResult<T>> + Send + 'static,
+        C: FnOnce(ConnectionManager) -> F,
+    {
+        let timeout = self.settings.timeout;
+        let client = self.client()?;
+        let command = command(client.conn.clone());
+        let task = client
+            .handle
+            .spawn(async move { tokio::time::timeout(timeout, command).await });
+        // Bounded here too: a stalled client runtime never holds a request.
+        match tokio::time::timeout(timeout + Duration::from_millis(100), task).await {
+            Ok(Ok(Ok(Ok(value)))) => Ok(value),
+            Ok(Ok(Ok(Err(e)))) => Err(StoreError::Redis(e)),
+            Ok(Ok(Err(_))) | Err(_) => Err(StoreError::Timeout),
+            Ok(Err(_)) => Err(StoreError::Lost),
+        }
+    }
+
+    /// Counts the error; one log line every 10 s at most, with how many there were.
+    fn failed(&self, what: &str, error: &StoreError) {
+        self.metrics.errors.inc();
+        if let Some(unlogged) = self.error_log.tick(1) {
+            log::warn!(
+                "shared store {}: {what}: {error} ({unlogged} error(s) since the last line); refreshes go on in this process",
+                self.settings.display
+            );
+        }
+    }
+
+    async fn acquire(
+        &self,
+        keys: &SessionKeys,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Acquired, StoreError> {
+        let scripts = Arc::clone(&self.scripts);
+        let (ended, result, lock) = (keys.ended.clone(), keys.result.clone(), keys.lock.clone());
+        let (token, lease) = (token.to_owned(), millis(lease));
+        let answer: Vec<u8> = self
+            .run(move |mut conn| async move {
+                scripts
+                    .acquire
+                    .key(ended)
+                    .key(result)
+                    .key(lock)
+                    .arg(token)
+                    .arg(lease)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match answer.split_first() {
+            Some((b'E', [])) => Ok(Acquired::Ended),
+            Some((b'W', [])) => Ok(Acquired::Won),
+            Some((b'L', [])) => Ok(Acquired::Locked),
+            Some((b'R', value)) => Ok(Acquired::Result(value.to_vec())),
+            _ => Err(StoreError::Garbage("lock script")),
+        }
+    }
+
+    /// The outcome of a refresh of `key` for the whole fleet: a result another instance stored,
+    /// the logout when another instance ended the session, or `call` (this instance's auth API
+    /// call) run under the session's lock and stored for the others. Redis failing never fails
+    /// it: `call` then runs as in one process.
+    pub async fn coordinate<C>(
+        self: Arc<Self>,
+        flight: SharedFlight<'_>,
+        call: C,
+        next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
+    ) -> Landing<Arc<RenewedSession>, RefreshError>
+    where
+        C: Future<Output = Result<Arc<RenewedSession>, RefreshError>>,
+    {
+        let SharedFlight {
+            key,
+            value_key,
+            api_cookies,
+            auth_timeout,
+            grace,
+        } = flight;
+        let keys = SessionKeys::new(&self.settings.key_prefix, &key);
+        let seal = Seal::new(value_key, api_cookies.as_bytes());
+        let token = hex(&rand::random::<[u8; 16]>());
+        // Outlives the auth API's deadline, and is renewed while the call runs anyway.
+        let lease = auth_timeout + Duration::from_secs(1);
+        let give_up = Instant::now() + lease + auth_timeout;
+        let mut delay = POLL_FIRST;
+        let mut waited = false;
+        loop {
+            match self.acquire(&keys, &token, lease).await {
+                Err(error) => {
+                    self.failed("taking the refresh lock", &error);
+                    self.metrics.fallbacks.inc();
+                    return local(call.await, next);
+                }
+                Ok(Acquired::Ended) => {
+                    self.metrics.ended.inc();
+                    return Landing::Ended(SessionEnded.into());
+                }
+                Ok(Acquired::Result(value)) => match open(&seal, &value, &keys.result) {
+                    Some(renewed) => {
+                        self.metrics.shared_hits.inc();
+                        let next = next(&renewed);
+                        return Landing::Renewed {
+                            value: renewed,
+                            next,
+                        };
+                    }
+                    None => {
+                        self.failed(
+                            "reading a kept result",
+                            &StoreError::Garbage("a value that does not open"),
+                        );
+                        self.metrics.fallbacks.inc();
+                        return local(call.await, next);
+                    }
+                },
+                Ok(Acquired::Won) => {
+                    return self
+                        .lead(key, &keys, &seal, &token, lease, grace, call, next)
+                        .await;
+                }
+                Ok(Acquired::Locked) => {
+                    self.metrics.contention.inc();
+                    if !waited {
+                        waited = true;
+                        self.metrics.waits.inc();
+                    }
+                    if Instant::now() + delay > give_up {
+                        // The holder renews a lease it no longer uses, or clocks disagree:
+                        // bounded, then this instance goes on alone.
+                        self.failed("waiting for another instance", &StoreError::Timeout);
+                        self.metrics.fallbacks.inc();
+                        return local(call.await, next);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(POLL_MAX);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn lead<C>(
+        &self,
+        key: SessionKey,
+        keys: &SessionKeys,
+        seal: &Seal,
+        token: &str,
+        lease: Duration,
+        grace: Duration,
+        call: C,
+        next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
+    ) -> Landing<Arc<RenewedSession>, RefreshError>
+    where
+        C: Future<Output = Result<Arc<RenewedSession>, RefreshError>>,
+    {
+        // Stopped when the call is done, or if this future is dropped first.
+        let renewer = AbortOnDrop(self.renew_lease(keys.lock.clone(), token.to_owned(), lease));
+        let result = call.await;
+        drop(renewer);
+        match result {
+            Ok(renewed) => {
+                let next = next(&renewed);
+                let records = renewed.records();
+                let value = seal.seal(records.iter().map(Vec::as_slice), &keys.result);
+                // Kept at least a second, so the other instances' waiters find it even with
+                // `grace_secs: 0`.
+                let keep = millis(grace.max(Duration::from_secs(1)));
+                match self.store(key, keys, token, value, keep, next).await {
+                    Ok(true) => Landing::Renewed {
+                        value: renewed,
+                        next,
+                    },
+                    // Logged out on another instance while the call ran: these tokens must not
+                    // bring the session back.
+                    Ok(false) => {
+                        self.metrics.ended.inc();
+                        Landing::Ended(SessionEnded.into())
+                    }
+                    Err(error) => {
+                        self.failed("storing a result", &error);
+                        Landing::Renewed {
+                            value: renewed,
+                            next,
+                        }
+                    }
+                }
+            }
+            Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
+                // A rejection ends the session on every instance, as a logout does.
+                // Ended while the lock is still ours, so the script knows the session.
+                self.end_keys(key, grace, lease).await;
+                self.release(keys, token).await;
+                Landing::Ended(error)
+            }
+            Err(error) => {
+                // Not kept: the waiters on other instances find the lock gone and try again.
+                self.release(keys, token).await;
+                Landing::Failed(error)
+            }
+        }
+    }
+
+    /// A task on the client's runtime extending the lease every third of it while the call
+    /// runs; it stops at the first failure (the waiters' bound covers the rest).
+    fn renew_lease(&self, lock: String, token: String, lease: Duration) -> Option<AbortHandle> {
+        let client = self.client().ok()?;
+        let mut conn = client.conn.clone();
+        let scripts = Arc::clone(&self.scripts);
+        let renewals = self.metrics.lease_renewals.clone();
+        let timeout = self.settings.timeout;
+        let task = client.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let mut invocation = scripts.renew.key(&lock);
+                invocation.arg(&token).arg(millis(lease));
+                let renew = invocation.invoke_async::<i64>(&mut conn);
+                match tokio::time::timeout(timeout, renew).await {
+                    Ok(Ok(1)) => renewals.inc(),
+                    _ => break,
+                }
+            }
+        });
+        Some(task.abort_handle())
+    }
+
+    async fn store(
+        &self,
+        key: SessionKey,
+        keys: &SessionKeys,
+        token: &str,
+        value: Vec<u8>,
+        keep_ms: u64,
+        next: Option<SessionKey>,
+    ) -> Result<bool, StoreError> {
+        let scripts = Arc::clone(&self.scripts);
+        let names = [
+            keys.ended.clone(),
+            keys.result.clone(),
+            keys.lock.clone(),
+            keys.next.clone(),
+        ];
+        let next_hex = next.map(|n| hex(n.as_bytes())).unwrap_or_default();
+        let token = token.to_owned();
+        let next_arg = next_hex.clone();
+        let answer: String = self
+            .run(move |mut conn| async move {
+                let mut invocation = scripts.store.prepare_invoke();
+                for name in names {
+                    invocation.key(name);
+                }
+                invocation
+                    .arg(token)
+                    .arg(value)
+                    .arg(keep_ms)
+                    .arg(next_arg)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match answer.as_str() {
+            "S" => {}
+            "E" => return Ok(false),
+            _ => return Err(StoreError::Garbage("store script")),
+        }
+        // The link back, so a logout carrying the renewed cookies finds the old ones (another
+        // hash tag: another slot, so its own command). Sent at once, but nobody waits for its
+        // answer: a logout with the renewed cookies comes a browser round trip later.
+        if let (Some(next), Ok(client)) = (next, self.client()) {
+            let origin = SessionKeys::new(&self.settings.key_prefix, &next).origin;
+            let own = hex(key.as_bytes());
+            let mut conn = client.conn.clone();
+            let (errors, timeout) = (self.metrics.errors.clone(), self.settings.timeout);
+            client.handle.spawn(async move {
+                let mut set = redis::cmd("SET");
+                set.arg(origin).arg(own).arg("PX").arg(keep_ms);
+                let set = set.query_async::<()>(&mut conn);
+                if !matches!(tokio::time::timeout(timeout, set).await, Ok(Ok(()))) {
+                    errors.inc();
+                }
+            });
+        }
+        Ok(true)
+    }
+
+    async fn release(&self, keys: &SessionKeys, token: &str) {
+        let scripts = Arc::clone(&self.scripts);
+        let (lock, token) = (keys.lock.clone(), token.to_owned());
+        let released: Result<i64, _> = self
+            .run(move |mut conn| async move {
+                scripts
+                    .release
+                    .key(lock)
+                    .arg(token)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await;
+        if let Err(error) = released {
+            // The lease expires by itself.
+            self.failed("releasing the refresh lock", &error);
+        }
+    }
+
+    /// Ends `key`'s session on every instance (logout): a tombstone for the grace window for
+    /// it and every session chained to it in Redis. Errors are counted; the logout goes on.
+    pub async fn end(&self, key: SessionKey, grace: Duration, auth_timeout: Duration) {
+        self.end_keys(key, grace, auth_timeout + Duration::from_secs(1))
+            .await;
+    }
+
+    /// The tombstones outlive the grace window and any `lease` still running, so a refresh
+    /// landing after the logout always finds them and stores nothing.
+    async fn end_keys(&self, first: SessionKey, grace: Duration, lease: Duration) {
+        let keep = millis(grace.max(lease));
+        let mut chain = vec![first];
+        let mut at = 0;
+        while at < chain.len() {
+            let keys = SessionKeys::new(&self.settings.key_prefix, &chain[at]);
+            at += 1;
+            let scripts = Arc::clone(&self.scripts);
+            let names = [keys.ended, keys.result, keys.next, keys.origin, keys.lock];
+            let links: Result<Vec<Vec<u8>>, _> = self
+                .run(move |mut conn| async move {
+                    let mut invocation = scripts.end.prepare_invoke();
+                    for name in names {
+                        invocation.key(name);
+                    }
+                    invocation.arg(keep).invoke_async(&mut conn).await
+                })
+                .await;
+            let links = match links {
+                Ok(links) => links,
+                Err(error) => {
+                    self.failed("ending a session", &error);
+                    return;
+                }
+            };
+            for link in links.iter().filter(|l| !l.is_empty()) {
+                match unhex(link).map(SessionKey::from_bytes) {
+                    Some(k) if !chain.contains(&k) && chain.len() < MAX_CHAIN => chain.push(k),
+                    Some(_) => {}
+                    None => self.failed("ending a session", &StoreError::Garbage("chain link")),
+                }
+            }
+        }
+    }
+
+    /// Whether another instance ended the session (checked on a grace hit kept in this
+    /// process); `None` when Redis cannot say (the kept result then serves, as in one process).
+    pub async fn is_ended(&self, key: SessionKey) -> Option<bool> {
+        let ended = SessionKeys::new(&self.settings.key_prefix, &key).ended;
+        match self
+            .run(move |mut conn| async move {
+                redis::cmd("EXISTS")
+                    .arg(ended)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await
+        {
+            Ok(n) => {
+                if n > 0 {
+                    self.metrics.ended.inc();
+                }
+                Some(n > 0)
+            }
+            Err(error) => {
+                self.failed("checking a kept result", &error);
+                None
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn open(seal: &Seal, value: &[u8], aad: &str) -> Option<Arc<RenewedSession>> {
+    let records = seal.open(value, aad).ok()?;
+    RenewedSession::from_records(&records).ok().map(Arc::new)
+}
+
+/// As the in-process flight lands a result: a success kept and chained, a rejection ending the
+/// session, anything else for the next request to try again.
+pub fn local(
+    result: Result<Arc<RenewedSession>, RefreshError>,
+    next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
+) -> Landing<Arc<RenewedSession>, RefreshError> {
+    crate::refresh::renew::land(result, next)
+}
+
+/// Says at start whether Redis answers (a warning when it does not: sharing begins once it
+/// does). A Pingora background service, so it runs after the daemon fork, as the client does.
+pub struct StartProbe(pub Arc<SharedStore>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for StartProbe {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        match self.0.ping().await {
+            Ok(()) => log::info!("refresh results shared through {}", self.0.display()),
+            Err(e) => log::warn!(
+                "refresh.redis: {} does not answer ({e}); refreshes stay in this process until it does",
+                self.0.display()
+            ),
+        }
+    }
+}
