@@ -24,6 +24,16 @@ struct Cli {
     /// Pingora's work stealing; off to match etls-proxy's default server settings.
     #[arg(long)]
     work_stealing: bool,
+    /// An HTTPS listener (HTTP/2 by ALPN, as etls-proxy's) beside the plain one, for the TLS
+    /// scenarios of `make bench`; needs --tls-cert and --tls-key.
+    #[arg(long)]
+    tls_listen: Option<String>,
+    /// PEM certificate chain of --tls-listen.
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-listen.
+    #[arg(long)]
+    tls_key: Option<String>,
 }
 
 struct PassThrough {
@@ -64,6 +74,22 @@ fn main() {
         },
     );
     service.add_tcp(&cli.listen);
+    if let Some(addr) = &cli.tls_listen {
+        let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) else {
+            eprintln!("etls-floor: --tls-listen needs --tls-cert and --tls-key");
+            std::process::exit(2);
+        };
+        // The same settings as etls-proxy's TLS listeners (src/main.rs).
+        let mut tls = match pingora::listeners::tls::TlsSettings::intermediate(cert, key) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("etls-floor: --tls-cert / --tls-key: {e}");
+                std::process::exit(2);
+            }
+        };
+        tls.enable_h2();
+        service.add_tls_with_settings(addr, None, tls);
+    }
     server.add_service(service);
     server.run_forever();
 }
