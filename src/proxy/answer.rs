@@ -187,7 +187,7 @@ impl<'a> Answer<'a> {
         // An answer carrying session cookies says `private` too, as the app's answers get it.
         let cache = match self.set_cookie[..] {
             [] => "no-store",
-            _ => crate::proxy::cache_control::PRIVATE,
+            _ => crate::session::cache_control::PRIVATE,
         };
         h.insert_header("Cache-Control", cache)?;
         if let Some(location) = &self.location {

@@ -16,9 +16,6 @@
 //! Time checks take an injected `now`, so `exp`, `nbf`, leeway and refresh-ahead behave the same
 //! way in tests and in production.
 
-use std::borrow::Cow;
-use std::cell::RefCell;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -27,23 +24,20 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-use crate::session::verified::{self, KeySetId, Verified};
+use crate::session::verified::KeySetId;
+
+mod claims;
+mod mint;
+mod verify;
 
 /// Larger values are refused before any decoding: browsers cap a cookie near 4 KiB.
 pub const MAX_TOKEN_BYTES: usize = 8192;
-/// Decoded header and payload must fit these stack buffers (base64 is 4 chars per 3 bytes).
-const MAX_HEADER_BYTES: usize = 512;
-const MAX_PAYLOAD_BYTES: usize = MAX_TOKEN_BYTES / 4 * 3;
-
-/// JWT claims defined by RFC 7519 §4.1; everything else is the session's own and is carried over
-/// on refresh.
-const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
-/// Claims of the proxy's own that describe one token, never carried into the next one.
-const PER_TOKEN_CLAIMS: [&str; 2] = ["sid", "typ"];
 
 /// The `typ` header of each kind of token the proxy mints (RFC 8725 §3.11).
 pub const TYP_ACCESS: &str = "etls-access+jwt";
+
 pub const TYP_REFRESH: &str = "etls-refresh+jwt";
+
 pub const TYP_USER: &str = "etls-user+jwt";
 
 /// Bytes of the `sid` claim's keyed hash (HMAC-SHA256 truncated to 128 bits, as RFC 4868 does),
@@ -106,119 +100,6 @@ impl KeySet {
     fn signing(&self) -> &HmacKey {
         &self.keys[0]
     }
-
-    /// Checks structure, `alg`, `kid`, signature and `typ` (against `typ`, the kind expected), and
-    /// decodes the payload into `buf`; also says which key verified it. Only configured keys are
-    /// ever tried: a `kid` naming none of them is a bad signature.
-    fn verify<'b>(
-        &self,
-        token: &[u8],
-        typ: &str,
-        buf: &'b mut [u8; MAX_PAYLOAD_BYTES],
-    ) -> Result<(usize, &'b [u8]), TokenFault> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenFault::TooLarge);
-        }
-        let mut parts = token.split(|b| *b == b'.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenFault::Malformed);
-        };
-        let mut header_buf = [0u8; MAX_HEADER_BYTES];
-        let header = decode_segment(header, &mut header_buf)?;
-        let JwtHeader {
-            alg,
-            kid,
-            typ: token_typ,
-        } = serde_json::from_slice(header).map_err(|_| TokenFault::Malformed)?;
-        if alg != "HS256" {
-            return Err(TokenFault::Signature);
-        }
-        let mut sig_buf = [0u8; 48];
-        let signature =
-            decode_segment(signature, &mut sig_buf).map_err(|_| TokenFault::Signature)?;
-        let message = &token[..token.len() - signature_len(token)];
-        let signed_by = |key: &HmacKey| {
-            let mut mac = key.mac.clone();
-            mac.update(message);
-            mac.verify_slice(signature).is_ok()
-        };
-        let valid = match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .position(|k| k.kid == *kid)
-                .filter(|i| signed_by(&self.keys[*i])),
-            None => self.keys.iter().position(signed_by),
-        };
-        let Some(index) = valid else {
-            return Err(TokenFault::Signature);
-        };
-        if !typ_allows(token_typ.as_deref(), typ) {
-            return Err(TokenFault::Type);
-        }
-        Ok((index, decode_segment(payload, buf)?))
-    }
-}
-
-/// `{"alg": "...", "kid": "...", "typ": "..."}`; other header fields do not change how HS256
-/// verifies. `kid` and `typ` are borrowed from the decoded header; only one written with JSON
-/// escapes (never ours: they are base64url or plain ASCII) is unescaped into a `String`, so it
-/// reads as it does for jsonwebtoken.
-#[derive(Deserialize)]
-struct JwtHeader<'a> {
-    #[serde(borrow)]
-    alg: &'a str,
-    #[serde(borrow, default, deserialize_with = "borrowed_kid")]
-    kid: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "borrowed_kid")]
-    typ: Option<Cow<'a, str>>,
-}
-
-/// Whether a token whose header says `typ` may be taken as the kind `expected`: untyped tokens
-/// (no `typ`, or the generic `JWT` that most libraries write, jsonwebtoken's `Header::new`
-/// included) pass, as the old routes' do; a `typ` naming another kind does not. Media type names
-/// are case-insensitive and may carry the `application/` prefix (RFC 7515 §4.1.9).
-fn typ_allows(typ: Option<&str>, expected: &str) -> bool {
-    let Some(typ) = typ else {
-        return true;
-    };
-    let typ = match typ.get(..12) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
-        _ => typ,
-    };
-    typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case(expected)
-}
-
-/// `Option<Cow<str>>` borrowing when it can (serde's own `Cow` impl always allocates).
-fn borrowed_kid<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Cow<'a, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Kid<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Kid<'a>>::deserialize(deserializer)?.map(|Kid(kid)| kid))
-}
-
-/// Length of `.signature` at the end of a three-segment token.
-fn signature_len(token: &[u8]) -> usize {
-    token
-        .iter()
-        .rev()
-        .position(|b| *b == b'.')
-        .map_or(0, |p| p + 1)
-}
-
-/// Strict base64url without padding (non-canonical trailing bits are refused, so a signature has
-/// exactly one encoding).
-fn decode_segment<'b>(segment: &[u8], buf: &'b mut [u8]) -> Result<&'b [u8], TokenFault> {
-    if segment.is_empty() || segment.len() / 4 * 3 > buf.len() {
-        return Err(TokenFault::Malformed);
-    }
-    let n = URL_SAFE_NO_PAD
-        .decode_slice(segment, buf)
-        .map_err(|_| TokenFault::Malformed)?;
-    Ok(&buf[..n])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,41 +224,6 @@ impl BindingKey {
     }
 }
 
-/// `sid` as we write it: exactly [`SID_BYTES`] in base64url; anything else is not ours.
-fn decode_sid(sid: &str) -> Result<[u8; SID_BYTES], TokenFault> {
-    let mut buf = [0u8; 24];
-    match decode_segment(sid.as_bytes(), &mut buf) {
-        Ok(bytes) if bytes.len() == SID_BYTES && sid.len() == 22 => {
-            let mut out = [0u8; SID_BYTES];
-            out.copy_from_slice(bytes);
-            Ok(out)
-        }
-        _ => Err(TokenFault::Claims),
-    }
-}
-
-/// What a verified token says that does not change with the clock, as this thread remembers it.
-#[derive(Clone, Copy)]
-struct Checked {
-    /// Index of the key that verified it.
-    key: usize,
-    exp: u64,
-    nbf: Option<u64>,
-    sid: Sid,
-}
-
-/// A refresh token's `sid` claim, decoded (an access token's is never read).
-#[derive(Clone, Copy)]
-enum Sid {
-    Absent,
-    Valid([u8; SID_BYTES]),
-    Invalid(TokenFault),
-}
-
-thread_local! {
-    static VERIFIED: RefCell<Verified<Checked>> = RefCell::new(Verified::default());
-}
-
 /// What to do with a refresh token without `sid` (`tokens.unbound_refresh`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UnboundRefresh {
@@ -408,106 +254,6 @@ pub enum TokenFault {
 #[error("could not sign a token: {0}")]
 pub struct MintError(String);
 
-/// `exp` and `nbf` read loosely, so a wrongly typed claim is reported as such, and, for refresh
-/// tokens (`SID`), `sid` borrowed from the payload. Only a JSON object is accepted (a derived
-/// struct would also take an array), and the other claims are skipped without being stored.
-struct TimeFields<'a> {
-    exp: Option<Value>,
-    nbf: Option<Value>,
-    sid: Option<&'a str>,
-}
-
-/// Reads [`TimeFields`] from a payload; `sid` only when `SID`, so an access token's claims are
-/// read exactly as before.
-fn read_fields<const SID: bool>(payload: &[u8]) -> Result<TimeFields<'_>, TokenFault> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    let fields = FieldsSeed::<SID>
-        .deserialize(&mut de)
-        .map_err(|_| TokenFault::Claims)?;
-    de.end().map_err(|_| TokenFault::Claims)?;
-    Ok(fields)
-}
-
-struct FieldsSeed<const SID: bool>;
-
-impl<'de, const SID: bool> serde::de::DeserializeSeed<'de> for FieldsSeed<SID> {
-    type Value = TimeFields<'de>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(field_identifier, rename_all = "lowercase")]
-        enum Field {
-            Exp,
-            Nbf,
-            Sid,
-            #[serde(other)]
-            Other,
-        }
-
-        struct ClaimsVisitor<const SID: bool>;
-
-        impl<'de, const SID: bool> serde::de::Visitor<'de> for ClaimsVisitor<SID> {
-            type Value = TimeFields<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object of claims")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<TimeFields<'de>, A::Error> {
-                let mut fields = TimeFields {
-                    exp: None,
-                    nbf: None,
-                    sid: None,
-                };
-                while let Some(field) = map.next_key::<Field>()? {
-                    match field {
-                        // A claim given twice is ambiguous: refused, as jsonwebtoken does.
-                        Field::Exp if fields.exp.is_some() => {
-                            return Err(serde::de::Error::duplicate_field("exp"));
-                        }
-                        Field::Nbf if fields.nbf.is_some() => {
-                            return Err(serde::de::Error::duplicate_field("nbf"));
-                        }
-                        Field::Sid if SID && fields.sid.is_some() => {
-                            return Err(serde::de::Error::duplicate_field("sid"));
-                        }
-                        Field::Exp => fields.exp = Some(map.next_value()?),
-                        Field::Nbf => fields.nbf = Some(map.next_value()?),
-                        // Borrowed: ours is base64url, never escaped; an escaped one is refused.
-                        Field::Sid if SID => fields.sid = Some(map.next_value()?),
-                        Field::Sid | Field::Other => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(fields)
-            }
-        }
-
-        deserializer.deserialize_map(ClaimsVisitor::<SID>)
-    }
-}
-
-/// `exp` must be a positive integer; `nbf`, when present, too.
-fn time_claims(exp: Option<&Value>, nbf: Option<&Value>) -> Result<(u64, Option<u64>), TokenFault> {
-    let exp = exp
-        .and_then(Value::as_u64)
-        .filter(|e| *e > 0)
-        .ok_or(TokenFault::Claims)?;
-    let nbf = match nbf {
-        None => None,
-        Some(v) => Some(v.as_u64().ok_or(TokenFault::Claims)?),
-    };
-    Ok((exp, nbf))
-}
-
 impl TokenKeys {
     pub fn new(access_secret: &[u8], refresh_secret: &[u8], times: TokenTimes) -> Self {
         TokenKeys::rotating(&[access_secret], &[refresh_secret], times)
@@ -524,40 +270,6 @@ impl TokenKeys {
         }
     }
 
-    pub fn check_access(&self, token: &[u8], now: u64) -> AccessState {
-        let checked = verified::with(&VERIFIED, |memory| {
-            self.checked::<false>(memory, &self.access, TYP_ACCESS, token)
-        });
-        match checked.and_then(|c| self.remaining(&c, now)) {
-            Err(fault) => AccessState::Invalid(fault),
-            Ok(0) => AccessState::Expired,
-            Ok(left) if left <= self.times.refresh_ahead_secs => AccessState::Due,
-            Ok(_) => AccessState::Fresh,
-        }
-    }
-
-    pub fn check_refresh(&self, token: &[u8], now: u64) -> RefreshState {
-        let checked = verified::with(&VERIFIED, |memory| {
-            self.checked::<true>(memory, &self.refresh, TYP_REFRESH, token)
-        });
-        let checked = match checked {
-            Ok(c) => c,
-            Err(fault) => return RefreshState::Invalid(fault),
-        };
-        match self.remaining(&checked, now) {
-            Err(fault) => RefreshState::Invalid(fault),
-            Ok(0) => RefreshState::Expired,
-            Ok(_) => match checked.sid {
-                Sid::Absent => RefreshState::Valid(Binding::Unbound),
-                Sid::Valid(sid) => RefreshState::Valid(Binding::Bound {
-                    key: checked.key,
-                    sid,
-                }),
-                Sid::Invalid(fault) => RefreshState::Invalid(fault),
-            },
-        }
-    }
-
     /// Whether a refresh token's binding names the auth API session `api_cookies` (the string
     /// sent to the auth API). Compared in constant time; an unbound token names none.
     pub fn bound_to(&self, binding: Binding, api_cookies: &str) -> bool {
@@ -569,118 +281,6 @@ impl TokenKeys {
                 .is_some_and(|b| b.matches(api_cookies, &sid)),
         }
     }
-
-    /// The session claims of a refresh token `check_refresh` found valid, to carry into the new
-    /// tokens.
-    pub fn refresh_claims(&self, token: &[u8]) -> Result<Claims, TokenFault> {
-        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
-        let (_, payload) = self.refresh.verify(token, TYP_REFRESH, &mut buf)?;
-        serde_json::from_slice::<Claims>(payload)
-            .map(session_claims)
-            .map_err(|_| TokenFault::Claims)
-    }
-
-    /// Verifies `token` with `set` as a token of kind `typ` and reads what does not change with
-    /// the clock: the index of the key that verified it, its time claims and (`SID`) its `sid`.
-    /// This thread remembers tokens that verified, so the same token again costs a comparison.
-    fn checked<const SID: bool>(
-        &self,
-        memory: &mut Verified<Checked>,
-        set: &KeySet,
-        typ: &str,
-        token: &[u8],
-    ) -> Result<Checked, TokenFault> {
-        if let Some(known) = memory.get(set.id, token) {
-            return Ok(known);
-        }
-        let mut buf = [0u8; MAX_PAYLOAD_BYTES];
-        let (key, payload) = set.verify(token, typ, &mut buf)?;
-        let fields = read_fields::<SID>(payload)?;
-        let (exp, nbf) = time_claims(fields.exp.as_ref(), fields.nbf.as_ref())?;
-        let sid = match fields.sid.map(decode_sid) {
-            None => Sid::Absent,
-            Some(Ok(sid)) => Sid::Valid(sid),
-            Some(Err(fault)) => Sid::Invalid(fault),
-        };
-        let checked = Checked { key, exp, nbf, sid };
-        memory.put(set.id, token, checked);
-        Ok(checked)
-    }
-
-    /// Seconds of validity left (0: expired), leeway included.
-    fn remaining(&self, checked: &Checked, now: u64) -> Result<u64, TokenFault> {
-        let leeway = self.times.leeway_secs;
-        if checked
-            .nbf
-            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
-        {
-            return Err(TokenFault::Claims);
-        }
-        Ok(checked.exp.saturating_add(leeway).saturating_sub(now))
-    }
-
-    pub fn mint_access(&self, claims: &Claims, now: u64) -> Result<String, MintError> {
-        self.mint(
-            claims,
-            now.saturating_add(self.times.access_ttl_secs),
-            self.access.signing(),
-            TYP_ACCESS,
-        )
-    }
-
-    /// A refresh token bound to the auth API session `api_cookies` (the string the next refresh
-    /// will send the auth API): its `sid` is that string's keyed hash under the first secret's
-    /// binding key, never the cookies themselves.
-    pub fn mint_refresh(
-        &self,
-        claims: &Claims,
-        api_cookies: &str,
-        now: u64,
-    ) -> Result<String, MintError> {
-        let mut claims = claims.clone();
-        claims.insert("sid".into(), Value::from(self.bindings[0].sid(api_cookies)));
-        self.mint(
-            &claims,
-            now.saturating_add(self.times.refresh_ttl_secs),
-            self.refresh.signing(),
-            TYP_REFRESH,
-        )
-    }
-
-    /// Seed 002's user token: the auth API's `userData` fields, signed with the access secret and
-    /// the access lifetime, typed so it never passes as an access token.
-    pub fn mint_user(&self, user: &Claims, now: u64) -> Result<String, MintError> {
-        self.mint(
-            user,
-            now.saturating_add(self.times.access_ttl_secs),
-            self.access.signing(),
-            TYP_USER,
-        )
-    }
-
-    fn mint(
-        &self,
-        claims: &Claims,
-        exp: u64,
-        key: &HmacKey,
-        typ: &str,
-    ) -> Result<String, MintError> {
-        let mut body = claims.clone();
-        body.insert("exp".into(), Value::from(exp));
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(key.kid.clone());
-        header.typ = Some(typ.to_owned());
-        jsonwebtoken::encode(&header, &body, &key.encoding).map_err(|e| MintError(e.to_string()))
-    }
-}
-
-/// The claims a refreshed token carries over: all but the registered ones, which are re-issued,
-/// and the per-token ones (`sid`, `typ`), which describe the old token only.
-fn session_claims(mut claims: Claims) -> Claims {
-    claims.retain(|k, _| {
-        !REGISTERED_CLAIMS.contains(&k.as_str()) && !PER_TOKEN_CLAIMS.contains(&k.as_str())
-    });
-    claims
 }
 
 #[cfg(test)]

@@ -7,22 +7,18 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error as PingoraError, ErrorType};
-use serde_json::Value;
 
-use crate::session::cookies::is_cookie_octets;
 use crate::session::tokens::Claims;
+
+mod answer;
+mod client;
+
+pub use answer::read_answer;
+pub use client::AuthApiClient;
 
 /// Longer answers are refused: three tokens and a user record fit in far less.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// Below Node's default `keepAliveTimeout` (5 s), so the pool never hands out a connection
-/// the auth API is about to close.
-const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Where and how to call the auth API; built once from the config.
 #[derive(Debug, Clone)]
@@ -47,24 +43,6 @@ pub struct ApiEndpoint {
     pub peer: HttpPeer,
     pub authority: String,
     pub path_and_query: String,
-}
-
-/// Where one call goes.
-#[derive(Clone, Copy)]
-struct Target<'a> {
-    peer: &'a HttpPeer,
-    authority: &'a str,
-    path_and_query: &'a str,
-}
-
-impl AuthApiSettings {
-    fn refresh_target(&self) -> Target<'_> {
-        Target {
-            peer: &self.peer,
-            authority: &self.authority,
-            path_and_query: &self.path_and_query,
-        }
-    }
 }
 
 /// JSON field names of the answer (seed 000 uses `newAccessToken`, `newRefreshToken`, `newEtlsUser`).
@@ -115,249 +93,11 @@ pub enum AuthApiError {
     BadAnswer(String),
 }
 
-/// Pooled client; one per process, shared by every refresh.
-pub struct AuthApiClient {
-    connector: Connector,
-}
-
-impl Default for AuthApiClient {
-    fn default() -> Self {
-        AuthApiClient {
-            connector: Connector::new(None),
-        }
-    }
-}
-
-impl AuthApiClient {
-    /// One refresh round trip, bounded by `settings.timeout` from start to last body byte.
-    pub async fn refresh(
-        &self,
-        settings: &AuthApiSettings,
-        cookie_header: &str,
-    ) -> Result<ApiTokens, AuthApiError> {
-        let read = |status: u16, content_type: Option<&[u8]>, body: &[u8]| {
-            read_answer(status, content_type, body, &settings.fields)
-        };
-        self.call(settings, settings.refresh_target(), cookie_header, read)
-            .await
-    }
-
-    /// The backend logout: `POST logout_url` with the session's cookies, as the refresh is
-    /// sent, bounded by the same deadline. Any 2xx is `Ok`, whatever its body; `Ok` too when no
-    /// `logout_url` is configured.
-    pub async fn logout(
-        &self,
-        settings: &AuthApiSettings,
-        cookie_header: &str,
-    ) -> Result<(), AuthApiError> {
-        let Some(endpoint) = &settings.logout else {
-            return Ok(());
-        };
-        let target = Target {
-            peer: &endpoint.peer,
-            authority: &endpoint.authority,
-            path_and_query: &endpoint.path_and_query,
-        };
-        self.call(settings, target, cookie_header, read_logout_answer)
-            .await
-    }
-
-    async fn call<R>(
-        &self,
-        settings: &AuthApiSettings,
-        target: Target<'_>,
-        cookie_header: &str,
-        read: impl Fn(u16, Option<&[u8]>, &[u8]) -> Result<R, AuthApiError>,
-    ) -> Result<R, AuthApiError> {
-        let deadline = settings.timeout;
-        let attempt = async {
-            match self.exchange(settings, target, cookie_header, &read).await {
-                // A pooled connection the server had closed: the request never got through
-                // whole, so it cannot have been processed; one fresh try.
-                Err((Failure::Io(_), true)) => {
-                    self.exchange(settings, target, cookie_header, &read).await
-                }
-                other => other,
-            }
-        };
-        match tokio::time::timeout(deadline, attempt).await {
-            Err(_) => Err(AuthApiError::Timeout(deadline)),
-            Ok(Ok(answer)) => answer,
-            Ok(Err((failure, _))) => Err(failure.into_error(deadline)),
-        }
-    }
-
-    /// `Ok` holds the reading of a complete answer; `Err` a transport failure and whether it is
-    /// safe to try again: only when writing to a pooled connection failed. Once the request is
-    /// written, the auth API may have rotated the token, and a second call would replay it.
-    async fn exchange<R>(
-        &self,
-        settings: &AuthApiSettings,
-        target: Target<'_>,
-        cookie_header: &str,
-        read: &impl Fn(u16, Option<&[u8]>, &[u8]) -> Result<R, AuthApiError>,
-    ) -> Result<Result<R, AuthApiError>, (Failure, bool)> {
-        let (mut http, reused) = self
-            .connector
-            .get_http_session(target.peer)
-            .await
-            .map_err(|e| (Failure::from(e), false))?;
-        http.set_read_timeout(Some(settings.timeout));
-        http.set_write_timeout(Some(settings.timeout));
-        let request = build_request(target, cookie_header)
-            .map_err(|e| (Failure::Internal(e.to_string()), false))?;
-        let writing = |e: Box<PingoraError>| (Failure::from(e), reused);
-        http.write_request_header(Box::new(request))
-            .await
-            .map_err(writing)?;
-        http.write_request_body(Bytes::from_static(b"{}"), true)
-            .await
-            .map_err(writing)?;
-        http.finish_request_body().await.map_err(writing)?;
-        let reading = |e: Box<PingoraError>| (Failure::from(e), false);
-        http.read_response_header().await.map_err(reading)?;
-        let (status, content_type) = match http.response_header() {
-            Some(h) => (
-                h.status.as_u16(),
-                h.headers.get("content-type").map(|v| v.as_bytes().to_vec()),
-            ),
-            None => return Err((Failure::Internal("no response header".into()), reused)),
-        };
-        let mut body = Vec::new();
-        while let Some(chunk) = http.read_response_body().await.map_err(reading)? {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Ok(Err(AuthApiError::BadAnswer(format!(
-                    "answer body over {MAX_ANSWER_BYTES} bytes"
-                ))));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let answer = read(status, content_type.as_deref(), &body);
-        if let HttpSession::H1(h1) = &mut http {
-            h1.respect_keepalive();
-        }
-        self.connector
-            .release_http_session(http, target.peer, Some(POOL_IDLE))
-            .await;
-        Ok(answer)
-    }
-}
-
-fn build_request(target: Target<'_>, cookie_header: &str) -> pingora::Result<RequestHeader> {
-    let mut req = RequestHeader::build("POST", target.path_and_query.as_bytes(), Some(5))?;
-    req.insert_header("Host", target.authority)?;
-    req.insert_header("Content-Type", "application/json")?;
-    req.insert_header("Accept", "application/json")?;
-    req.insert_header("Cookie", cookie_header)?;
-    req.insert_header("Content-Length", "2")?;
-    Ok(req)
-}
-
-/// A backend logout succeeded on any 2xx; its body is not read further.
-fn read_logout_answer(status: u16, _: Option<&[u8]>, _: &[u8]) -> Result<(), AuthApiError> {
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(AuthApiError::BadAnswer(format!("HTTP {status}")))
-    }
-}
-
-enum Failure {
-    Timeout,
-    Io(String),
-    Internal(String),
-}
-
-impl From<Box<PingoraError>> for Failure {
-    fn from(e: Box<PingoraError>) -> Self {
-        match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                Failure::Timeout
-            }
-            other => Failure::Io(other.as_str().to_owned()),
-        }
-    }
-}
-
-impl Failure {
-    fn into_error(self, deadline: Duration) -> AuthApiError {
-        match self {
-            Failure::Timeout => AuthApiError::Timeout(deadline),
-            Failure::Io(what) | Failure::Internal(what) => AuthApiError::Unreachable(what),
-        }
-    }
-}
-
-/// Seed 000's checks, made strict: only a 2xx `application/json` answer with the configured
-/// fields counts; 400/401/403 end the session; everything else is the auth API's failure.
-pub fn read_answer(
-    status: u16,
-    content_type: Option<&[u8]>,
-    body: &[u8],
-    fields: &AuthFields,
-) -> Result<ApiTokens, AuthApiError> {
-    if matches!(status, 400 | 401 | 403) {
-        return Err(AuthApiError::Rejected(status));
-    }
-    let bad = |why: String| Err(AuthApiError::BadAnswer(why));
-    if !(200..300).contains(&status) {
-        return bad(format!("HTTP {status}"));
-    }
-    if !content_type.is_some_and(is_json_media_type) {
-        return bad("content type is not application/json".into());
-    }
-    let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(body) else {
-        return bad("body is not a JSON object".into());
-    };
-    let mut token = |name: &str| -> Result<String, AuthApiError> {
-        match doc.remove(name) {
-            Some(Value::String(s)) if !s.is_empty() => check_cookie_value(name, s),
-            Some(Value::String(_)) => Err(AuthApiError::BadAnswer(format!("`{name}` is empty"))),
-            Some(_) => Err(AuthApiError::BadAnswer(format!("`{name}` is not a string"))),
-            None => Err(AuthApiError::BadAnswer(format!("`{name}` is missing"))),
-        }
-    };
-    let access_token = token(&fields.access_token)?;
-    let refresh_token = token(&fields.refresh_token)?;
-    let user = match &fields.user {
-        None => None,
-        Some(name) => Some(match doc.remove(name) {
-            Some(Value::Object(record)) => UserData::Record(record),
-            Some(Value::String(s)) if !s.is_empty() => {
-                UserData::Token(check_cookie_value(name, s)?)
-            }
-            Some(_) => {
-                return bad(format!(
-                    "`{name}` is neither an object nor a non-empty string"
-                ));
-            }
-            None => return bad(format!("`{name}` is missing")),
-        }),
-    };
-    Ok(ApiTokens {
-        access_token,
-        refresh_token,
-        user,
-    })
-}
-
-fn check_cookie_value(field: &str, value: String) -> Result<String, AuthApiError> {
-    if !is_cookie_octets(value.as_bytes()) {
-        return Err(AuthApiError::BadAnswer(format!(
-            "`{field}` holds characters not allowed in a cookie"
-        )));
-    }
-    Ok(value)
-}
-
-/// `application/json`, any case, parameters allowed.
-fn is_json_media_type(value: &[u8]) -> bool {
-    let media = value.split(|b| *b == b';').next().unwrap_or_default();
-    media.trim_ascii().eq_ignore_ascii_case(b"application/json")
-}
-
 #[cfg(test)]
 mod tests {
+    use pingora::{Error as PingoraError, ErrorType};
+
+    use super::client::*;
     use super::*;
 
     fn fields() -> AuthFields {
