@@ -428,6 +428,37 @@ mod tests {
         serde_json::from_value(json!({"username": "ann"})).unwrap()
     }
 
+    /// What minting borrows: the test kit's keys, the default names and policy, [`send`].
+    struct Fixture {
+        keys: TokenKeys,
+        names: CookieNames,
+        policy: CookiePolicy,
+        send: Vec<String>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                keys: keys(),
+                names: CookieNames::default(),
+                policy: CookiePolicy::default(),
+                send: send(),
+            }
+        }
+
+        fn minting(&self, max_chunks: usize, max_cookie_bytes: usize) -> Minting<'_> {
+            Minting {
+                keys: &self.keys,
+                names: &self.names,
+                policy: &self.policy,
+                send_cookies: &self.send,
+                max_chunks,
+                max_cookie_bytes,
+                other_cookie_bytes: 0,
+            }
+        }
+    }
+
     fn api(user: Option<UserData>) -> ApiTokens {
         ApiTokens {
             access_token: "api-access".into(),
@@ -438,17 +469,8 @@ mod tests {
 
     #[test]
     fn mints_five_cookies_with_a_signed_user_record() {
-        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
-        let send = send();
-        let m = Minting {
-            keys: &k,
-            names: &names,
-            policy: &policy,
-            send_cookies: &send,
-            max_chunks: 8,
-            max_cookie_bytes: 16 * 1024,
-            other_cookie_bytes: 0,
-        };
+        let fixture = Fixture::new();
+        let m = fixture.minting(8, 16 * 1024);
         let record: Claims = serde_json::from_value(json!({"id": 1, "role": "admin"})).unwrap();
         let s = mint_session(
             &m,
@@ -471,7 +493,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            k.check_access(cookies[0].1.as_bytes(), NOW),
+            fixture.keys.check_access(cookies[0].1.as_bytes(), NOW),
             AccessState::Fresh
         );
         assert_eq!(cookies[2].1, "api-access");
@@ -479,7 +501,7 @@ mod tests {
         // etlsUser is an access-key JWT of the record, typed so it never passes as the access
         // token; each minted token carries its kind's typ.
         assert_eq!(
-            k.check_access(cookies[4].1.as_bytes(), NOW),
+            fixture.keys.check_access(cookies[4].1.as_bytes(), NOW),
             AccessState::Invalid(TokenFault::Type)
         );
         let typ = |token: &str| jsonwebtoken::decode_header(token).unwrap().typ;
@@ -488,12 +510,17 @@ mod tests {
         assert_eq!(typ(cookies[4].1).as_deref(), Some(TYP_USER));
         // The new refresh token is bound to the new auth API session (the request's other
         // cookie, the renewed refreshToken), never to the old one, and its sid holds no token.
-        let RefreshState::Valid(binding) = k.check_refresh(cookies[1].1.as_bytes(), NOW) else {
+        let RefreshState::Valid(binding) = fixture.keys.check_refresh(cookies[1].1.as_bytes(), NOW)
+        else {
             panic!("the new refresh token verifies");
         };
-        assert!(k.bound_to(binding, "theme=dark; refreshToken=api-refresh"));
-        assert!(!k.bound_to(binding, OLD_SESSION));
-        assert!(!k.bound_to(binding, "refreshToken=api-refresh"));
+        assert!(
+            fixture
+                .keys
+                .bound_to(binding, "theme=dark; refreshToken=api-refresh")
+        );
+        assert!(!fixture.keys.bound_to(binding, OLD_SESSION));
+        assert!(!fixture.keys.bound_to(binding, "refreshToken=api-refresh"));
         let payload: serde_json::Value = {
             use base64::Engine;
             let part = cookies[1].1.split('.').nth(1).unwrap();
@@ -519,17 +546,8 @@ mod tests {
 
     #[test]
     fn string_user_is_kept_and_no_user_sets_four() {
-        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
-        let send = send();
-        let m = Minting {
-            keys: &k,
-            names: &names,
-            policy: &policy,
-            send_cookies: &send,
-            max_chunks: 8,
-            max_cookie_bytes: 16 * 1024,
-            other_cookie_bytes: 0,
-        };
+        let fixture = Fixture::new();
+        let m = fixture.minting(8, 16 * 1024);
         let s = mint_session(
             &m,
             &claims(),
@@ -546,24 +564,15 @@ mod tests {
 
     #[test]
     fn records_bring_a_chunked_session_back_whole() {
-        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
-        let send = send();
-        let m = Minting {
-            keys: &k,
-            names: &names,
-            policy: &policy,
-            send_cookies: &send,
-            max_chunks: 8,
-            max_cookie_bytes: 32 * 1024,
-            other_cookie_bytes: 0,
-        };
+        let fixture = Fixture::new();
+        let m = fixture.minting(8, 32 * 1024);
         let record: Claims = serde_json::from_value(json!({"blob": "x".repeat(9000)})).unwrap();
         let answer = ApiTokens {
             refresh_token: "r".repeat(4500),
             ..api(Some(UserData::Record(record)))
         };
         let s = mint_session(&m, &claims(), answer, OLD_SESSION, NOW).unwrap();
-        assert!(matches!(s.layout(&names)[4], Layout::Chunks(_)));
+        assert!(matches!(s.layout(&fixture.names)[4], Layout::Chunks(_)));
         let text = |records: Vec<Vec<u8>>| -> Vec<String> {
             records
                 .into_iter()
@@ -638,8 +647,7 @@ mod tests {
 
     #[test]
     fn large_values_are_chunked_within_the_bounds() {
-        let (k, names, policy) = (keys(), CookieNames::default(), CookiePolicy::default());
-        let send = send();
+        let fixture = Fixture::new();
         let record = |n: usize| -> Option<UserData> {
             Some(UserData::Record(
                 serde_json::from_value(json!({"blob": "x".repeat(n)})).unwrap(),
@@ -708,20 +716,12 @@ mod tests {
             ),
         ];
         for (what, answer, max_chunks, max_cookie_bytes, want) in cases {
-            let m = Minting {
-                keys: &k,
-                names: &names,
-                policy: &policy,
-                send_cookies: &send,
-                max_chunks,
-                max_cookie_bytes,
-                other_cookie_bytes: 0,
-            };
+            let m = fixture.minting(max_chunks, max_cookie_bytes);
             let user = answer.user.clone();
             let expect_refresh = answer.refresh_token.clone();
             match (mint_session(&m, &claims(), answer, OLD_SESSION, NOW), want) {
                 (Ok(s), Ok(layout)) => {
-                    let got = s.layout(&names);
+                    let got = s.layout(&fixture.names);
                     assert_eq!(&got[2..], &layout, "{what}");
                     assert_eq!(&got[..2], &[Layout::Plain; 2], "{what}");
                     let values: Vec<(&str, &str)> = s.cookies().collect();

@@ -55,14 +55,19 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 
 const REQUEST: &[u8] = b"GET /favicon.ico HTTP/1.1\r\nHost: app.test\r\n\r\n";
 
+/// A proxy with the settings `extra` in front of a stub app, and one connection to it; the
+/// stubs and the proxy live as long as the caller keeps them.
+async fn connected(extra: &str) -> (Stub, Stub, Proxy, TcpStream) {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth).extra(extra).start().await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    (app, auth, proxy, stream)
+}
+
 #[tokio::test]
 async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .extra("downstream: {keepalive_timeout_secs: 1, header_timeout_secs: 30}")
-        .start()
-        .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (app, _auth, _proxy, mut stream) =
+        connected("downstream: {keepalive_timeout_secs: 1, header_timeout_secs: 30}").await;
     for _ in 0..2 {
         stream.write_all(REQUEST).await.unwrap();
         assert_eq!(read_answer(&mut stream).await, 200);
@@ -77,12 +82,8 @@ async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 /// is still closed once it falls idle.
 #[tokio::test]
 async fn a_busy_connection_outlives_both_timeouts_then_closes_when_idle() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .extra("downstream: {keepalive_timeout_secs: 2, header_timeout_secs: 1}")
-        .start()
-        .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (app, _auth, _proxy, mut stream) =
+        connected("downstream: {keepalive_timeout_secs: 2, header_timeout_secs: 1}").await;
     for _ in 0..8 {
         stream.write_all(REQUEST).await.unwrap();
         assert_eq!(read_answer(&mut stream).await, 200);
@@ -94,12 +95,8 @@ async fn a_busy_connection_outlives_both_timeouts_then_closes_when_idle() {
 
 #[tokio::test]
 async fn keepalive_timeout_zero_closes_after_each_answer() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .extra("downstream: {keepalive_timeout_secs: 0}")
-        .start()
-        .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (_app, _auth, _proxy, mut stream) =
+        connected("downstream: {keepalive_timeout_secs: 0}").await;
     stream.write_all(REQUEST).await.unwrap();
     assert_eq!(read_answer(&mut stream).await, 200);
     assert!(closed_within(&mut stream, Duration::from_secs(15)).await);
@@ -107,12 +104,8 @@ async fn keepalive_timeout_zero_closes_after_each_answer() {
 
 #[tokio::test]
 async fn a_half_sent_second_request_is_closed_after_header_timeout() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .extra("downstream: {keepalive_timeout_secs: 600, header_timeout_secs: 1}")
-        .start()
-        .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (app, _auth, _proxy, mut stream) =
+        connected("downstream: {keepalive_timeout_secs: 600, header_timeout_secs: 1}").await;
     stream.write_all(REQUEST).await.unwrap();
     assert_eq!(read_answer(&mut stream).await, 200);
     stream
@@ -126,12 +119,7 @@ async fn a_half_sent_second_request_is_closed_after_header_timeout() {
 
 #[tokio::test]
 async fn a_dripped_first_header_is_cut_at_header_timeout() {
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .extra("downstream: {header_timeout_secs: 2}")
-        .start()
-        .await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (app, _auth, _proxy, stream) = connected("downstream: {header_timeout_secs: 2}").await;
     let (mut read, mut write) = stream.into_split();
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
@@ -162,12 +150,7 @@ async fn a_dripped_first_header_is_cut_at_header_timeout() {
 async fn a_prompt_header_after_a_slow_request_body_still_passes() {
     // The deadline covers headers only: a request whose body takes longer than the header
     // timeout, then a second request on the same connection, both reach the app.
-    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .extra("downstream: {header_timeout_secs: 1}")
-        .start()
-        .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (app, _auth, _proxy, mut stream) = connected("downstream: {header_timeout_secs: 1}").await;
     stream
         .write_all(
             b"POST /_next/static/upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\nab",
