@@ -167,10 +167,9 @@ fn the_request_guards_allocate_nothing() {
     ] {
         req.append_header(name, value).unwrap();
     }
-    let mut check = || {
+    let check = || {
         let host = guard::check_host(&req).unwrap();
         assert!(guard::same_origin_request(&req, host));
-        guard::drop_underscore_names(&mut req);
         assert!(matches!(
             etls_proxy::ops::redact::escape_controls("GET \"/dashboard\" 200 passed 1.2ms"),
             std::borrow::Cow::Borrowed(_)
@@ -179,4 +178,42 @@ fn the_request_guards_allocate_nothing() {
     check();
     assert_eq!(allocations_in(check), 0);
     assert_eq!(req.headers.len(), 6);
+}
+
+/// The app's copy of a browser-like request is rebuilt with a bounded number of allocations:
+/// five, where the same four headers through Pingora's `insert_header` took fourteen (each name
+/// parsed again and copied into a second map, both maps grown).
+#[test]
+fn the_app_request_is_rebuilt_with_few_allocations() {
+    use etls_proxy::proxy::app_request::{AppEdits, rebuild};
+    use etls_proxy::proxy::forwarded::{Caller, TrustedProxies};
+    let mut req = pingora::http::RequestHeader::build("GET", b"/dashboard?tab=2", None).unwrap();
+    for (name, value) in [
+        ("Host", "app.example.com"),
+        ("User-Agent", "Mozilla/5.0"),
+        ("Accept", "text/html"),
+        ("Accept-Language", "uk,en;q=0.8"),
+        ("Sec-Fetch-Site", "same-origin"),
+        ("Sec-Fetch-Mode", "navigate"),
+        ("Cookie", "theme=dark; accessTokenEtls=x"),
+    ] {
+        req.append_header(name, value).unwrap();
+    }
+    let caller = Caller::new(
+        Some("203.0.113.9".parse().unwrap()),
+        true,
+        None,
+        &TrustedProxies::default(),
+    );
+    let edits = AppEdits {
+        caller: Some(&caller),
+        ..AppEdits::default()
+    };
+    let mut copy = req.clone();
+    let allocations = allocations_in(|| rebuild(&mut copy, &edits).unwrap());
+    assert!(allocations <= 5, "{allocations} allocations");
+    assert_eq!(copy.headers.len(), 7 + 4);
+    assert_eq!(copy.headers["x-forwarded-for"], "203.0.113.9");
+    assert_eq!(copy.headers["x-forwarded-proto"], "https");
+    assert_eq!(copy.headers["x-forwarded-host"], "app.example.com");
 }

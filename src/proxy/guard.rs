@@ -2,7 +2,7 @@
 //! §3.2, as nginx answers), the origin of a POST to the proxy's own endpoints, header names the
 //! app must not see, and the request line that may be logged.
 
-use http::{HeaderMap, Version};
+use http::Version;
 use pingora::http::RequestHeader;
 
 /// Why a request is a 400 before anything else, for the debug log.
@@ -144,28 +144,6 @@ fn port_or<'a>(port: Option<&'a [u8]>, default: &'a [u8]) -> &'a [u8] {
 pub fn same_origin_request(req: &RequestHeader, host: Option<&[u8]>) -> bool {
     let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
     same_origin(header("sec-fetch-site"), header("origin"), host)
-}
-
-/// Drops every header whose name holds `_` (`X_Etls_User` beside `X-Etls-User`: CGI, WSGI,
-/// Rack and PHP read both as `HTTP_X_ETLS_USER`), as nginx does by default
-/// (`underscores_in_headers off`). A scan of the names, no allocation when none has one.
-pub fn drop_underscore_names(req: &mut RequestHeader) {
-    if !has_underscore_name(&req.headers) {
-        return;
-    }
-    let names: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| n.as_str().contains('_'))
-        .cloned()
-        .collect();
-    for name in names {
-        req.remove_header(&name);
-    }
-}
-
-fn has_underscore_name(headers: &HeaderMap) -> bool {
-    headers.keys().any(|n| n.as_str().contains('_'))
 }
 
 /// What Pingora's error lines say about a request: the method, the path without its query
@@ -321,24 +299,6 @@ mod tests {
                 "{site:?} {origin:?} {host:?}"
             );
         }
-    }
-
-    #[test]
-    fn underscore_names_are_dropped_and_others_kept() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for (name, value) in [
-            ("X_Etls_User", "admin"),
-            ("x-etls-user", "ann"),
-            ("accept", "*/*"),
-            ("my_header", "1"),
-        ] {
-            req.append_header(name, value).unwrap();
-        }
-        drop_underscore_names(&mut req);
-        let mut names: Vec<&str> = req.headers.keys().map(|n| n.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["accept", "x-etls-user"]);
-        assert_eq!(req.headers["x-etls-user"], "ann");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! holds nothing but the shared state those modules need.
 
 pub mod answer;
+pub mod app_request;
 pub mod cache_control;
 mod ctx;
 mod decide;
@@ -23,6 +24,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::ops::access_log::AccessEntry;
 use crate::ops::metrics::Metrics;
 use crate::proxy::answer::Answer;
+use crate::proxy::app_request::AppEdits;
 use crate::proxy::forwarded::client_address;
 use crate::proxy::upstream::AppUpstream;
 use crate::refresh::auth_api::AuthApiClient;
@@ -117,22 +119,15 @@ impl ProxyHttp for EtlsProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(cookie) = &ctx.forward_cookie {
-            upstream_request.remove_header("cookie");
-            upstream_request.insert_header("cookie", cookie.clone())?;
-        }
-        guard::drop_underscore_names(upstream_request);
-        // Whatever the client sent under an identity header's name never reaches the app.
-        for name in ctx.config.identity.names() {
-            upstream_request.remove_header(name);
-        }
-        for (name, value) in &ctx.identity {
-            upstream_request.insert_header(name.clone(), value.clone())?;
-        }
-        if let Some(caller) = &ctx.caller {
-            caller.apply(upstream_request)?;
-        }
-        Ok(())
+        app_request::rebuild(
+            upstream_request,
+            &AppEdits {
+                cookie: ctx.forward_cookie.as_ref(),
+                identity_names: Some(&ctx.config.identity),
+                identity: &ctx.identity,
+                caller: ctx.caller.as_ref(),
+            },
+        )
     }
 
     async fn response_filter(

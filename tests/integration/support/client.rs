@@ -81,6 +81,12 @@ pub fn admin_yaml() -> (SocketAddr, String) {
 
 /// A GET to the admin listener (`/metrics`, `/healthz`, `/readyz`).
 pub async fn admin_get(admin: SocketAddr, path: &str) -> Response {
+    // The admin listener is its own service: on a loaded machine it may start listening after
+    // the proxy's port already answers.
+    super::poll::poll("the admin listener", Duration::from_secs(10), || async {
+        TcpStream::connect(admin).await.ok()
+    })
+    .await;
     send_raw(
         admin,
         format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
