@@ -178,7 +178,11 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     let app = HeaderDeadlineApp::new(proxy, move || header_live.load().header_timeout);
     let mut service = Service::new("Pingora HTTP Proxy Service".to_owned(), app);
     for listener in &listen {
-        let buffers = L4BufferSettings::default().read(read_buffer);
+        // Under TLS a read buffer saves syscalls (rustls reads 4 KiB at a time); plain HTTP
+        // reads straight into Pingora's request buffer, no second copy and no buffer a
+        // connection holds (bench/RESULTS.md: the herd's peak RSS).
+        let read = if listener.tls.is_some() { read_buffer } else { 0 };
+        let buffers = L4BufferSettings::default().read(read);
         let mut endpoint = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);
         if let Some(tls) = &listener.tls {
             // Checked by the configuration (files read, pair usable); HTTP/2 offered by ALPN.

@@ -133,8 +133,8 @@ fn default_listen() -> OneOrMany {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DownstreamFile {
-    /// Per connection; Pingora's default is 64 KiB, sized for TLS records. Request headers fit
-    /// in far less, and bodies stream.
+    /// Per connection of a TLS listener; Pingora's default is 64 KiB, sized for TLS records.
+    /// Plain listeners have none (see `main.rs`).
     pub read_buffer_bytes: usize,
     /// All Cookie headers of a request together; more is answered 431 before any check.
     /// Node.js (so Next.js) refuses request headers over 16 KiB by default.
