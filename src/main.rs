@@ -181,7 +181,11 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
         // Under TLS a read buffer saves syscalls (rustls reads 4 KiB at a time); plain HTTP
         // reads straight into Pingora's request buffer, no second copy and no buffer a
         // connection holds (bench/RESULTS.md: the herd's peak RSS).
-        let read = if listener.tls.is_some() { read_buffer } else { 0 };
+        let read = if listener.tls.is_some() {
+            read_buffer
+        } else {
+            0
+        };
         let buffers = L4BufferSettings::default().read(read);
         let mut endpoint = ListenerConfig::tcp(listener.address.as_str()).l4_buffer(buffers);
         if let Some(tls) = &listener.tls {
