@@ -8,43 +8,44 @@
 //! other `*-CDN-Cache-Control` targeted fields of RFC 9213, and `Surrogate-Control`) are dropped,
 //! since a CDN obeys them over `Cache-Control`.
 
-use pingora::http::ResponseHeader;
+use http::header::CACHE_CONTROL;
+use http::{HeaderMap, HeaderValue};
 
 use crate::session::cache_control::{PRIVATE, is_cdn_targeted, private_and_unstored};
 
-/// Makes `response` private to the browser (see the module's note).
-pub fn keep_private(response: &mut ResponseHeader) -> pingora::Result<()> {
-    let sent = response.headers.get_all("cache-control");
+/// Makes an answer with these `headers` private to the browser (see the module's note).
+pub fn keep_private(headers: &mut HeaderMap) {
+    let sent = headers.get_all(CACHE_CONTROL);
     if !private_and_unstored(sent.iter().map(|v| v.as_bytes())) {
-        response.insert_header("Cache-Control", PRIVATE)?;
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static(PRIVATE));
     }
-    let targeted: Vec<http::HeaderName> = response
-        .headers
+    let targeted: Vec<http::HeaderName> = headers
         .keys()
         .filter(|name| is_cdn_targeted(name.as_str()))
         .cloned()
         .collect();
     for name in targeted {
-        response.remove_header(&name);
+        headers.remove(&name);
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn answer(fields: &[(&str, &str)]) -> ResponseHeader {
-        let mut h = ResponseHeader::build(200, None).unwrap();
+    fn answer(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
         for (name, value) in fields {
-            h.append_header(name.to_string(), *value).unwrap();
+            h.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
         }
         h
     }
 
-    fn cache_control(h: &ResponseHeader) -> Vec<&str> {
-        h.headers
-            .get_all("cache-control")
+    fn cache_control(h: &HeaderMap) -> Vec<&str> {
+        h.get_all("cache-control")
             .iter()
             .map(|v| v.to_str().unwrap())
             .collect()
@@ -69,7 +70,7 @@ mod tests {
         for (fields, want) in cases {
             let fields: Vec<(&str, &str)> = fields.iter().map(|v| ("Cache-Control", *v)).collect();
             let mut h = answer(&fields);
-            keep_private(&mut h).unwrap();
+            keep_private(&mut h);
             assert_eq!(cache_control(&h), want, "{fields:?}");
         }
     }
@@ -83,8 +84,8 @@ mod tests {
             ("Vary", "Accept"),
             ("X-Cache-Control-Note", "kept"),
         ]);
-        keep_private(&mut h).unwrap();
-        let mut names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        keep_private(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["cache-control", "vary", "x-cache-control-note"]);
     }

@@ -160,7 +160,8 @@ impl EtlsProxy {
             }
             .run()
         };
-        let waiting = Instant::now();
+        // Only the access log reports the wait: no clock read for it otherwise.
+        let waiting = config.access_log.is_some().then(Instant::now);
         let (mut outcome, joined) = self.flights.run_bounded(key, flight_bound, start).await;
         // A result kept here may belong to a session another instance has ended since.
         if let (Ok(_), Joined::Grace, Some(store)) = (&outcome, joined, &self.shared)
@@ -169,7 +170,7 @@ impl EtlsProxy {
             self.flights.end(key);
             outcome = Err(RefreshError::Ended);
         }
-        ctx.auth_wait = Some(waiting.elapsed());
+        ctx.auth_wait = waiting.map(|t| t.elapsed());
         log::debug!(
             "session {}: refresh {} ({joined:?})",
             key.short(),

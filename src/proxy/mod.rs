@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod app_request;
+pub mod app_response;
 pub mod cache_control;
 mod ctx;
 mod decide;
@@ -16,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use http::HeaderValue;
+use http::header::SET_COOKIE;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -25,6 +28,7 @@ use crate::ops::access_log::AccessEntry;
 use crate::ops::metrics::Metrics;
 use crate::proxy::answer::Answer;
 use crate::proxy::app_request::AppEdits;
+use crate::proxy::forwarded::X_REQUEST_ID;
 use crate::proxy::forwarded::client_address;
 use crate::proxy::upstream::AppUpstream;
 use crate::refresh::auth_api::AuthApiClient;
@@ -140,32 +144,43 @@ impl ProxyHttp for EtlsProxy {
         if crate::proxy::status::is_interim(response.status) {
             return Ok(());
         }
-        if let Some(id) = request_id(ctx) {
-            response.insert_header("X-Request-Id", id.clone())?;
-        }
-        if let Some(renewed) = &ctx.renewed {
-            // The app deleting one of our cookies (logging the user out) wins over the refresh;
-            // otherwise ours are appended after the app's, never replacing them.
-            let app_lines = response.headers.get_all("set-cookie");
-            let deleted = (ctx.config.cookie_policy)
-                .deleted_among(app_lines.iter().filter_map(|v| v.to_str().ok()));
-            for (name, lines) in renewed.cookie_lines() {
-                if !deleted.iter().any(|d| d == name) {
-                    for line in lines {
-                        response.append_header("Set-Cookie", line.clone())?;
-                    }
-                }
+        let Some(renewed) = &ctx.renewed else {
+            if let Some(id) = request_id(ctx) {
+                app_response::edit(response, 1, |headers| {
+                    headers.insert(X_REQUEST_ID, id.clone());
+                })?;
             }
-            // Chunks this request holds that the new values no longer use; all of them for a
-            // cookie the app deleted.
-            let names = &ctx.config.names;
-            let layout = chunks::with_deleted(renewed.layout(names), names, &deleted);
-            for line in chunk_clears(ctx, session.req_header(), &layout) {
-                response.append_header("Set-Cookie", line)?;
+            return Ok(());
+        };
+        // The app deleting one of our cookies (logging the user out) wins over the refresh;
+        // otherwise ours are appended after the app's, never replacing them.
+        let app_lines = response.headers.get_all(SET_COOKIE);
+        let deleted = (ctx.config.cookie_policy)
+            .deleted_among(app_lines.iter().filter_map(|v| v.to_str().ok()));
+        let ours: Vec<&HeaderValue> = renewed
+            .cookie_lines()
+            .filter(|(name, _)| !deleted.iter().any(|d| d == name))
+            .flat_map(|(_, lines)| lines)
+            .collect();
+        // Chunks this request holds that the new values no longer use; all of them for a
+        // cookie the app deleted.
+        let names = &ctx.config.names;
+        let layout = chunks::with_deleted(renewed.layout(names), names, &deleted);
+        let clears = chunk_clears(ctx, session.req_header(), &layout);
+        let id = request_id(ctx);
+        app_response::edit(response, ours.len() + clears.len() + 2, |headers| {
+            if let Some(id) = id {
+                headers.insert(X_REQUEST_ID, id.clone());
+            }
+            for line in ours {
+                headers.append(SET_COOKIE, line.clone());
+            }
+            for line in clears {
+                headers.append(SET_COOKIE, line);
             }
             // A response carrying session cookies must never sit in a shared cache.
-            cache_control::keep_private(response)?;
-        }
+            cache_control::keep_private(headers);
+        })?;
         Ok(())
     }
 

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,8 +30,40 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Identifies a session at the auth API; a keyed hash, so no token can be read back from it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SessionKey([u8; 32]);
+
+/// The key is already a keyed hash, uniform and unknown to clients (who cannot aim at a bucket
+/// without the key): its first eight bytes are its hash, no second hash over 32 bytes.
+impl Hash for SessionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The tables' hasher: passes a [`SessionKey`]'s own hash through.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<SessionKey, V, BuildHasherDefault<KeyHash>>;
 
 impl SessionKey {
     /// A short, stable tag for logs.
@@ -186,13 +219,13 @@ struct Entry<T, E> {
 }
 
 struct Table<T, E> {
-    entries: HashMap<SessionKey, Entry<T, E>>,
+    entries: KeyMap<Entry<T, E>>,
     /// Kept results and tombstones in the order they were stored, which is the order they expire
     /// in (the grace window is the same for all); pairs whose entry has been replaced are skipped.
     kept: VecDeque<(SessionKey, u64)>,
     /// `next` key of a kept result → `(key, generation)` of that result: how a logout carrying
     /// the renewed cookies finds the old ones. At most one per kept result.
-    origin: HashMap<SessionKey, (SessionKey, u64)>,
+    origin: KeyMap<(SessionKey, u64)>,
     next_generation: u64,
 }
 
@@ -217,9 +250,9 @@ where
     pub fn new(grace: Duration, max_entries: usize) -> Self {
         RefreshFlights {
             table: Mutex::new(Table {
-                entries: HashMap::new(),
+                entries: KeyMap::default(),
                 kept: VecDeque::new(),
-                origin: HashMap::new(),
+                origin: KeyMap::default(),
                 next_generation: 0,
             }),
             gate: Arc::default(),
