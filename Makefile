@@ -1,7 +1,7 @@
 # The two commands: `make run` (the demo) and `make test` (the whole suite).
 CARGO ?= cargo
 
-.PHONY: run test deps build check lint clean bench bench-micro fuzz soak e2e
+.PHONY: run test deps build check lint clean bench bench-instructions bench-micro fuzz soak e2e
 
 deps:
 	@scripts/deps.sh
@@ -28,6 +28,13 @@ bench:
 	@scripts/deps.sh bench
 	$(CARGO) build --release --bins --features tools
 	ulimit -n 65536 2>/dev/null || true; python3 bench/run.py $(BENCH_ARGS)
+
+## Instructions per request under callgrind, floor against this build (valid and grace paths):
+## a measure that does not move with the machine. INSTR_ARGS="--paths valid,grace,storm".
+bench-instructions:
+	@scripts/deps.sh bench
+	$(CARGO) build --release --bins --features tools
+	python3 bench/instructions.py $(INSTR_ARGS)
 
 ## Load and soak, pass/fail: a minute each of valid and refresh-storm load (no errors, flat RSS, no
 ## fd left open), the auth API and the app killed and restarted under load, SIGTERM with requests

@@ -213,5 +213,26 @@ class NextScenario(unittest.TestCase):
                 self.assertIn("next build failed", run.next_build({"workdir": d}))
 
 
+class InstructionsTest(unittest.TestCase):
+    """bench/instructions.py's own parsing (no valgrind started)."""
+
+    def test_bins_and_their_environment(self):
+        import instructions
+        self.assertEqual(instructions.parse_bins(["a=/x", "b=/y:K=1,L=2"]),
+                         [("a", "/x", {}), ("b", "/y", {"K": "1", "L": "2"})])
+        with self.assertRaises(SystemExit):
+            instructions.parse_bins(["/x"])
+
+    def test_total_of_the_dump(self):
+        import instructions
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "cg.out")
+            with open(out, "w") as f:
+                f.write("part: 2\nsummary: 0\ntotals: 0\n")
+            with open(out + ".1", "w") as f:
+                f.write("part: 1\ndesc: Trigger: dump\nsummary: 0\ntotals: 197280820\n")
+            self.assertEqual(instructions.callgrind_total(out), 197280820)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -2,7 +2,8 @@
 # Installs what the build needs on a fresh Debian machine that has the Rust toolchain:
 # cmake for Pingora's zlib-ng (and a C compiler, normally already there), openssl and curl for
 # the TLS tests, redis-server for the shared-store tests; with `bench`, also
-# wrk, nginx and nginx's njs module, and h2load (nghttp2-client) for `make bench`'s TLS scenarios.
+# wrk, nginx and nginx's njs module, h2load (nghttp2-client) for `make bench`'s TLS scenarios,
+# and valgrind for `make bench-instructions`.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -18,6 +19,8 @@ if [ "${1:-}" = bench ]; then
   [ -e /usr/lib/nginx/modules/ngx_http_js_module.so ] || need+=(libnginx-mod-http-js)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+  # `make bench-instructions` counts instructions per request under callgrind.
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 fi
 if ((${#need[@]})); then
   sudo=""
