@@ -334,6 +334,16 @@ mod tests {
     use super::*;
     use crate::proxy::app_request::{AppEdits, rebuild};
 
+    /// The app's copy of `req` with only the forwarding headers of `caller` applied.
+    fn forwarded(caller: &Caller, mut req: RequestHeader) -> RequestHeader {
+        let edits = AppEdits {
+            caller: Some(caller),
+            ..AppEdits::default()
+        };
+        rebuild(&mut req, &edits).unwrap();
+        req
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -521,15 +531,7 @@ mod tests {
         ];
         for &(peer, tls, xff, proto, host, kept) in cases {
             let caller = Caller::new(Some(ip(peer)), tls, Some(&hv("chosen-by-client")), &trusted);
-            let mut req = request(spoofed);
-            rebuild(
-                &mut req,
-                &AppEdits {
-                    caller: Some(&caller),
-                    ..AppEdits::default()
-                },
-            )
-            .unwrap();
+            let req = forwarded(&caller, request(spoofed));
             assert_eq!(got(&req, "x-forwarded-for"), [xff], "{peer}");
             assert_eq!(got(&req, "x-forwarded-proto"), [proto], "{peer}");
             assert_eq!(got(&req, "x-forwarded-host"), [host], "{peer}");
@@ -540,30 +542,14 @@ mod tests {
         }
         // A trusted peer that sent nothing: the proxy's own values.
         let caller = Caller::new(Some(ip("10.0.0.1")), true, None, &trusted);
-        let mut req = request(&[("host", "app.example")]);
-        rebuild(
-            &mut req,
-            &AppEdits {
-                caller: Some(&caller),
-                ..AppEdits::default()
-            },
-        )
-        .unwrap();
+        let req = forwarded(&caller, request(&[("host", "app.example")]));
         assert_eq!(got(&req, "x-forwarded-for"), ["10.0.0.1"]);
         assert_eq!(got(&req, "x-forwarded-proto"), ["https"]);
         assert_eq!(got(&req, "x-forwarded-host"), ["app.example"]);
         assert_eq!(caller.request_id.len(), 32);
         // No Host at all: no X-Forwarded-Host either, not the client's.
         let caller = Caller::new(Some(ip("203.0.113.9")), false, None, &trusted);
-        let mut req = request(&[("x-forwarded-host", "evil.example")]);
-        rebuild(
-            &mut req,
-            &AppEdits {
-                caller: Some(&caller),
-                ..AppEdits::default()
-            },
-        )
-        .unwrap();
+        let req = forwarded(&caller, request(&[("x-forwarded-host", "evil.example")]));
         assert!(got(&req, "x-forwarded-host").is_empty());
     }
 
