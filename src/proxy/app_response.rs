@@ -13,6 +13,10 @@ use http::HeaderMap;
 use http::response::Parts;
 use pingora::http::ResponseHeader;
 
+/// What Pingora sets on every HTTP/1 answer after the filters (`Date`, `Connection`): reserved
+/// too, or its own insert would grow the map again.
+const PINGORA_ADDS: usize = 2;
+
 /// Runs `change` on `response`'s own header map (with room for `additional` more entries);
 /// status, version, reason phrase and extensions are kept.
 pub fn edit(
@@ -23,7 +27,7 @@ pub fn edit(
     let reason = custom_reason(response);
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts: Parts = std::mem::replace(response, empty).into();
-    parts.headers.reserve(additional);
+    parts.headers.reserve(additional + PINGORA_ADDS);
     change(&mut parts.headers);
     *response = ResponseHeader::from(parts);
     response.set_reason_phrase(reason.as_deref())
