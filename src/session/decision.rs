@@ -270,21 +270,12 @@ fn api_cookies_of<'v>(
     send_cookies: &[String],
     mut value_of: impl FnMut(&str) -> Option<&'v str>,
 ) -> String {
-    let values: [Option<&str>; 4] = std::array::from_fn(|i| {
-        let name = send_cookies.get(i)?;
-        value_of(name).filter(|v| is_cookie_octets(v.as_bytes()))
-    });
-    // Sized once for the usual one to four cookies (a grace hit builds this on every request).
-    let len = (send_cookies.iter().zip(&values))
-        .filter_map(|(name, value)| value.map(|v| name.len() + v.len() + 3))
-        .sum();
-    let mut out = String::with_capacity(len);
-    for (i, name) in send_cookies.iter().enumerate() {
-        let value = match values.get(i) {
-            Some(known) => *known,
-            None => value_of(name).filter(|v| is_cookie_octets(v.as_bytes())),
-        };
+    let mut out = String::new();
+    for name in send_cookies {
+        let value = value_of(name).filter(|v| is_cookie_octets(v.as_bytes()));
         if let Some(value) = value {
+            // Exact for the usual one cookie (a grace hit builds this on every request).
+            out.reserve(name.len() + value.len() + 3);
             if !out.is_empty() {
                 out.push_str("; ");
             }
