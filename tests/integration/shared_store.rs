@@ -802,3 +802,91 @@ async fn a_refresh_landing_after_a_logout_hands_out_nothing_with_no_grace_window
     assert!(redis.keys("etls:*:result").is_empty());
     assert_eq!(auth.calls(), 1);
 }
+
+/// Each request thread sends through a connection of its own: sessions led on any of an
+/// instance's threads are shared with the next instance, and the connections stay one per thread.
+#[tokio::test]
+async fn every_thread_of_an_instance_shares_and_keeps_one_connection() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(50)).await,
+    );
+    let threads = 4;
+    let fleet = instances(
+        2,
+        &app,
+        &auth,
+        &redis,
+        &format!("pingora: {{threads: {threads}}}"),
+    )
+    .await;
+    let sessions: Vec<String> = (0..24)
+        .map(|i| expired_session(&format!("opaque-rt-thread-{i}")))
+        .collect();
+    let (first, second) = ([fleet[0].0.addr], [fleet[1].0.addr]);
+    let led = futures_util::future::join_all(sessions.iter().map(|s| spread(&first, s, 2))).await;
+    for answers in led {
+        for r in answers {
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    assert_eq!(auth.calls(), 24, "one call per session");
+    let replayed =
+        futures_util::future::join_all(sessions.iter().map(|s| spread(&second, s, 1))).await;
+    for (i, answers) in replayed.iter().enumerate() {
+        assert_eq!(answers[0].status, 200);
+        assert_eq!(
+            answers[0].set_cookie_value("refreshToken"),
+            Some(format!("api-refresh-after-opaque-rt-thread-{i}"))
+        );
+    }
+    assert_eq!(auth.calls(), 24, "the second instance called for none");
+    assert_eq!(
+        metric(fleet[1].1, "etls_proxy_shared_store_results_total").await,
+        24.0
+    );
+    for (_, admin) in &fleet {
+        assert_eq!(
+            metric(*admin, "etls_proxy_shared_store_errors_total").await,
+            0.0
+        );
+    }
+    // Every request thread of both instances, and the start probe of each.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let connected = clients
+        .lines()
+        .filter(|l| !l.contains("cmd=client"))
+        .count();
+    assert!(
+        (1..=2 * (threads + 1)).contains(&connected),
+        "{connected} connections:\n{clients}"
+    );
+}
+
+/// A connection belongs to the runtime it was made on: when that runtime ends (as a test's
+/// does), the next runtime of the same thread connects anew, and its first command is served.
+#[test]
+fn a_new_runtime_on_a_thread_gets_a_connection_of_its_own() {
+    use etls_proxy::refresh::shared_store::SharedStore;
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let redis = runtime().block_on(RedisServer::start());
+    let loaded = etls_proxy::testkit::config::loaded(&config_yaml(
+        free_port(),
+        "127.0.0.1:9".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+        &redis.yaml(),
+    ));
+    let settings = loaded.runtime.shared_store.expect("store: redis");
+    let store = SharedStore::start(settings, &prometheus::Registry::new()).unwrap();
+    for round in 0..3 {
+        let answered = runtime().block_on(store.ping());
+        assert_eq!(answered, Ok(()), "round {round}");
+    }
+    assert_eq!(store.metrics.errors.get(), 0);
+}

@@ -5,25 +5,29 @@
 //!
 //! 1. one script reads the session's tombstone and kept result and, when there is neither, takes
 //!    the lock (`SET NX PX` with a random token);
-//! 2. the winner calls the auth API while a task renews its lease (`PEXPIRE` if the token is
-//!    still ours) every third of it, so the lease never runs out under a slow call; then it
-//!    stores the sealed result for the grace window and deletes the lock (compare-and-delete,
-//!    in the same script);
+//! 2. the winner calls the auth API and, beside the call in the same task, renews its lease
+//!    (`PEXPIRE` if the token is still ours) every third of it, so the lease never runs out under
+//!    a slow call; then it stores the sealed result for the grace window and deletes the lock
+//!    (compare-and-delete, in the same script);
 //! 3. the others poll the same script with a growing delay (2 ms doubling to 50 ms): they get
 //!    the result as soon as it is stored, or take the lock themselves when it vanished without
 //!    one (the winner failed or died).
 //!
 //! Every command has `refresh.redis.timeout_ms`; an error, a timeout or a value that does not
 //! open makes the flight go on as in one process (the auth API call of this instance), counted
-//! and logged at most every 10 s. The connection (a `ConnectionManager`, which reconnects by
-//! itself) lives on a runtime of its own, on a dedicated thread, so no request runtime going
-//! idle or busy can stall it.
+//! and logged at most every 10 s. Each request thread has a connection of its own (a
+//! `ConnectionManager`, which reconnects by itself), made there at first use: its driver runs on
+//! the runtime whose requests send through it, so a command is no hop to another thread and
+//! back, and no runtime ever waits on another one's connection; a runtime that ends takes only
+//! its own connection with it (the next one made on that thread is new).
 
 pub mod seal;
 pub mod settings;
 
+use std::cell::RefCell;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::{IntCounter, Registry};
@@ -150,8 +154,9 @@ enum StoreError {
     Redis(redis::RedisError),
     Timeout,
     Garbage(&'static str),
-    Lost,
-    Unstarted,
+    /// A command outside any runtime (never from a request).
+    NoRuntime,
+    Client(redis::RedisError),
 }
 
 impl std::fmt::Display for StoreError {
@@ -161,8 +166,8 @@ impl std::fmt::Display for StoreError {
             StoreError::Redis(e) => write!(f, "Redis error ({:?})", e.kind()),
             StoreError::Timeout => f.write_str("Redis command timed out"),
             StoreError::Garbage(what) => write!(f, "unusable answer from Redis: {what}"),
-            StoreError::Lost => f.write_str("the Redis task ended without an answer"),
-            StoreError::Unstarted => f.write_str("the Redis client could not start"),
+            StoreError::NoRuntime => f.write_str("no runtime to run the Redis client on"),
+            StoreError::Client(e) => write!(f, "the Redis client could not start ({:?})", e.kind()),
         }
     }
 }
@@ -194,66 +199,40 @@ pub struct SharedFlight<'a> {
     pub grace: Duration,
 }
 
-/// The client's runtime (on its own thread) and its connection.
-struct Client {
-    handle: Handle,
+/// A connection of one store on one thread, with a task of the runtime it was made on that never
+/// ends by itself: once that task is finished, the runtime is gone, and so is the connection's
+/// driver.
+struct ThreadConnection {
+    store: u64,
+    runtime: AbortHandle,
     conn: ConnectionManager,
 }
 
-/// The Redis client on its own runtime, and what the protocol needs.
+thread_local! {
+    static CONNECTIONS: RefCell<Vec<ThreadConnection>> = const { RefCell::new(Vec::new()) };
+}
+
+static STORE_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// The Redis client, and what the protocol needs.
 pub struct SharedStore {
-    /// Made at first use: after Pingora's daemon fork (`-d`), which keeps no thread.
-    client: OnceLock<Result<Client, String>>,
+    /// Tells this store's connections from another's on the same thread (tests run several).
+    id: u64,
     redis: redis::Client,
-    scripts: Arc<Scripts>,
+    connection: ConnectionManagerConfig,
+    scripts: Scripts,
     settings: SharedStoreSettings,
     pub metrics: StoreMetrics,
     error_log: Throttle,
 }
 
 impl SharedStore {
-    /// The store; its runtime thread starts at first use, and connects lazily (and again
-    /// after any failure).
+    /// The store; each thread connects at its first command (after Pingora's daemon fork, `-d`,
+    /// which keeps no thread), and again after any failure.
     pub fn start(settings: SharedStoreSettings, registry: &Registry) -> Result<Arc<Self>, String> {
         let redis = redis::Client::open(settings.url.as_str())
             .map_err(|e| format!("refresh.redis.url: {:?}", e.kind()))?;
-        Ok(Arc::new(SharedStore {
-            client: OnceLock::new(),
-            redis,
-            scripts: Arc::new(Scripts {
-                acquire: Script::new(ACQUIRE),
-                renew: Script::new(RENEW),
-                release: Script::new(RELEASE),
-                store: Script::new(STORE),
-                end: Script::new(END),
-            }),
-            settings,
-            metrics: StoreMetrics::new(registry),
-            error_log: Throttle::new(),
-        }))
-    }
-
-    fn client(&self) -> Result<&Client, StoreError> {
-        self.client
-            .get_or_init(|| self.connect())
-            .as_ref()
-            .map_err(|_| StoreError::Unstarted)
-    }
-
-    fn connect(&self) -> Result<Client, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("etls-redis")
-            .build()
-            .map_err(|e| format!("cannot start the Redis client's runtime: {e}"))?;
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("etls-redis".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .map_err(|e| format!("cannot start the Redis client's thread: {e}"))?;
-        let client = self.redis.clone();
-        let settings = &self.settings;
-        let config = ConnectionManagerConfig::new()
+        let connection = ConnectionManagerConfig::new()
             // A (TLS) connection may take longer than one command: requests stop waiting at
             // the command timeout, the connection goes on being made for the next ones.
             .set_connection_timeout(Some(settings.timeout.max(Duration::from_secs(1))))
@@ -261,14 +240,44 @@ impl SharedStore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
-        let conn = {
-            let _inside = handle.enter();
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-                log::error!("shared store: Redis client: {:?}", e.kind());
-                format!("Redis client: {:?}", e.kind())
-            })?
-        };
-        Ok(Client { handle, conn })
+        Ok(Arc::new(SharedStore {
+            id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+            redis,
+            connection,
+            scripts: Scripts {
+                acquire: Script::new(ACQUIRE),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+                store: Script::new(STORE),
+                end: Script::new(END),
+            },
+            settings,
+            metrics: StoreMetrics::new(registry),
+            error_log: Throttle::new(),
+        }))
+    }
+
+    /// This thread's connection, made on its runtime at first use.
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        CONNECTIONS.with_borrow_mut(|connections| {
+            connections.retain(|c| !c.runtime.is_finished());
+            if let Some(c) = connections.iter().find(|c| c.store == self.id) {
+                return Ok(c.conn.clone());
+            }
+            let runtime = Handle::try_current().map_err(|_| StoreError::NoRuntime)?;
+            let conn = ConnectionManager::new_lazy_with_config(
+                self.redis.clone(),
+                self.connection.clone(),
+            )
+            .map_err(StoreError::Client)?;
+            let runtime = runtime.spawn(std::future::pending::<()>()).abort_handle();
+            connections.push(ThreadConnection {
+                store: self.id,
+                runtime,
+                conn: conn.clone(),
+            });
+            Ok(conn)
+        })
     }
 
     /// The value key of the configuration the store started with.
@@ -290,25 +299,17 @@ impl SharedStore {
         .map_err(|e| e.to_string())
     }
 
-    /// Runs one command on the client's runtime, within the timeout.
+    /// Runs one command on this thread's connection, within the timeout.
     async fn run<T, F, C>(&self, command: C) -> Result<T, StoreError>
     where
-        T: Send + 'static,
-        F: Future<Output = redis::RedisResult<T>> + Send + 'static,
+        F: Future<Output = redis::RedisResult<T>>,
         C: FnOnce(ConnectionManager) -> F,
     {
-        let timeout = self.settings.timeout;
-        let client = self.client()?;
-        let command = command(client.conn.clone());
-        let task = client
-            .handle
-            .spawn(async move { tokio::time::timeout(timeout, command).await });
-        // Bounded here too: a stalled client runtime never holds a request.
-        match tokio::time::timeout(timeout + Duration::from_millis(100), task).await {
-            Ok(Ok(Ok(Ok(value)))) => Ok(value),
-            Ok(Ok(Ok(Err(e)))) => Err(StoreError::Redis(e)),
-            Ok(Ok(Err(_))) | Err(_) => Err(StoreError::Timeout),
-            Ok(Err(_)) => Err(StoreError::Lost),
+        let command = command(self.connection()?);
+        match tokio::time::timeout(self.settings.timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout),
         }
     }
 
@@ -329,18 +330,15 @@ impl SharedStore {
         token: &str,
         lease: Duration,
     ) -> Result<Acquired, StoreError> {
-        let scripts = Arc::clone(&self.scripts);
-        let (ended, result, lock) = (keys.ended.clone(), keys.result.clone(), keys.lock.clone());
-        let (token, lease) = (token.to_owned(), millis(lease));
         let answer: Vec<u8> = self
-            .run(move |mut conn| async move {
-                scripts
+            .run(|mut conn| async move {
+                self.scripts
                     .acquire
-                    .key(ended)
-                    .key(result)
-                    .key(lock)
+                    .key(&keys.ended)
+                    .key(&keys.result)
+                    .key(&keys.lock)
                     .arg(token)
-                    .arg(lease)
+                    .arg(millis(lease))
                     .invoke_async(&mut conn)
                     .await
             })
@@ -451,10 +449,17 @@ impl SharedStore {
     where
         C: Future<Output = Result<Arc<RenewedSession>, RefreshError>>,
     {
-        // Stopped when the call is done, or if this future is dropped first.
-        let renewer = AbortOnDrop(self.renew_lease(keys.lock.clone(), token.to_owned(), lease));
-        let result = call.await;
-        drop(renewer);
+        // The lease is renewed beside the call, in this task: it stops with the call, or when
+        // this future is dropped first.
+        let result = {
+            let renewing = self.renew_lease(&keys.lock, token, lease);
+            tokio::pin!(call, renewing);
+            tokio::select! {
+                biased;
+                result = &mut call => result,
+                () = &mut renewing => call.await,
+            }
+        };
         match result {
             Ok(renewed) => {
                 let next = next(&renewed);
@@ -498,27 +503,23 @@ impl SharedStore {
         }
     }
 
-    /// A task on the client's runtime extending the lease every third of it while the call
-    /// runs; it stops at the first failure (the waiters' bound covers the rest).
-    fn renew_lease(&self, lock: String, token: String, lease: Duration) -> Option<AbortHandle> {
-        let client = self.client().ok()?;
-        let mut conn = client.conn.clone();
-        let scripts = Arc::clone(&self.scripts);
-        let renewals = self.metrics.lease_renewals.clone();
-        let timeout = self.settings.timeout;
-        let task = client.handle.spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                let mut invocation = scripts.renew.key(&lock);
-                invocation.arg(&token).arg(millis(lease));
-                let renew = invocation.invoke_async::<i64>(&mut conn);
-                match tokio::time::timeout(timeout, renew).await {
-                    Ok(Ok(1)) => renewals.inc(),
-                    _ => break,
-                }
+    /// Extends the lease every third of it while the call runs; it stops at the first failure
+    /// (the waiters' bound covers the rest).
+    async fn renew_lease(&self, lock: &str, token: &str, lease: Duration) {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let renewed = self
+                .run(|mut conn| async move {
+                    let mut invocation = self.scripts.renew.key(lock);
+                    invocation.arg(token).arg(millis(lease));
+                    invocation.invoke_async::<i64>(&mut conn).await
+                })
+                .await;
+            match renewed {
+                Ok(1) => self.metrics.lease_renewals.inc(),
+                _ => return,
             }
-        });
-        Some(task.abort_handle())
+        }
     }
 
     async fn store(
@@ -530,64 +531,52 @@ impl SharedStore {
         keep_ms: u64,
         next: Option<SessionKey>,
     ) -> Result<bool, StoreError> {
-        let scripts = Arc::clone(&self.scripts);
-        let names = [
-            keys.ended.clone(),
-            keys.result.clone(),
-            keys.lock.clone(),
-            keys.next.clone(),
-        ];
         let next_hex = next.map(|n| hex(n.as_bytes())).unwrap_or_default();
-        let token = token.to_owned();
-        let next_arg = next_hex.clone();
-        let answer: String = self
-            .run(move |mut conn| async move {
-                let mut invocation = scripts.store.prepare_invoke();
-                for name in names {
-                    invocation.key(name);
-                }
-                invocation
-                    .arg(token)
-                    .arg(value)
-                    .arg(keep_ms)
-                    .arg(next_arg)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        match answer.as_str() {
-            "S" => {}
-            "E" => return Ok(false),
-            _ => return Err(StoreError::Garbage("store script")),
-        }
-        // The link back, so a logout carrying the renewed cookies finds the old ones (another
-        // hash tag: another slot, so its own command). Sent at once, but nobody waits for its
-        // answer: a logout with the renewed cookies comes a browser round trip later.
-        if let (Some(next), Ok(client)) = (next, self.client()) {
+        let store = self.run(|mut conn| async move {
+            let mut invocation = self.scripts.store.prepare_invoke();
+            invocation
+                .key(&keys.ended)
+                .key(&keys.result)
+                .key(&keys.lock)
+                .key(&keys.next)
+                .arg(token)
+                .arg(value)
+                .arg(keep_ms)
+                .arg(&next_hex);
+            invocation.invoke_async::<String>(&mut conn).await
+        });
+        // The link back, so a logout carrying the renewed cookies finds the old ones: another
+        // hash tag, so another slot and its own command, sent beside the script (one round
+        // trip). Harmless if the script finds the session ended: those cookies are never sent.
+        let link = async {
+            let Some(next) = next else { return };
             let origin = SessionKeys::new(&self.settings.key_prefix, &next).origin;
             let own = hex(key.as_bytes());
-            let mut conn = client.conn.clone();
-            let (errors, timeout) = (self.metrics.errors.clone(), self.settings.timeout);
-            client.handle.spawn(async move {
-                let mut set = redis::cmd("SET");
-                set.arg(origin).arg(own).arg("PX").arg(keep_ms);
-                let set = set.query_async::<()>(&mut conn);
-                if !matches!(tokio::time::timeout(timeout, set).await, Ok(Ok(()))) {
-                    errors.inc();
-                }
-            });
+            let linked = self
+                .run(|mut conn| async move {
+                    let mut set = redis::cmd("SET");
+                    set.arg(origin).arg(own).arg("PX").arg(keep_ms);
+                    set.query_async::<()>(&mut conn).await
+                })
+                .await;
+            if let Err(error) = linked {
+                self.failed("linking a renewed session", &error);
+            }
+        };
+        let (answer, ()) = tokio::join!(store, link);
+        match answer?.as_str() {
+            "S" => Ok(true),
+            "E" => Ok(false),
+            _ => Err(StoreError::Garbage("store script")),
         }
-        Ok(true)
     }
 
     async fn release(&self, keys: &SessionKeys, token: &str) {
-        let scripts = Arc::clone(&self.scripts);
-        let (lock, token) = (keys.lock.clone(), token.to_owned());
         let released: Result<i64, _> = self
-            .run(move |mut conn| async move {
-                scripts
+            .run(|mut conn| async move {
+                self.scripts
                     .release
-                    .key(lock)
+                    .key(&keys.lock)
                     .arg(token)
                     .invoke_async(&mut conn)
                     .await
@@ -615,12 +604,16 @@ impl SharedStore {
         while at < chain.len() {
             let keys = SessionKeys::new(&self.settings.key_prefix, &chain[at]);
             at += 1;
-            let scripts = Arc::clone(&self.scripts);
-            let names = [keys.ended, keys.result, keys.next, keys.origin, keys.lock];
             let links: Result<Vec<Vec<u8>>, _> = self
-                .run(move |mut conn| async move {
-                    let mut invocation = scripts.end.prepare_invoke();
-                    for name in names {
+                .run(|mut conn| async move {
+                    let mut invocation = self.scripts.end.prepare_invoke();
+                    for name in [
+                        &keys.ended,
+                        &keys.result,
+                        &keys.next,
+                        &keys.origin,
+                        &keys.lock,
+                    ] {
                         invocation.key(name);
                     }
                     invocation.arg(keep).invoke_async(&mut conn).await
@@ -648,9 +641,9 @@ impl SharedStore {
     pub async fn is_ended(&self, key: SessionKey) -> Option<bool> {
         let ended = SessionKeys::new(&self.settings.key_prefix, &key).ended;
         match self
-            .run(move |mut conn| async move {
+            .run(|mut conn| async move {
                 redis::cmd("EXISTS")
-                    .arg(ended)
+                    .arg(&ended)
                     .query_async::<i64>(&mut conn)
                     .await
             })
@@ -666,16 +659,6 @@ impl SharedStore {
                 self.failed("checking a kept result", &error);
                 None
             }
-        }
-    }
-}
-
-struct AbortOnDrop(Option<AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
         }
     }
 }
