@@ -146,6 +146,14 @@ def http(port, path="/", cookie=None, method="GET"):
         return e.code, e.read()
 
 
+def answer_lines(port, cookie, names=("set-cookie", "cache-control")):
+    """The `names` header lines of the answer to a GET of / with `cookie`, as (name, value)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/")
+    req.add_header("Cookie", cookie)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return [(k, v) for k, v in r.headers.items() if k.lower() in names]
+
+
 def http_full(port, path="/", cookie=None):
     """(status, body, Set-Cookie lines)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
@@ -511,7 +519,7 @@ def session_cookie(tokens, access):
 
 SCENARIOS = ["valid", "grace", "storm", "redis", "herd", "tls", "handshake", "next", "soak"]
 E2E = os.path.join(ROOT, "e2e")
-NAMES = {"floor": "floor (bare Pingora)", "etls": "etls-proxy", "etls_redis": "etls-proxy, store: redis",
+NAMES = {"floor": "floor (bare Pingora)", "floor_cookies": "floor, the app adding the grace answer's lines", "etls": "etls-proxy", "etls_redis": "etls-proxy, store: redis",
          "nginx": "nginx proxy_pass", "njs": "nginx + njs", "auth API direct": "auth API called directly",
          "floor_tls": "floor (bare Pingora), TLS", "etls_tls": "etls-proxy, TLS", "njs_tls": "nginx + njs, TLS"}
 
@@ -614,12 +622,32 @@ class Lab:
     def start_auth_slow(self):
         return self.demo("auth_slow", ["--auth-delay-ms", "200"])
 
-    def start_floor(self):
-        self.need("app")
-        proc = self.procs.start("floor", [self.floor_bin, "--listen", f"127.0.0.1:{self.port('floor')}",
-                                          "--upstream", f"127.0.0.1:{self.port('app')}", "--threads", str(self.w)])
-        wait_port(self.port("floor"), proc, "floor")
+    def floor(self, name, app):
+        self.need(app)
+        proc = self.procs.start(name, [self.floor_bin, "--listen", f"127.0.0.1:{self.port(name)}",
+                                       "--upstream", f"127.0.0.1:{self.port(app)}", "--threads", str(self.w)])
+        wait_port(self.port(name), proc, name)
         return proc
+
+    def start_floor(self):
+        return self.floor("floor", "app")
+
+    def start_app_cookies(self):
+        """The app adding `self.grace_lines` (a grace answer's Set-Cookie and Cache-Control lines)
+        to its answer: behind the floor, what the grace answer's bytes cost by themselves."""
+        conf = render("app.conf", self.workdir, "app_cookies.conf",
+                      {"WORKERS": self.w, "DIR": self.workdir, "PORT": self.port("app_cookies")})
+        with open(conf) as f:
+            text = f.read().replace("app.pid", "app_cookies.pid").replace("app-error.log", "app_cookies-error.log")
+        adds = "".join(f"            add_header {name} '{value}' always;\n" for name, value in self.grace_lines)
+        with open(conf, "w") as f:
+            f.write(text.replace("            # answer headers of the grace reference go here\n", adds))
+        proc = self.procs.start("app_cookies", ["nginx", "-p", self.workdir, "-c", conf, "-g", "daemon off;"])
+        wait_port(self.port("app_cookies"), proc, "app_cookies (nginx)")
+        return proc
+
+    def start_floor_cookies(self):
+        return self.floor("floor_cookies", "app_cookies")
 
     def start_etls(self):
         self.need("app"), self.need("auth")
@@ -842,15 +870,25 @@ def grace_scenario(ctx):
     warm_up(ctx, ["floor", "etls"])
     sessions, prefix = 100, f"{ctx['run_id']}grace-"
     warm_grace(ctx, lab.port("etls"), prefix, sessions)
+    # The reference of the same bytes: the floor in front of an app that adds this very grace
+    # answer's Set-Cookie and Cache-Control lines itself.
+    lab.grace_lines = answer_lines(lab.port("etls"), f"{ctx['cookies']['expired']}; refreshToken={prefix}0")
+    lab.need("floor_cookies")
+    names = ["floor", "floor_cookies", "etls"]
+    warm_up(ctx, ["floor_cookies"])
     env = {"BENCH_COOKIE": ctx["cookies"]["expired"], "BENCH_SESSION_PREFIX": prefix, "BENCH_SESSIONS": str(sessions)}
     calls_before = auth_calls(lab.port("auth"))
     results = alternate([(n, lambda n=n: measured([lab.running[n]], wrk_on(ctx, lab.port(n), "grace.lua", env)))
-                         for n in ["floor", "etls"]], args.rounds)
+                         for n in names], args.rounds)
     assert auth_calls(lab.port("auth")) == calls_before, "grace requests must not call the auth API"
     rows = by_name(summarize(results))
-    ctx["report"].append(table(f"grace ({sessions} refreshed sessions, no auth API call during the run)",
+    ctx["report"].append(table(f"grace ({sessions} refreshed sessions, no auth API call during the run; "
+                               f"{len(lab.grace_lines)} answer lines of {sum(len(k) + len(v) + 4 for k, v in lab.grace_lines)} bytes)",
                                rows.values(), "floor", NAMES))
-    etls = rows["etls"]
+    etls, same_bytes = rows["etls"], rows["floor_cookies"]
+    ctx["report"].append(f"\ngrace against the floor carrying the same answer lines (the app adds them): "
+                         f"{etls['rps'] / same_bytes['rps']:.2f}× req/s; those lines alone take the floor to "
+                         f"{same_bytes['rps_x']:.2f}× its speed.")
     target(ctx, "grace ≥ 0.95 × floor req/s", f"{etls['rps_x']:.2f} ×", etls["rps_x"] >= 0.95)
     target(ctx, "grace p99 ≤ 1.1 × floor", f"{etls['p99_us_x']:.2f} ×", etls["p99_us_x"] <= 1.1)
 
