@@ -9,7 +9,8 @@ every thread of the proxy; user space only, and SHA-256 runs without SHA-NI unde
 the HMAC on the grace and refresh paths counts for more than it costs on the machine.
 
 usage: instructions.py [--paths valid,grace,storm] [--secs 5] [NAME=BIN_DIR[:ENV=VALUE,...] ...]
-(default: etls=target/release; the floor is the first BIN_DIR's etls-floor)"""
+(default: etls=target/release; the floor is the first BIN_DIR's etls-floor). `STORE=redis` among
+a build's values runs it with `refresh.store: redis` on a redis-server of its own."""
 import argparse
 import glob
 import os
@@ -90,6 +91,16 @@ def main():
                                     f"127.0.0.1:{ports['unused']}", "--auth", f"127.0.0.1:{ports['auth']}"])
         B.wait_port(ports["auth"], auth, "auth")
         run_id = f"demo-rt-instructions-{os.getpid()}-"
+        redis = {}
+
+        def redis_port():
+            if not redis:
+                redis["port"] = B.free_port()
+                proc = procs.start("redis", ["redis-server", "--port", str(redis["port"]), "--bind", "127.0.0.1",
+                                             "--save", "", "--appendonly", "no"])
+                B.wait_port(redis["port"], proc, "redis-server")
+            return redis["port"]
+
         print(f"| path | build | requests | instructions per request | × floor |\n|---|---|---|---|---|")
         for path in args.paths.split(","):
             floor = None
@@ -122,7 +133,10 @@ def main():
                             status, _ = B.http(port, cookie=f"{expired}; refreshToken={prefix}{i}")
                             assert status == 200, f"grace warm-up: {status}"
 
-                config = B.etls_config(wd, f"{name}-{path}", ports[name], ports["app"], ports["auth"], 1)
+                store = {}
+                if env.get("STORE") == "redis":
+                    store = {"refresh": {"store": "redis", "redis": {"url": f"redis://127.0.0.1:{redis_port()}/0"}}}
+                config = B.etls_config(wd, f"{name}-{path}", ports[name], ports["app"], ports["auth"], 1, **store)
                 served, per, bad = measure(
                     procs, f"{name}-{path}", [os.path.join(bin_dir, "etls-proxy"), "-c", config],
                     {**B.SECRETS, "RUST_LOG": "warn", **env}, ports[name], script, wrk_env, args.secs,
