@@ -113,11 +113,18 @@ pub fn new_request_id() -> HeaderValue {
 
 /// The request id the app and the answer get: the client's own only from a trusted peer and
 /// only when valid, a new one otherwise.
+///
+/// Marked sensitive, which HTTP/2's HPACK sends as a literal never indexed: a value new on
+/// every answer would otherwise be added to the connection's header table each time, pushing
+/// out the lines that do repeat (`server`, `content-type`, `date`) and making every later
+/// answer compare against a chain of dead ids. HTTP/1 ignores the mark.
 pub fn request_id(sent: Option<&HeaderValue>, trusted: bool) -> HeaderValue {
-    match sent {
+    let mut id = match sent {
         Some(v) if trusted && is_valid_request_id(v.as_bytes()) => v.clone(),
         _ => new_request_id(),
-    }
+    };
+    id.set_sensitive(true);
+    id
 }
 
 /// `X-Forwarded-For` for the app: the trusted peer's chain (every header sent, in order,
@@ -450,6 +457,13 @@ mod tests {
         let bad = hv("bad id");
         assert_ne!(request_id(Some(&bad), true), bad);
         assert_eq!(request_id(None, true).len(), 32);
+        for id in [
+            request_id(Some(&sent), true),
+            request_id(Some(&sent), false),
+            request_id(None, true),
+        ] {
+            assert!(id.is_sensitive(), "{id:?} would enter the HPACK table");
+        }
     }
 
     #[test]
