@@ -907,21 +907,33 @@ def storm_scenario(ctx):
     counter = iter(range(1_000_000))
 
     def one(name):
+        if name == VALID_BESIDE_STORM:
+            return measured([lab.running["etls"]], wrk_on(ctx, lab.port("etls"), "valid.lua", {"BENCH_COOKIE": ctx["cookies"]["valid"]}))
         port, script = (lab.port("auth"), "auth-direct.lua") if name == "auth API direct" else (lab.port(name), "storm.lua")
         env = {"BENCH_COOKIE": ctx["cookies"]["expired"], "BENCH_SESSION_PREFIX": f"{ctx['run_id']}storm-{next(counter)}-"}
         proc = lab.running["auth" if name == "auth API direct" else name]
         return measured([proc], wrk_on(ctx, port, script, env), auth_port=lab.port("auth"),
                         beside=[lab.running["redis"]] if name == "etls_redis" else None)
 
-    results = alternate([(n, lambda n=n: one(n)) for n in names], args.rounds)
+    # The same instance on the valid path, in the same rounds: what a refresh costs beyond the
+    # proxied request it rides on.
+    runs = names + ([VALID_BESIDE_STORM] if "storm" in only else [])
+    results = alternate([(n, lambda n=n: one(n)) for n in runs], args.rounds)
     base = names[0]
     rows = by_name(summarize(results, floor=base))
     ctx["report"].append(table(f"refresh storm (every request a session the proxy has not seen; ratios to {NAMES[base]}; "
                                "CPU of the target, for the auth API row the auth API's own)",
-                               rows.values(), "auth API" if base == "auth API direct" else "memory", NAMES, refresh=True))
+                               [rows[n] for n in names], "auth API" if base == "auth API direct" else "memory", NAMES,
+                               refresh=True))
     per_refresh = rows["etls"]["cpu_us_refresh"]
     if "storm" in only and per_refresh is not None:
-        target(ctx, "refresh storm: proxy CPU ≤ 50 µs per refresh", f"{per_refresh:.1f} µs", per_refresh <= 50)
+        valid = rows[VALID_BESIDE_STORM]["cpu_us_req"]
+        own = refresh_beyond_request(results["etls"], results[VALID_BESIDE_STORM])
+        ctx["report"].append(f"\nrefresh storm, the refresh itself: {fmt(own, 1)} µs of proxy CPU beyond the request it rides on "
+                             f"(median over rounds of a storm request's CPU less a valid request's on the same instance, the "
+                             f"two alternating in the same rounds; {fmt(per_refresh, 1)} against {fmt(valid, 1)} µs).")
+        target(ctx, "refresh storm: proxy CPU ≤ 50 µs per refresh", f"{per_refresh:.1f} µs (the refresh itself "
+               f"{fmt(own, 1)} µs beyond a valid request's {fmt(valid, 1)})", per_refresh <= 50)
     if "redis" in only:
         ratio_redis = rows["etls_redis"]["rps"] / rows["etls"]["rps"]
         redis_side = med([{"v": r["cpu_us_beside"] / r["calls"] if r.get("calls") else None} for r in results["etls_redis"]], "v")
@@ -929,6 +941,17 @@ def storm_scenario(ctx):
                              f"{fmt(rows['etls_redis']['cpu_us_refresh'], 1)} against {fmt(per_refresh, 1)} µs, and redis-server's "
                              f"own {fmt(redis_side, 1)} µs per refresh beside it.")
         target(ctx, "refresh storm, store: redis ≥ 0.7 × memory req/s", f"{ratio_redis:.2f} ×", ratio_redis >= 0.7)
+
+
+VALID_BESIDE_STORM = "etls, valid path"
+
+
+def refresh_beyond_request(storm, valid):
+    """Median over rounds of (storm CPU per refresh − valid CPU per request), round by round:
+    the pairs ran seconds apart, so the machine's drift between rounds cancels."""
+    pairs = [s["cpu_us_refresh"] - v["cpu_us_req"] for s, v in zip(storm, valid)
+             if s.get("cpu_us_refresh") is not None and v.get("cpu_us_req") is not None]
+    return statistics.median(pairs) if pairs else None
 
 
 def herd_scenario(ctx):

@@ -186,6 +186,15 @@ class Tables(unittest.TestCase):
         self.assertIn("| floor | 200 | 1.00 | 100 | 1.00 | 200 | 1.00 | 20.0 | 1.00 | – | 0 | 0 | 0 |", text)
 
 
+class StormScenario(unittest.TestCase):
+    def test_the_refresh_itself_is_paired_round_by_round(self):
+        storm = [{"cpu_us_refresh": 80.0}, {"cpu_us_refresh": 150.0}, {"cpu_us_refresh": 90.0}, {"cpu_us_refresh": None}]
+        valid = [{"cpu_us_req": 30.0}, {"cpu_us_req": 60.0}, {"cpu_us_req": 35.0}, {"cpu_us_req": 30.0}]
+        # Pairs 50, 90 and 55, the round without a refresh left out: their median.
+        self.assertEqual(run.refresh_beyond_request(storm, valid), 55.0)
+        self.assertIsNone(run.refresh_beyond_request([{"cpu_us_refresh": None}], [{"cpu_us_req": 1.0}]))
+
+
 class NextScenario(unittest.TestCase):
     def test_skipped_without_node_modules(self):
         with tempfile.TemporaryDirectory() as d, mock.patch.object(run, "E2E", d):
@@ -222,6 +231,13 @@ class InstructionsTest(unittest.TestCase):
                          [("a", "/x", {}), ("b", "/y", {"K": "1", "L": "2"})])
         with self.assertRaises(SystemExit):
             instructions.parse_bins(["/x"])
+
+    def test_the_storm_warms_up_on_sessions_of_its_own(self):
+        import instructions
+        env = {"BENCH_COOKIE": "c", "BENCH_SESSION_PREFIX": "demo-rt-x-"}
+        self.assertEqual(instructions.warm_up_env("storm.lua", env)["BENCH_SESSION_PREFIX"], "demo-rt-x-warm-")
+        self.assertEqual(env["BENCH_SESSION_PREFIX"], "demo-rt-x-")
+        self.assertIs(instructions.warm_up_env("grace.lua", env), env)
 
     def test_total_of_the_dump(self):
         import instructions
