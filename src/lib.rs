@@ -9,6 +9,7 @@ pub mod config;
 #[cfg(any(test, fuzzing, feature = "testkit"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hex;
 pub mod ops;
 pub mod proxy;
 pub mod refresh;

@@ -102,12 +102,9 @@ pub fn is_valid_request_id(value: &[u8]) -> bool {
 
 /// 32 lowercase hex digits (128 random bits): one allocation, the header value itself.
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits: u128 = rand::random();
+    let bits: [u8; 16] = rand::random();
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
-    }
+    crate::hex::encode_into(&bits, &mut buf);
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 

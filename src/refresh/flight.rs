@@ -68,7 +68,7 @@ type KeyMap<V> = HashMap<SessionKey, V, BuildHasherDefault<KeyHash>>;
 impl SessionKey {
     /// A short, stable tag for logs.
     pub fn short(&self) -> String {
-        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0[..4])
     }
 
     /// The hash itself, for names shared with other instances (`crate::refresh::shared_store`).

@@ -37,11 +37,12 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::hex;
 use crate::ops::throttle::Throttle;
 use crate::refresh::auth_api::AuthApiError;
 use crate::refresh::flight::{Landing, SessionEnded, SessionKey};
 use crate::refresh::renew::{RefreshError, RenewedSession};
-use seal::{Seal, SessionKeys, hex, unhex};
+use seal::{Seal, SessionKeys};
 pub use settings::{SharedStoreSettings, StoreKind};
 
 /// Reads the tombstone and the kept result, else takes the lock.
@@ -374,7 +375,7 @@ impl SharedStore {
         } = flight;
         let keys = SessionKeys::new(&self.settings.key_prefix, &key);
         let seal = Seal::new(value_key, api_cookies.as_bytes());
-        let token = hex(&rand::random::<[u8; 16]>());
+        let token = hex::encode(&rand::random::<[u8; 16]>());
         // Outlives the auth API's deadline, and is renewed while the call runs anyway.
         let lease = auth_timeout + Duration::from_secs(1);
         let give_up = Instant::now() + lease + auth_timeout;
@@ -531,7 +532,7 @@ impl SharedStore {
         keep_ms: u64,
         next: Option<SessionKey>,
     ) -> Result<bool, StoreError> {
-        let next_hex = next.map(|n| hex(n.as_bytes())).unwrap_or_default();
+        let next_hex = next.map(|n| hex::encode(n.as_bytes())).unwrap_or_default();
         let store = self.run(|mut conn| async move {
             let mut invocation = self.scripts.store.prepare_invoke();
             invocation
@@ -551,7 +552,7 @@ impl SharedStore {
         let link = async {
             let Some(next) = next else { return };
             let origin = SessionKeys::new(&self.settings.key_prefix, &next).origin;
-            let own = hex(key.as_bytes());
+            let own = hex::encode(key.as_bytes());
             let linked = self
                 .run(|mut conn| async move {
                     let mut set = redis::cmd("SET");
@@ -627,7 +628,7 @@ impl SharedStore {
                 }
             };
             for link in links.iter().filter(|l| !l.is_empty()) {
-                match unhex(link).map(SessionKey::from_bytes) {
+                match hex::decode::<32>(link).map(SessionKey::from_bytes) {
                     Some(k) if !chain.contains(&k) && chain.len() < MAX_CHAIN => chain.push(k),
                     Some(_) => {}
                     None => self.failed("ending a session", &StoreError::Garbage("chain link")),

@@ -27,8 +27,17 @@ pub struct SessionKeys {
 
 impl SessionKeys {
     pub fn new(prefix: &str, key: &SessionKey) -> Self {
-        let tag = hex(key.as_bytes());
-        let name = |kind: &str| format!("{prefix}{{{tag}}}:{kind}");
+        let mut tag = String::with_capacity(prefix.len() + 2 * key.as_bytes().len() + 3);
+        tag.push_str(prefix);
+        tag.push('{');
+        crate::hex::push(&mut tag, key.as_bytes());
+        tag.push_str("}:");
+        let name = |kind: &str| {
+            let mut name = String::with_capacity(tag.len() + kind.len());
+            name.push_str(&tag);
+            name.push_str(kind);
+            name
+        };
         SessionKeys {
             lock: name("lock"),
             result: name("result"),
@@ -37,22 +46,6 @@ impl SessionKeys {
             origin: name("origin"),
         }
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn unhex(text: &[u8]) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in text.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
 }
 
 const FORMAT: u8 = 1;
@@ -146,7 +139,7 @@ mod tests {
     fn key_names_share_one_hash_tag_and_reveal_no_cookie() {
         let key = SessionKeyer::with_salt(b"salt").key(&[b"refreshToken=abc"]);
         let keys = SessionKeys::new("etls:", &key);
-        let tag = format!("{{{}}}", hex(key.as_bytes()));
+        let tag = format!("{{{}}}", crate::hex::encode(key.as_bytes()));
         for name in [
             &keys.lock,
             &keys.result,
@@ -172,10 +165,7 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
-        assert_eq!(unhex(hex(key.as_bytes()).as_bytes()), Some(*key.as_bytes()));
-        for bad in [&b"zz"[..], &[b'g'; 64][..], &[b'0'; 63][..]] {
-            assert_eq!(unhex(bad), None);
-        }
+        assert_eq!(keys.lock, format!("etls:{tag}:lock"));
         let other = SessionKeyer::with_salt(b"salt").key(&[b"refreshToken=abd"]);
         assert_ne!(SessionKeys::new("etls:", &other), keys);
     }
