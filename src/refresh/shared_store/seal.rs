@@ -32,12 +32,7 @@ impl SessionKeys {
         tag.push('{');
         crate::hex::push(&mut tag, key.as_bytes());
         tag.push_str("}:");
-        let name = |kind: &str| {
-            let mut name = String::with_capacity(tag.len() + kind.len());
-            name.push_str(&tag);
-            name.push_str(kind);
-            name
-        };
+        let name = |kind: &str| [tag.as_str(), kind].concat();
         SessionKeys {
             lock: name("lock"),
             result: name("result"),
