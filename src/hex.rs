@@ -13,12 +13,14 @@ pub fn encode_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// Appends `bytes` as lowercase hex to `out`.
+/// Appends `bytes` as lowercase hex to `out`: 32 bytes at a time through a buffer on the stack,
+/// one `push_str` each (a `push` per digit checked the capacity 64 times for a session key).
 pub fn push(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        let digits = &mut buf[..chunk.len() * 2];
+        encode_into(chunk, digits);
+        out.push_str(std::str::from_utf8(digits).expect("hex digits are ASCII"));
     }
 }
 
@@ -63,6 +65,8 @@ mod tests {
         let mut buf = vec![0u8; 512];
         encode_into(&all, &mut buf);
         assert_eq!(buf, formatted.as_bytes());
+        // Past one 32-byte step of `push`, and a part of one.
+        assert_eq!(encode(&all[..33]), formatted[..66]);
         let mut pushed = String::from("k:");
         push(&mut pushed, &[0xab, 0x01]);
         assert_eq!(pushed, "k:ab01");

@@ -551,7 +551,7 @@ impl SharedStore {
         // trip). Harmless if the script finds the session ended: those cookies are never sent.
         let link = async {
             let Some(next) = next else { return };
-            let origin = SessionKeys::new(&self.settings.key_prefix, &next).origin;
+            let origin = SessionKeys::origin_of(&self.settings.key_prefix, &next);
             let own = hex::encode(key.as_bytes());
             let linked = self
                 .run(|mut conn| async move {

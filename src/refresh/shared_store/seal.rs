@@ -27,11 +27,7 @@ pub struct SessionKeys {
 
 impl SessionKeys {
     pub fn new(prefix: &str, key: &SessionKey) -> Self {
-        let mut tag = String::with_capacity(prefix.len() + 2 * key.as_bytes().len() + 3);
-        tag.push_str(prefix);
-        tag.push('{');
-        crate::hex::push(&mut tag, key.as_bytes());
-        tag.push_str("}:");
+        let tag = Self::tag(prefix, key);
         let name = |kind: &str| [tag.as_str(), kind].concat();
         SessionKeys {
             lock: name("lock"),
@@ -40,6 +36,23 @@ impl SessionKeys {
             next: name("next"),
             origin: name("origin"),
         }
+    }
+
+    /// Only `key`'s `origin` name: what a refresh writes for the session it renewed into.
+    pub fn origin_of(prefix: &str, key: &SessionKey) -> String {
+        let mut name = Self::tag(prefix, key);
+        name.push_str("origin");
+        name
+    }
+
+    /// `<prefix>{<hex key>}:`, with room for the longest kind after it.
+    fn tag(prefix: &str, key: &SessionKey) -> String {
+        let mut tag = String::with_capacity(prefix.len() + 2 * key.as_bytes().len() + 9);
+        tag.push_str(prefix);
+        tag.push('{');
+        crate::hex::push(&mut tag, key.as_bytes());
+        tag.push_str("}:");
+        tag
     }
 }
 
@@ -161,6 +174,7 @@ mod tests {
             }
         }
         assert_eq!(keys.lock, format!("etls:{tag}:lock"));
+        assert_eq!(SessionKeys::origin_of("etls:", &key), keys.origin);
         let other = SessionKeyer::with_salt(b"salt").key(&[b"refreshToken=abd"]);
         assert_ne!(SessionKeys::new("etls:", &other), keys);
     }
