@@ -139,15 +139,15 @@ impl RenewedSession {
 
     /// `(name, whole value, its lines)` per cookie.
     pub fn from_cookies(cookies: &[(&str, &str, &[String])]) -> Result<Self, InvalidLine> {
-        let buffer = Bytes::from(
-            cookies
-                .iter()
-                .flat_map(|(_, _, lines)| lines.iter().map(String::as_str))
-                .collect::<String>(),
-        );
-        let mut text = String::new();
+        // Every buffer sized once: a refresh builds this for each session.
+        let all_lines = || cookies.iter().flat_map(|(_, _, lines)| lines.iter());
+        let mut joined = String::with_capacity(all_lines().map(String::len).sum());
+        all_lines().for_each(|line| joined.push_str(line));
+        let buffer = Bytes::from(joined);
+        let mut text =
+            String::with_capacity(cookies.iter().map(|(n, v, _)| n.len() + v.len()).sum());
         let mut entries = Vec::with_capacity(cookies.len());
-        let mut set_cookie = Vec::new();
+        let mut set_cookie = Vec::with_capacity(all_lines().count());
         let mut at = 0;
         for (name, value, lines) in cookies {
             let start = text.len();
