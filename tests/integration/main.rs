@@ -1,6 +1,7 @@
 //! Integration tests: the real proxy binary on loopback, in front of stand-in servers.
 
 mod auth_api_bound;
+mod auth_api_pool;
 mod balance;
 mod binding;
 mod cache;
