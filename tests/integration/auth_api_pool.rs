@@ -1,12 +1,14 @@
-//! The auth API's connections: kept alive and reused between refreshes, and a connection the
-//! auth API closed after answering never fails the next refresh. Against a raw TCP auth API that
-//! counts the connections it accepts (the stub servers do not).
+//! The auth API's connections: kept alive and reused between refreshes, a connection the auth
+//! API closed after answering never fails the next refresh, and an HTTPS auth API verified
+//! against the trust store. Against a raw auth API that counts the connections it accepts (the
+//! stub servers do not), over TCP or over TLS (rustls, through Pingora's re-export).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::AsyncWriteExt;
+use pingora::tls::{ServerConfig, TlsAcceptor};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::support::*;
@@ -21,29 +23,23 @@ struct CountingAuthApi {
 }
 
 impl CountingAuthApi {
-    async fn start(close_after_answer: bool) -> CountingAuthApi {
+    async fn start(close_after_answer: bool, tls: Option<TlsAcceptor>) -> CountingAuthApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (connections, calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (accepted, answered) = (connections.clone(), calls.clone());
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            while let Ok((stream, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
-                let answered = answered.clone();
+                let (answered, tls) = (answered.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    while let Some(req) = read_request(&mut stream, &mut buf).await {
-                        let rt = req.cookie("refreshToken").unwrap_or_default();
-                        let body = rotated(&rt).to_string();
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        answered.fetch_add(1, Ordering::SeqCst);
-                        if stream.write_all(answer.as_bytes()).await.is_err() || close_after_answer
-                        {
-                            return;
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                answer_refreshes(stream, &answered, close_after_answer).await;
+                            }
                         }
+                        None => answer_refreshes(stream, &answered, close_after_answer).await,
                     }
                 });
             }
@@ -64,6 +60,73 @@ impl CountingAuthApi {
     }
 }
 
+/// Reads requests (head and a `Content-Length` body) and answers each one.
+async fn answer_refreshes<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    answered: &AtomicUsize,
+    close_after_answer: bool,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let (head_len, body_len, rt) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let body_len = header("content-length").map_or(0, |v| v.parse().unwrap());
+                let rt = header("cookie")
+                    .and_then(|c| c.strip_prefix("refreshToken=").map(str::to_owned))
+                    .unwrap_or_default();
+                break (n, body_len, rt);
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < head_len + body_len {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_len + body_len);
+        let body = rotated(&rt).to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        answered.fetch_add(1, Ordering::SeqCst);
+        if stream.write_all(answer.as_bytes()).await.is_err() || close_after_answer {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// A TLS acceptor for `cert`, the certificate the test's trust store holds.
+fn tls_acceptor(cert: &Certificate) -> TlsAcceptor {
+    pingora::tls::install_default_crypto_provider();
+    let (certs, key) = pingora::tls::load_certs_and_key_files(
+        cert.cert().to_str().unwrap(),
+        cert.key().to_str().unwrap(),
+    )
+    .unwrap()
+    .expect("the test's certificate and key");
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
 /// Three sessions refreshed one after the other; each answer must carry its own new tokens.
 async fn refresh_three(proxy: &Proxy) {
     for n in 1..=3 {
@@ -80,7 +143,7 @@ async fn refresh_three(proxy: &Proxy) {
 
 #[tokio::test]
 async fn refreshes_reuse_one_kept_alive_connection_to_the_auth_api() {
-    let (app, auth) = (Stub::app().await, CountingAuthApi::start(false).await);
+    let (app, auth) = (Stub::app().await, CountingAuthApi::start(false, None).await);
     let proxy = Proxy::builder_at(app.addr, auth.addr).start().await;
     refresh_three(&proxy).await;
     assert_eq!(auth.calls(), 3);
@@ -93,11 +156,57 @@ async fn refreshes_reuse_one_kept_alive_connection_to_the_auth_api() {
 
 #[tokio::test]
 async fn an_auth_api_closing_its_connection_after_answering_never_fails_the_next_refresh() {
-    let (app, auth) = (Stub::app().await, CountingAuthApi::start(true).await);
+    let (app, auth) = (Stub::app().await, CountingAuthApi::start(true, None).await);
     let proxy = Proxy::builder_at(app.addr, auth.addr).start().await;
     refresh_three(&proxy).await;
     // One call per refresh (a closed connection is found before the request is sent, so
     // nothing is sent twice) and a new connection for each.
     assert_eq!(auth.calls(), 3);
     assert_eq!(auth.connections(), 3);
+}
+
+#[tokio::test]
+async fn an_https_auth_api_is_verified_against_the_trust_store_and_its_connection_reused() {
+    let cert = Certificate::new();
+    let (app, auth) = (
+        Stub::app().await,
+        CountingAuthApi::start(false, Some(tls_acceptor(&cert))).await,
+    );
+    let https = format!(
+        "auth_api: {{refresh_url: 'https://127.0.0.1:{}/refreshtoken'}}",
+        auth.addr.port()
+    );
+    // The trust store is the platform's, which honours `SSL_CERT_FILE`: here, the one
+    // certificate the auth API presents.
+    let trusted = Proxy::builder_at(app.addr, auth.addr)
+        .extra(https.clone())
+        .env("SSL_CERT_FILE", cert.cert().to_str().unwrap())
+        .start()
+        .await;
+    refresh_three(&trusted).await;
+    assert_eq!(auth.calls(), 3);
+    assert_eq!(
+        auth.connections(),
+        1,
+        "one TLS connection for the three refreshes"
+    );
+    drop(trusted);
+
+    // A certificate the proxy does not trust: no call, a 502, no cookie.
+    let other = Certificate::new();
+    let untrusting = Proxy::builder_at(app.addr, auth.addr)
+        .extra(https)
+        .env("SSL_CERT_FILE", other.cert().to_str().unwrap())
+        .start()
+        .await;
+    let r = untrusting
+        .get("/dashboard", &expired_session("rt-untrusted"))
+        .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(
+        auth.calls(),
+        3,
+        "no request reached the auth API over an unverified connection"
+    );
 }
