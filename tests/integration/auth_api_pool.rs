@@ -84,17 +84,13 @@ async fn answer_refreshes<S: AsyncRead + AsyncWrite + Unpin>(
                     .unwrap_or_default();
                 break (n, body_len, rt);
             }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut stream, &mut buf).await {
+                return;
             }
         };
         while buf.len() < head_len + body_len {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut stream, &mut buf).await {
+                return;
             }
         }
         buf.drain(..head_len + body_len);
@@ -107,6 +103,18 @@ async fn answer_refreshes<S: AsyncRead + AsyncWrite + Unpin>(
         if stream.write_all(answer.as_bytes()).await.is_err() || close_after_answer {
             let _ = stream.shutdown().await;
             return;
+        }
+    }
+}
+
+/// Appends what the stream has next to `buf`; `false` at its end or on an error.
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
         }
     }
 }
