@@ -32,7 +32,7 @@ impl CookiePolicy {
     pub fn set_line(&self, name: &str, value: &str) -> String {
         use std::fmt::Write;
         // Sized once: `to_string` grew the line piece by piece, a token of ~200 bytes and more.
-        let attributes = 64 + self.path.len() + self.domain.as_ref().map_or(0, String::len);
+        let attributes = 96 + self.path.len() + self.domain.as_ref().map_or(0, String::len);
         let mut line = String::with_capacity(name.len() + value.len() + attributes);
         write!(line, "{}", self.cookie(name, value, self.max_age_secs))
             .expect("writing to a String cannot fail");
