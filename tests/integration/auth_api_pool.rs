@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pingora::tls::{ServerConfig, TlsAcceptor};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::support::*;
@@ -60,40 +60,15 @@ impl CountingAuthApi {
     }
 }
 
-/// Reads requests (head and a `Content-Length` body) and answers each one.
+/// Answers each request on `stream` (read by the stub servers' own reader).
 async fn answer_refreshes<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     answered: &AtomicUsize,
     close_after_answer: bool,
 ) {
     let mut buf = Vec::new();
-    loop {
-        let (head_len, body_len, rt) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let header = |name: &str| {
-                    req.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                };
-                let body_len = header("content-length").map_or(0, |v| v.parse().unwrap());
-                let rt = header("cookie")
-                    .and_then(|c| c.strip_prefix("refreshToken=").map(str::to_owned))
-                    .unwrap_or_default();
-                break (n, body_len, rt);
-            }
-            if !read_more(&mut stream, &mut buf).await {
-                return;
-            }
-        };
-        while buf.len() < head_len + body_len {
-            if !read_more(&mut stream, &mut buf).await {
-                return;
-            }
-        }
-        buf.drain(..head_len + body_len);
+    while let Some(req) = read_request(&mut stream, &mut buf).await {
+        let rt = req.cookie("refreshToken").unwrap_or_default();
         let body = rotated(&rt).to_string();
         let answer = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -103,18 +78,6 @@ async fn answer_refreshes<S: AsyncRead + AsyncWrite + Unpin>(
         if stream.write_all(answer.as_bytes()).await.is_err() || close_after_answer {
             let _ = stream.shutdown().await;
             return;
-        }
-    }
-}
-
-/// Appends what the stream has next to `buf`; `false` at its end or on an error.
-async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 4096];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::poll::until_async;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Clone)]
@@ -319,7 +319,11 @@ pub async fn serve_connection(
     }
 }
 
-pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<StubRequest> {
+/// One request off `stream` (plain TCP, or TLS in the tests that need it).
+pub async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<StubRequest> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
@@ -354,8 +358,8 @@ pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> 
 
 /// The body after a header: chunked, `Content-Length`, or else `unframed` bytes (`None`: until
 /// the connection closes).
-pub async fn read_body(
-    stream: &mut TcpStream,
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     headers: &[(String, String)],
     unframed: Option<usize>,
@@ -386,7 +390,7 @@ pub async fn read_body(
     }
 }
 
-pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+pub async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 8192];
     let n = stream.read(&mut chunk).await.ok()?;
     if n == 0 {
@@ -396,7 +400,10 @@ pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> 
     Some(())
 }
 
-pub async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+pub async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {
