@@ -5,7 +5,8 @@
 //! precomputed and cloned, and only `exp`/`nbf` are read from the payload. The order is the
 //! safe one: structure, `alg` pinned to HS256, signature (constant time), then claims, so an
 //! expired token is only ever reported as such once its signature has been checked. Minting,
-//! once per refresh, uses `jsonwebtoken`, which the tests also use to cross-check verification.
+//! once per refresh, writes the token the same way (see `mint`); the tests decode what it mints,
+//! and cross-check what verification accepts, with `jsonwebtoken`.
 //!
 //! Each kind of token the proxy mints carries its own `typ` header (RFC 8725 §3.11): an access
 //! token is refused where its `typ` names another kind (an `etlsUser` is signed with the same
@@ -19,7 +20,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -48,11 +49,12 @@ pub type Claims = Map<String, Value>;
 
 /// One secret, ready to sign and to verify.
 struct HmacKey {
-    encoding: EncodingKey,
-    /// The HMAC state after the key block, cloned per verification.
+    /// The HMAC state after the key block, cloned per verification and per token minted.
     mac: Hmac<Sha256>,
     /// Names this secret in the tokens it signs: see [`key_id`].
     kid: String,
+    /// The header segment of each kind of token this secret may sign, encoded once.
+    headers: [(&'static str, String); 3],
 }
 
 /// A short, non-reversible name for a secret, carried as the `kid` header of the tokens it
@@ -69,11 +71,21 @@ pub fn key_id(secret: &[u8]) -> String {
 
 impl HmacKey {
     fn new(secret: &[u8]) -> Self {
+        let kid = key_id(secret);
+        let headers =
+            [TYP_ACCESS, TYP_REFRESH, TYP_USER].map(|typ| (typ, mint::header_segment(&kid, typ)));
         HmacKey {
-            encoding: EncodingKey::from_secret(secret),
             mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length"),
-            kid: key_id(secret),
+            kid,
+            headers,
         }
+    }
+
+    fn header_segment(&self, typ: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(t, _)| *t == typ)
+            .map(|(_, h)| h.as_str())
     }
 }
 
@@ -571,6 +583,110 @@ mod tests {
         assert_eq!(header.alg, Algorithm::HS256);
     }
 
+    /// What is minted, decoded by `jsonwebtoken` (the reference): its header names HS256, the kind
+    /// and the signing key; its claims are the carried ones, with `exp` (and, for refresh tokens,
+    /// `sid`) replacing any claim of that name; anything else in the carried claims is kept as is.
+    #[test]
+    fn minted_tokens_decode_with_jsonwebtoken_by_table() {
+        use jsonwebtoken::{DecodingKey, Validation, decode};
+        let k = keys();
+        let sid = k.bindings[0].sid("refreshToken=rt");
+        type MintFn = fn(&TokenKeys, &Claims) -> String;
+        let access: MintFn = |k, c| k.mint_access(c, NOW).unwrap();
+        let refresh: MintFn = |k, c| k.mint_refresh(c, "refreshToken=rt", NOW).unwrap();
+        let user: MintFn = |k, c| k.mint_user(c, NOW).unwrap();
+        let odd = json!({"name":"Ann \"A\" <a@b>\u{2028}é","n":[1,{"x":null}],"big":u64::MAX});
+        #[allow(clippy::type_complexity)]
+        let table: &[(&str, MintFn, &[u8], &str, Value, Value)] = &[
+            (
+                "access, no claims",
+                access,
+                ACCESS,
+                TYP_ACCESS,
+                json!({}),
+                json!({"exp": NOW + 900}),
+            ),
+            (
+                "access, exp replaced",
+                access,
+                ACCESS,
+                TYP_ACCESS,
+                json!({"exp": 1, "username": "ann"}),
+                json!({"exp": NOW + 900, "username": "ann"}),
+            ),
+            (
+                "access keeps a sid",
+                access,
+                ACCESS,
+                TYP_ACCESS,
+                json!({"sid": "x"}),
+                json!({"sid": "x", "exp": NOW + 900}),
+            ),
+            (
+                "refresh, sid and exp added",
+                refresh,
+                REFRESH,
+                TYP_REFRESH,
+                json!({"username": "ann"}),
+                json!({"username": "ann", "sid": sid, "exp": NOW + 43_200}),
+            ),
+            (
+                "refresh, sid and exp replaced",
+                refresh,
+                REFRESH,
+                TYP_REFRESH,
+                json!({"sid": "old", "exp": 5, "a": 1}),
+                json!({"a": 1, "sid": sid, "exp": NOW + 43_200}),
+            ),
+            (
+                "user, odd values kept",
+                user,
+                ACCESS,
+                TYP_USER,
+                odd.clone(),
+                json!({"name": odd["name"], "n": odd["n"], "big": u64::MAX, "exp": NOW + 900}),
+            ),
+        ];
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.leeway = 0;
+        for (what, mint, secret, typ, carried, expected) in table {
+            let carried: Claims = serde_json::from_value(carried.clone()).unwrap();
+            let token = mint(&k, &carried);
+            let decoded = decode::<Value>(&token, &DecodingKey::from_secret(secret), &validation)
+                .unwrap_or_else(|e| panic!("{what}: jsonwebtoken refused it: {e}"));
+            assert_eq!(decoded.claims, *expected, "{what}");
+            assert_eq!(decoded.header.alg, Algorithm::HS256, "{what}");
+            assert_eq!(decoded.header.typ.as_deref(), Some(*typ), "{what}");
+            assert_eq!(decoded.header.kid, Some(key_id(secret)), "{what}");
+            // A replaced claim is written once, not twice with the last one winning.
+            let payload = URL_SAFE_NO_PAD
+                .decode(token.split('.').nth(1).unwrap())
+                .unwrap();
+            let payload = String::from_utf8(payload).unwrap();
+            for name in ["\"exp\":", "\"sid\":"] {
+                assert!(payload.matches(name).count() <= 1, "{what}: {payload}");
+            }
+            let header = String::from_utf8(
+                URL_SAFE_NO_PAD
+                    .decode(token.split('.').next().unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                header,
+                format!(
+                    r#"{{"typ":"{typ}","alg":"HS256","kid":"{}"}}"#,
+                    key_id(secret)
+                ),
+                "{what}"
+            );
+        }
+    }
+
     /// Rotation: signed with the first secret under its `kid`; a `kid` selects its secret among
     /// the configured ones only; tokens without `kid` are tried against every secret.
     #[test]
@@ -586,7 +702,7 @@ mod tests {
             jsonwebtoken::encode(
                 &header,
                 &json!({"exp": NOW + 60}),
-                &EncodingKey::from_secret(secret),
+                &jsonwebtoken::EncodingKey::from_secret(secret),
             )
             .unwrap()
         };
