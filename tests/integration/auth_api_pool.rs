@@ -15,7 +15,8 @@ use crate::support::*;
 
 /// An auth API answering every refresh with `rotated(<its refresh token>)`; with
 /// `close_after_answer` it closes each connection once it has answered, without saying so
-/// (`Connection: close` absent), as a server does whose idle timeout is shorter than the pool's.
+/// (`Connection: close` absent), as a server does whose idle timeout is shorter than the pool's;
+/// with [`Self::start_with`], it writes `before` (interim answers) ahead of each final one.
 struct CountingAuthApi {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -24,6 +25,14 @@ struct CountingAuthApi {
 
 impl CountingAuthApi {
     async fn start(close_after_answer: bool, tls: Option<TlsAcceptor>) -> CountingAuthApi {
+        CountingAuthApi::start_with(close_after_answer, "", tls).await
+    }
+
+    async fn start_with(
+        close_after_answer: bool,
+        before: &'static str,
+        tls: Option<TlsAcceptor>,
+    ) -> CountingAuthApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (connections, calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -36,10 +45,13 @@ impl CountingAuthApi {
                     match tls {
                         Some(tls) => {
                             if let Ok(stream) = tls.accept(stream).await {
-                                answer_refreshes(stream, &answered, close_after_answer).await;
+                                answer_refreshes(stream, &answered, close_after_answer, before)
+                                    .await;
                             }
                         }
-                        None => answer_refreshes(stream, &answered, close_after_answer).await,
+                        None => {
+                            answer_refreshes(stream, &answered, close_after_answer, before).await
+                        }
                     }
                 });
             }
@@ -65,13 +77,14 @@ async fn answer_refreshes<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     answered: &AtomicUsize,
     close_after_answer: bool,
+    before: &str,
 ) {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut stream, &mut buf).await {
         let rt = req.cookie("refreshToken").unwrap_or_default();
         let body = rotated(&rt).to_string();
         let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{before}HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         answered.fetch_add(1, Ordering::SeqCst);
@@ -179,5 +192,58 @@ async fn an_https_auth_api_is_verified_against_the_trust_store_and_its_connectio
         auth.calls(),
         3,
         "no request reached the auth API over an unverified connection"
+    );
+}
+
+/// Interim answers the auth API sends before its final one, asked for or not (RFC 9110 §15.2),
+/// are read past: the refresh succeeds and the connection is still reused. A 101 is final and
+/// no answer to a refresh: a 502 saying so, and that connection is never pooled.
+#[tokio::test]
+async fn interim_answers_before_the_auth_apis_answer_are_read_past() {
+    let table: &[(&str, &'static str)] = &[
+        ("100 Continue", "HTTP/1.1 100 Continue\r\n\r\n"),
+        (
+            "103 Early Hints, then 100",
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n",
+        ),
+    ];
+    for (what, before) in table {
+        let (app, auth) = (
+            Stub::app().await,
+            CountingAuthApi::start_with(false, before, None).await,
+        );
+        let proxy = Proxy::builder_at(app.addr, auth.addr).start().await;
+        refresh_three(&proxy).await;
+        assert_eq!(auth.calls(), 3, "{what}");
+        assert_eq!(auth.connections(), 1, "{what}: the connection is reused");
+    }
+
+    let (app, auth) = (
+        Stub::app().await,
+        CountingAuthApi::start_with(
+            false,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            None,
+        )
+        .await,
+    );
+    let proxy = Proxy::builder_at(app.addr, auth.addr).start().await;
+    for n in 1..=2 {
+        let r = proxy
+            .get("/dashboard", &expired_session(&format!("rt-101-{n}")))
+            .await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(
+            r.json()["reason"],
+            "auth API answer unusable: HTTP 101",
+            "{}",
+            r.text()
+        );
+        assert!(r.set_cookies().is_empty());
+    }
+    assert_eq!(
+        auth.connections(),
+        2,
+        "a connection that answered 101 is not reused"
     );
 }

@@ -19,6 +19,9 @@ use super::*;
 /// the auth API is about to close.
 pub(super) const POOL_IDLE: Duration = Duration::from_secs(4);
 
+/// Interim (1xx) answers read before the final one; more is a server that never answers.
+const MAX_INTERIM_ANSWERS: usize = 16;
+
 /// Where one call goes.
 #[derive(Clone, Copy)]
 pub(super) struct Target<'a> {
@@ -136,7 +139,22 @@ impl AuthApiClient {
         http.write_body(b"{}").await.map_err(writing)?;
         http.finish_body().await.map_err(writing)?;
         let reading = |e: Box<PingoraError>| (Failure::from(e), false);
-        http.read_response().await.map_err(reading)?;
+        // Interim answers (100 Continue, 103 Early Hints) may come before the final one, asked
+        // for or not (RFC 9110 §15.2); 101 is final, and no answer to a refresh: the connection
+        // is someone else's now, never pooled, its bytes never read.
+        for interim in 0.. {
+            http.read_response().await.map_err(reading)?;
+            match http.resp_header().map(|h| h.status.as_u16()) {
+                Some(101) => return Ok(read(101, None, b"")),
+                Some(100..=199) if interim < MAX_INTERIM_ANSWERS => {}
+                Some(100..=199) => {
+                    return Ok(Err(AuthApiError::BadAnswer(format!(
+                        "more than {MAX_INTERIM_ANSWERS} interim (1xx) answers"
+                    ))));
+                }
+                _ => break,
+            }
+        }
         let (status, content_type) = match http.resp_header() {
             Some(h) => (
                 h.status.as_u16(),
