@@ -10,6 +10,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `(cert, key)` in PEM: TLS only (`rediss://`), the certificate for 127.0.0.1.
     tls: Option<(String, String)>,
+    /// `requirepass`: clients must give it (not in [`Self::url`]).
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -19,6 +21,20 @@ impl RedisServer {
             port,
             child: None,
             tls: None,
+            password: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Refusing clients that do not give `password` (`requirepass`).
+    pub async fn start_with_password(password: &str) -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: None,
+            password: Some(password.to_owned()),
         };
         server.restart().await;
         server
@@ -31,6 +47,7 @@ impl RedisServer {
             port,
             child: None,
             tls: Some((cert.display().to_string(), key.display().to_string())),
+            password: None,
         };
         server.restart().await;
         server
@@ -76,6 +93,9 @@ impl RedisServer {
                 .args(["--tls-cert-file", cert, "--tls-key-file", key])
                 .args(["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]),
         };
+        if let Some(password) = &self.password {
+            cmd.args(["--requirepass", password]);
+        }
         let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -98,12 +118,33 @@ impl RedisServer {
         }
     }
 
+    /// Freezes it for `d` (SIGSTOP, then SIGCONT from a thread of its own): connections stay
+    /// open, commands wait unanswered, as behind a stalled network or a long fork.
+    pub fn pause(&self, d: Duration) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = |sig: &str| {
+            let ok = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} {pid}");
+        };
+        signal("-STOP");
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        });
+    }
+
     /// `redis-cli` against it; its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
         if let Some((cert, _)) = &self.tls {
             cmd.args(["--tls", "--cacert", cert]);
+        }
+        if let Some(password) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", password]);
         }
         let out = cmd
             .args(args)

@@ -375,6 +375,71 @@ async fn an_unreachable_redis_at_start_is_a_warning_and_requests_are_served() {
     );
 }
 
+/// A Redis that wants a password this proxy does not give, or not the one it gives: an error at
+/// start that says the credentials were refused (not "does not answer"), each failed command
+/// logged with Redis's error code, and every request served; the right password shares.
+#[tokio::test]
+async fn a_redis_refusing_the_credentials_says_so_and_requests_are_served() {
+    let redis = RedisServer::start_with_password("opaque-right-password").await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let port = redis.port;
+    let table = [
+        (
+            "no password",
+            format!("redis://127.0.0.1:{port}/0"),
+            "NOAUTH",
+        ),
+        (
+            "a wrong password",
+            format!("redis://:opaque-wrong-password@127.0.0.1:{port}/0"),
+            "authentication failed",
+        ),
+    ];
+    for (what, url, says) in &table {
+        let proxy = Proxy::builder(&app, &auth)
+            .extra("refresh: {store: redis, redis: {url_env: ETLS_TEST_REDIS_URL}}")
+            .env("ETLS_TEST_REDIS_URL", url)
+            .start()
+            .await;
+        let cookie = expired_session(&format!("opaque-rt-creds-{}", what.replace(' ', "-")));
+        let r = proxy.get("/page", &cookie).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        let log = until_log(&proxy, "refuses this proxy's credentials").await;
+        assert!(log.contains(says), "{what}: {log}");
+        assert!(!log.contains("does not answer"), "{what}: {log}");
+        assert!(!log.contains("opaque-wrong-password"), "{what}: {log}");
+    }
+    assert!(redis.keys("etls:*").is_empty());
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("refresh: {store: redis, redis: {url_env: ETLS_TEST_REDIS_URL}}")
+        .env(
+            "ETLS_TEST_REDIS_URL",
+            &format!("redis://:opaque-right-password@127.0.0.1:{port}/0"),
+        )
+        .start()
+        .await;
+    let r = proxy
+        .get("/page", &expired_session("opaque-rt-creds-right"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        redis.keys("etls:*:result").len(),
+        1,
+        "shared with the right password"
+    );
+}
+
+/// The proxy's log once it holds `text` (the start probe runs beside the first requests).
+async fn until_log(proxy: &Proxy, text: &str) -> String {
+    until(
+        &format!("the log says {text:?}"),
+        Duration::from_secs(10),
+        || proxy.log().contains(text),
+    )
+    .await;
+    proxy.log()
+}
+
 #[test]
 fn check_refuses_bad_store_settings_by_key() {
     let cases = [
@@ -889,4 +954,123 @@ fn a_new_runtime_on_a_thread_gets_a_connection_of_its_own() {
         assert_eq!(answered, Ok(()), "round {round}");
     }
     assert_eq!(store.metrics.errors.get(), 0);
+}
+
+/// An auth API that rotates refresh tokens, as seed 002's does: the first use of a token is
+/// answered after `delay`, any later use refused with a 403 after `refusing`.
+async fn rotating_auth_api(delay: Duration, refusing: Duration) -> Stub {
+    let used = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    Stub::start(move |req| {
+        let rt = req.cookie("refreshToken").unwrap_or_default();
+        if used.lock().unwrap().insert(rt.clone()) {
+            StubReply::json(200, rotated(&rt)).delayed(delay)
+        } else {
+            StubReply::json(403, json!({"error": "refresh token already used"})).delayed(refusing)
+        }
+    })
+    .await
+}
+
+/// `refresh: {store: redis}` on `redis` with a command timeout of `timeout_ms`.
+fn store_yaml(redis: &RedisServer, timeout_ms: u64) -> String {
+    format!(
+        "refresh: {{store: redis, redis: {{url: '{}', timeout_ms: {timeout_ms}}}}}",
+        redis.url()
+    )
+}
+
+/// Redis stalls while an instance takes a session's lock: that instance refreshes alone, then
+/// stores its result once Redis answers again, so the old cookies on another instance get the
+/// same tokens instead of replaying the rotated refresh token (a 403, a logout).
+#[tokio::test]
+async fn a_refresh_made_while_redis_stalled_is_shared_once_redis_answers_again() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        rotating_auth_api(Duration::from_millis(1200), Duration::ZERO).await,
+    );
+    let fleet = fleet(2, &app, &auth, &store_yaml(&redis, 300)).await;
+    let cookie = expired_session("opaque-rt-stalled");
+    redis.pause(Duration::from_millis(800));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = spread(&[fleet[0].0.addr], &cookie, 1).await.remove(0);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.set_cookies().len(), 5);
+    assert!(
+        metric(fleet[0].1, "etls_proxy_shared_store_fallbacks_total").await >= 1.0,
+        "the lock could not be taken"
+    );
+    for (proxy, _) in fleet.iter().rev() {
+        let again = spread(&[proxy.addr], &cookie, 1).await.remove(0);
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(lines(&again), lines(&first));
+    }
+    assert_eq!(auth.calls(), 1, "the rotated token was never replayed");
+}
+
+/// Two instances refresh one session alone while Redis stalls: the auth API answers one and
+/// refuses the other the rotated token; the refused one serves the result the first stored,
+/// rather than a logout (and ends nothing: the session is alive).
+#[tokio::test]
+async fn a_rejection_after_another_instance_refreshed_alone_serves_that_refresh() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        rotating_auth_api(Duration::from_millis(500), Duration::from_millis(1000)).await,
+    );
+    let fleet = fleet(2, &app, &auth, &store_yaml(&redis, 300)).await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let cookie = expired_session("opaque-rt-both-alone");
+    redis.pause(Duration::from_millis(700));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answers = spread(&addrs, &cookie, 2).await;
+    assert_eq!(auth.calls(), 2, "both instances called while Redis stalled");
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(lines(r), lines(&answers[0]));
+    }
+    assert!(
+        redis.keys("etls:*:ended").is_empty(),
+        "the session was not ended"
+    );
+    let later = spread(&addrs, &cookie, 2).await;
+    assert!(later.iter().all(|r| lines(r) == lines(&answers[0])));
+    assert_eq!(auth.calls(), 2);
+}
+
+/// After a Redis restart, each thread's connection is found dropped at its first command and
+/// that command is sent again on a new one: the very first sessions are shared, one call each,
+/// on every thread.
+#[tokio::test]
+async fn after_a_redis_restart_the_first_sessions_are_shared_at_once() {
+    let mut redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        Stub::slow_auth_api(Duration::from_millis(100)).await,
+    );
+    let fleet = instances(2, &app, &auth, &redis, "pingora: {threads: 2}").await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let round = |tag: &'static str| {
+        let addrs = addrs.clone();
+        async move {
+            let sessions: Vec<String> = (0..6)
+                .map(|i| expired_session(&format!("opaque-rt-{tag}-{i}")))
+                .collect();
+            let answers =
+                futures_util::future::join_all(sessions.iter().map(|s| spread(&addrs, s, 4))).await;
+            for r in answers.iter().flatten() {
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        }
+    };
+    // Every thread of both instances has led a refresh, so each holds a connection.
+    round("before").await;
+    assert_eq!(auth.calls(), 6);
+    redis.restart().await;
+    round("after").await;
+    assert_eq!(
+        auth.calls(),
+        12,
+        "one call per session right after the restart"
+    );
 }

@@ -13,9 +13,14 @@
 //!    the result as soon as it is stored, or take the lock themselves when it vanished without
 //!    one (the winner failed or died).
 //!
-//! Every command has `refresh.redis.timeout_ms`; an error, a timeout or a value that does not
-//! open makes the flight go on as in one process (the auth API call of this instance), counted
-//! and logged at most every 10 s. Each request thread has a connection of its own (a
+//! Every command has `refresh.redis.timeout_ms` (a connection found dropped, as after a Redis
+//! restart, is tried once more on the reconnected one within it); an error, a timeout or a value
+//! that does not open makes the flight go on as in one process (the auth API call of this
+//! instance), counted and logged at most every 10 s. What that call gets is still stored for the
+//! others once Redis answers again (unless one is stored already), and an auth API rejection
+//! first looks for a result another instance stored: with an auth API that rotates refresh
+//! tokens, the old cookies on another instance would otherwise replay a rotated token and be
+//! logged out. Each request thread has a connection of its own (a
 //! `ConnectionManager`, which reconnects by itself), made there at first use: its driver runs on
 //! the runtime whose requests send through it, so a command is no hop to another thread and
 //! back, and no runtime ever waits on another one's connection; a runtime that ends takes only
@@ -45,13 +50,14 @@ use crate::refresh::renew::{RefreshError, RenewedSession};
 use seal::{Seal, SessionKeys};
 pub use settings::{SharedStoreSettings, StoreKind};
 
-/// Reads the tombstone and the kept result, else takes the lock.
-/// KEYS: ended, result, lock. ARGV: token, lease ms.
+/// Reads the tombstone and the kept result, else takes the lock (already ours: a command tried
+/// again after its answer was lost). KEYS: ended, result, lock. ARGV: token, lease ms.
 const ACQUIRE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'E' end
 local r = redis.call('GET', KEYS[2])
 if r then return 'R' .. r end
 if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'W' end
+if redis.call('GET', KEYS[3]) == ARGV[1] then return 'W' end
 return 'L'
 ";
 
@@ -69,11 +75,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
-/// Releases the lock and stores the result, unless the session was ended meanwhile.
-/// KEYS: ended, result, lock, next. ARGV: token, value, ms, next (hex or '').
+/// Releases the lock and stores the result, unless the session was ended meanwhile, or, with
+/// ARGV[5] = '1' (a refresh made without the lock), a result is stored already.
+/// KEYS: ended, result, lock, next. ARGV: token, value, ms, next (hex or ''), keep ('1' or '0').
 const STORE: &str = r"
 if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'E' end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 'K' end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3]) end
 return 'S'
@@ -163,14 +171,46 @@ enum StoreError {
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            // The kind and the category only: never the server's text, which may hold a key.
-            StoreError::Redis(e) => write!(f, "Redis error ({:?})", e.kind()),
+            // The server's error code (`NOAUTH`, `WRONGPASS`, `ERR`), else the client's category
+            // (`I/O error`, `authentication failed`): never the server's text, which may hold a
+            // key.
+            StoreError::Redis(e) => {
+                let code = e
+                    .code()
+                    .filter(|c| c.bytes().all(|b| b.is_ascii_uppercase()));
+                match (code, e.category()) {
+                    (Some(code), _) => write!(f, "Redis error ({code})"),
+                    (None, "") => write!(f, "Redis error ({:?})", e.kind()),
+                    (None, category) => write!(f, "Redis error ({category})"),
+                }
+            }
             StoreError::Timeout => f.write_str("Redis command timed out"),
             StoreError::Garbage(what) => write!(f, "unusable answer from Redis: {what}"),
             StoreError::NoRuntime => f.write_str("no runtime to run the Redis client on"),
             StoreError::Client(e) => write!(f, "the Redis client could not start ({:?})", e.kind()),
         }
     }
+}
+
+impl StoreError {
+    /// Redis answered, and refused who this client is: no password where one is needed, a
+    /// wrong one, or a user without the right to run scripts.
+    fn refused_credentials(&self) -> bool {
+        match self {
+            StoreError::Redis(e) | StoreError::Client(e) => {
+                e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why the start probe's `PING` failed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PingFailure {
+    pub refused: bool,
+    pub what: String,
 }
 
 enum Acquired {
@@ -290,24 +330,37 @@ impl SharedStore {
         &self.settings.display
     }
 
-    /// One `PING`: whether Redis answers now (a warning at start when it does not).
-    pub async fn ping(&self) -> Result<(), String> {
+    /// One `PING`: whether Redis answers now, and if not, whether it refused this client's
+    /// credentials (a configuration to fix, not an outage to wait out).
+    pub async fn ping(&self) -> Result<(), PingFailure> {
         self.run(
             |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
         )
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| PingFailure {
+            refused: e.refused_credentials(),
+            what: e.to_string(),
+        })
     }
 
-    /// Runs one command on this thread's connection, within the timeout.
+    /// Runs one command on this thread's connection, within the timeout. A connection found
+    /// dropped (Redis restarted, or closed it) gets the command once more, on the connection the
+    /// client makes again, within the same timeout: every command here may run twice (the lock
+    /// script knows its own token), and without this each thread's first refresh after a
+    /// restart would go on alone.
     async fn run<T, F, C>(&self, command: C) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
-        C: FnOnce(ConnectionManager) -> F,
+        C: Fn(ConnectionManager) -> F,
     {
-        let command = command(self.connection()?);
-        match tokio::time::timeout(self.settings.timeout, command).await {
+        let deadline = Instant::now() + self.settings.timeout;
+        let timed = |conn| tokio::time::timeout_at(deadline, command(conn));
+        let answer = match timed(self.connection()?).await {
+            Ok(Err(e)) if e.is_connection_dropped() => timed(self.connection()?).await,
+            answer => answer,
+        };
+        match answer {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout),
@@ -386,7 +439,9 @@ impl SharedStore {
                 Err(error) => {
                     self.failed("taking the refresh lock", &error);
                     self.metrics.fallbacks.inc();
-                    return local(call.await, next);
+                    return self
+                        .alone(key, &keys, &seal, &token, grace, call, next)
+                        .await;
                 }
                 Ok(Acquired::Ended) => {
                     self.metrics.ended.inc();
@@ -407,7 +462,9 @@ impl SharedStore {
                             &StoreError::Garbage("a value that does not open"),
                         );
                         self.metrics.fallbacks.inc();
-                        return local(call.await, next);
+                        return self
+                            .alone(key, &keys, &seal, &token, grace, call, next)
+                            .await;
                     }
                 },
                 Ok(Acquired::Won) => {
@@ -426,7 +483,9 @@ impl SharedStore {
                         // bounded, then this instance goes on alone.
                         self.failed("waiting for another instance", &StoreError::Timeout);
                         self.metrics.fallbacks.inc();
-                        return local(call.await, next);
+                        return self
+                            .alone(key, &keys, &seal, &token, grace, call, next)
+                            .await;
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(POLL_MAX);
@@ -466,17 +525,17 @@ impl SharedStore {
                 let next = next(&renewed);
                 let records = renewed.records();
                 let value = seal.seal(records.iter().map(Vec::as_slice), &keys.result);
-                // Kept at least a second, so the other instances' waiters find it even with
-                // `grace_secs: 0`.
-                let keep = millis(grace.max(Duration::from_secs(1)));
-                match self.store(key, keys, token, value, keep, next).await {
-                    Ok(true) => Landing::Renewed {
+                match self
+                    .store(key, keys, token, value, keep_ms(grace), next, false)
+                    .await
+                {
+                    Ok(Stored::Kept | Stored::Already) => Landing::Renewed {
                         value: renewed,
                         next,
                     },
                     // Logged out on another instance while the call ran: these tokens must not
                     // bring the session back.
-                    Ok(false) => {
+                    Ok(Stored::Ended) => {
                         self.metrics.ended.inc();
                         Landing::Ended(SessionEnded.into())
                     }
@@ -490,6 +549,10 @@ impl SharedStore {
                 }
             }
             Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
+                if let Some(landing) = self.rescue(keys, seal, next).await {
+                    self.release(keys, token).await;
+                    return landing;
+                }
                 // A rejection ends the session on every instance, as a logout does.
                 // Ended while the lock is still ours, so the script knows the session.
                 self.end_keys(key, grace, lease).await;
@@ -523,6 +586,7 @@ impl SharedStore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
         key: SessionKey,
@@ -531,8 +595,10 @@ impl SharedStore {
         value: Vec<u8>,
         keep_ms: u64,
         next: Option<SessionKey>,
-    ) -> Result<bool, StoreError> {
-        let next_hex = next.map(|n| hex::encode(n.as_bytes())).unwrap_or_default();
+        unless_stored: bool,
+    ) -> Result<Stored, StoreError> {
+        let value = &value;
+        let next_hex = &next.map(|n| hex::encode(n.as_bytes())).unwrap_or_default();
         let store = self.run(|mut conn| async move {
             let mut invocation = self.scripts.store.prepare_invoke();
             invocation
@@ -543,7 +609,8 @@ impl SharedStore {
                 .arg(token)
                 .arg(value)
                 .arg(keep_ms)
-                .arg(&next_hex);
+                .arg(next_hex)
+                .arg(if unless_stored { "1" } else { "0" });
             invocation.invoke_async::<String>(&mut conn).await
         });
         // The link back, so a logout carrying the renewed cookies finds the old ones: another
@@ -551,8 +618,8 @@ impl SharedStore {
         // trip). Harmless if the script finds the session ended: those cookies are never sent.
         let link = async {
             let Some(next) = next else { return };
-            let origin = SessionKeys::origin_of(&self.settings.key_prefix, &next);
-            let own = hex::encode(key.as_bytes());
+            let origin = &SessionKeys::origin_of(&self.settings.key_prefix, &next);
+            let own = &hex::encode(key.as_bytes());
             let linked = self
                 .run(|mut conn| async move {
                     let mut set = redis::cmd("SET");
@@ -566,10 +633,87 @@ impl SharedStore {
         };
         let (answer, ()) = tokio::join!(store, link);
         match answer?.as_str() {
-            "S" => Ok(true),
-            "E" => Ok(false),
+            "S" => Ok(Stored::Kept),
+            "E" => Ok(Stored::Ended),
+            "K" => Ok(Stored::Already),
             _ => Err(StoreError::Garbage("store script")),
         }
+    }
+
+    /// The refresh when Redis failed to coordinate it: this instance's call, as in one process;
+    /// then its result is stored for the others all the same, unless one is stored already
+    /// (Redis may answer again by the time the auth API has), and a rejection first looks for a
+    /// result another instance stored (it may have refreshed the session meanwhile, and the
+    /// auth API then refuses the token it rotated).
+    #[allow(clippy::too_many_arguments)]
+    async fn alone<C>(
+        &self,
+        key: SessionKey,
+        keys: &SessionKeys,
+        seal: &Seal,
+        token: &str,
+        grace: Duration,
+        call: C,
+        next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
+    ) -> Landing<Arc<RenewedSession>, RefreshError>
+    where
+        C: Future<Output = Result<Arc<RenewedSession>, RefreshError>>,
+    {
+        match call.await {
+            Ok(renewed) => {
+                let next = next(&renewed);
+                let records = renewed.records();
+                let value = seal.seal(records.iter().map(Vec::as_slice), &keys.result);
+                match self
+                    .store(key, keys, token, value, keep_ms(grace), next, true)
+                    .await
+                {
+                    Ok(Stored::Ended) => {
+                        self.metrics.ended.inc();
+                        Landing::Ended(SessionEnded.into())
+                    }
+                    Ok(Stored::Kept | Stored::Already) => Landing::Renewed {
+                        value: renewed,
+                        next,
+                    },
+                    // Still unreachable: already counted and logged while taking the lock.
+                    Err(_) => Landing::Renewed {
+                        value: renewed,
+                        next,
+                    },
+                }
+            }
+            Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
+                match self.rescue(keys, seal, next).await {
+                    Some(landing) => landing,
+                    None => Landing::Ended(error),
+                }
+            }
+            Err(error) => Landing::Failed(error),
+        }
+    }
+
+    /// After the auth API rejected a session's refresh: the result another instance stored for
+    /// it, if any (the rejected token is the one that instance's refresh rotated).
+    async fn rescue(
+        &self,
+        keys: &SessionKeys,
+        seal: &Seal,
+        next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
+    ) -> Option<Landing<Arc<RenewedSession>, RefreshError>> {
+        let result = &keys.result;
+        let value: Option<Vec<u8>> =
+            self.run(|mut conn| async move {
+                redis::cmd("GET").arg(result).query_async(&mut conn).await
+            })
+            .await
+            .ok()?;
+        let renewed = open(seal, &value?, &keys.result)?;
+        self.metrics.shared_hits.inc();
+        Some(Landing::Renewed {
+            next: next(&renewed),
+            value: renewed,
+        })
     }
 
     async fn release(&self, keys: &SessionKeys, token: &str) {
@@ -603,7 +747,7 @@ impl SharedStore {
         let mut chain = vec![first];
         let mut at = 0;
         while at < chain.len() {
-            let keys = SessionKeys::new(&self.settings.key_prefix, &chain[at]);
+            let keys = &SessionKeys::new(&self.settings.key_prefix, &chain[at]);
             at += 1;
             let links: Result<Vec<Vec<u8>>, _> = self
                 .run(|mut conn| async move {
@@ -640,11 +784,11 @@ impl SharedStore {
     /// Whether another instance ended the session (checked on a grace hit kept in this
     /// process); `None` when Redis cannot say (the kept result then serves, as in one process).
     pub async fn is_ended(&self, key: SessionKey) -> Option<bool> {
-        let ended = SessionKeys::new(&self.settings.key_prefix, &key).ended;
+        let ended = &SessionKeys::new(&self.settings.key_prefix, &key).ended;
         match self
             .run(|mut conn| async move {
                 redis::cmd("EXISTS")
-                    .arg(&ended)
+                    .arg(ended)
                     .query_async::<i64>(&mut conn)
                     .await
             })
@@ -662,6 +806,21 @@ impl SharedStore {
             }
         }
     }
+}
+
+/// What the store script did with a result.
+enum Stored {
+    Kept,
+    /// Another instance's result was there first (a refresh made without the lock).
+    Already,
+    /// The session was ended meanwhile: this result must not bring it back.
+    Ended,
+}
+
+/// How long a stored result is kept: the grace window, at least a second, so the other
+/// instances' waiters find it even with `grace_secs: 0`.
+fn keep_ms(grace: Duration) -> u64 {
+    millis(grace.max(Duration::from_secs(1)))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -691,8 +850,15 @@ impl pingora::services::background::BackgroundService for StartProbe {
     async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
         match self.0.ping().await {
             Ok(()) => log::info!("refresh results shared through {}", self.0.display()),
-            Err(e) => log::warn!(
-                "refresh.redis: {} does not answer ({e}); refreshes stay in this process until it does",
+            Err(PingFailure {
+                refused: true,
+                what,
+            }) => log::error!(
+                "refresh.redis: {} refuses this proxy's credentials ({what}): check the user and password of refresh.redis.url_env; refreshes stay in this process until it accepts them",
+                self.0.display()
+            ),
+            Err(PingFailure { what, .. }) => log::warn!(
+                "refresh.redis: {} does not answer ({what}); refreshes stay in this process until it does",
                 self.0.display()
             ),
         }
