@@ -283,6 +283,9 @@ impl Log for RedactingLogger {
             return;
         }
         let text = record.args().to_string();
+        if is_benign_pingora_error(record.target(), &text) {
+            return;
+        }
         let redactor = self.redactor.load();
         let clean = redactor.redact(&text);
         let clean = escape_controls(&clean);
@@ -307,6 +310,17 @@ impl Log for RedactingLogger {
 /// at a time, past any pattern): they are never written, whatever `RUST_LOG` says.
 fn is_pingora_detail(metadata: &Metadata<'_>) -> bool {
     metadata.level() > log::Level::Info && metadata.target().starts_with("pingora")
+}
+
+/// Pingora's ERROR records that say nothing is wrong: a pooled connection still held by its
+/// idle watch when it is taken (Pingora then opens a new one, the request does not notice).
+/// Operators read ERROR as something to act on, so these are not written.
+fn is_benign_pingora_error(target: &str, text: &str) -> bool {
+    const BENIGN: &[(&str, &str)] = &[(
+        "pingora_core::connectors",
+        "failed to acquire reusable stream",
+    )];
+    BENIGN.iter().any(|(t, m)| target == *t && text == *m)
 }
 
 /// Installs the logger (`RUST_LOG`, default `info`). Idempotent enough for tests: a second call
@@ -339,6 +353,36 @@ pub fn extend(more: &Redactor) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn benign_pingora_errors_by_table() {
+        let table = [
+            (
+                "pingora_core::connectors",
+                "failed to acquire reusable stream",
+                true,
+            ),
+            (
+                "pingora_core::connectors",
+                "failed to acquire reusable stream!",
+                false,
+            ),
+            ("pingora_proxy", "failed to acquire reusable stream", false),
+            (
+                "etls_proxy::refresh",
+                "failed to acquire reusable stream",
+                false,
+            ),
+            ("pingora_core::connectors", "Fail to connect", false),
+        ];
+        for (target, text, benign) in table {
+            assert_eq!(
+                is_benign_pingora_error(target, text),
+                benign,
+                "{target}: {text}"
+            );
+        }
+    }
 
     fn r() -> Redactor {
         Redactor::new(
