@@ -458,12 +458,133 @@ impl Default for RefreshFile {
     }
 }
 
-/// Parses the file; an empty file (or one holding only comments) is all defaults. Errors name
-/// the key's path and the line, as serde_yaml reports them.
-pub fn parse(text: &str) -> Result<FileConfig, String> {
-    let probe: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-    if probe.is_null() {
-        return serde_yaml::from_str("{}").map_err(|e| e.to_string());
+/// Why the file did not parse.
+#[derive(Debug)]
+pub enum ParseError {
+    /// Not YAML, or not a mapping at the top: nothing else can be read.
+    Syntax(String),
+    /// Values of the wrong type (or unknown keys) in some sections, one problem each, named by
+    /// the key's path; `rest` holds the other sections, parsed, so their problems can be
+    /// reported beside these.
+    Sections {
+        problems: Vec<super::Problem>,
+        broken: Vec<String>,
+        rest: Box<FileConfig>,
+    },
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Syntax(message) => f.write_str(message),
+            ParseError::Sections { problems, .. } => {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                f.write_str(&list.join("; "))
+            }
+        }
     }
-    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Parses the file; an empty file (or one holding only comments) is all defaults. Errors name
+/// the key's path and the line, as serde_yaml reports them. serde stops at the first wrong
+/// value, so on a failure each top-level section is read again on its own: a problem per
+/// broken section (the first with its line), and the others parsed for the checks.
+pub fn parse(text: &str) -> Result<FileConfig, ParseError> {
+    let syntax = |e: serde_yaml::Error| ParseError::Syntax(e.to_string());
+    let probe: serde_yaml::Value = serde_yaml::from_str(text).map_err(syntax)?;
+    if probe.is_null() {
+        return serde_yaml::from_str("{}").map_err(syntax);
+    }
+    let first = match serde_yaml::from_str::<FileConfig>(text) {
+        Ok(config) => return Ok(config),
+        Err(first) => first,
+    };
+    let Some(sections) = probe.as_mapping() else {
+        return Err(syntax(first));
+    };
+    let (mut problems, mut broken) = (Vec::new(), Vec::new());
+    let mut rest = serde_yaml::Mapping::new();
+    for (key, value) in sections {
+        let one = serde_yaml::Mapping::from_iter([(key.clone(), value.clone())]);
+        let alone = serde_yaml::to_string(&one)
+            .map_err(|e| e.to_string())
+            .and_then(|fragment| {
+                serde_yaml::from_str::<FileConfig>(&fragment).map_err(|e| e.to_string())
+            });
+        let name = match key {
+            serde_yaml::Value::String(name) => name.clone(),
+            other => format!("{other:?}"),
+        };
+        match alone {
+            Ok(_) => {
+                rest.insert(key.clone(), value.clone());
+            }
+            Err(message) => {
+                // The fragment's lines are not the file's: the position is dropped, except for
+                // the error the whole file gave, which keeps its own.
+                let problem = section_problem(&name, &message);
+                let whole = section_problem(&name, &first.to_string());
+                problems.push(if whole == problem {
+                    whole_with_line(whole, &first)
+                } else {
+                    problem
+                });
+                broken.push(name);
+            }
+        }
+    }
+    let rest: FileConfig = match serde_yaml::from_value(serde_yaml::Value::Mapping(rest)) {
+        Ok(rest) if !problems.is_empty() => rest,
+        // No section fails alone (nothing more to say than the whole file's error).
+        _ => return Err(syntax(first)),
+    };
+    Err(ParseError::Sections {
+        problems,
+        broken,
+        rest: Box::new(rest),
+    })
+}
+
+/// `path: message` of a serde_yaml error, read back into a problem of section `section`, its
+/// ` at line L column C` dropped; an error without a path of that section is the section's.
+fn section_problem(section: &str, message: &str) -> super::Problem {
+    let message = match message.rfind(" at line ") {
+        Some(at) if message[at + 9..].split(" column ").count() == 2 => &message[..at],
+        _ => message,
+    };
+    let of_section = |path: &str| {
+        path == section
+            || path
+                .strip_prefix(section)
+                .is_some_and(|tail| tail.starts_with(['.', '[']))
+    };
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') && of_section(path) => super::Problem {
+            key: path.to_owned(),
+            message: rest.to_owned(),
+        },
+        _ => super::Problem {
+            key: section.to_owned(),
+            message: message.to_owned(),
+        },
+    }
+}
+
+/// Whether the key `path` (`upstream.tls.sni`, `listen[0]`) is `section` or inside it.
+pub fn is_under(path: &str, section: &str) -> bool {
+    path.strip_prefix(section)
+        .is_some_and(|tail| tail.is_empty() || tail.starts_with(['.', '[']))
+}
+
+/// `problem` with the line and column of `error`, the whole file's error.
+fn whole_with_line(mut problem: super::Problem, error: &serde_yaml::Error) -> super::Problem {
+    if let Some(at) = error.location() {
+        problem.message = format!(
+            "{} (line {} column {})",
+            problem.message,
+            at.line(),
+            at.column()
+        );
+    }
+    problem
 }

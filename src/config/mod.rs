@@ -24,25 +24,45 @@ pub fn load_file(path: &str, outside: Outside<'_>) -> Result<Loaded, ConfigError
 }
 
 pub fn load_str(text: &str, path: &str, outside: Outside<'_>) -> Result<Loaded, ConfigError> {
-    let parsed = file::parse(text).map_err(|message| ConfigError::Syntax {
-        path: path.to_owned(),
-        message,
-    })?;
     let invalid = |problems| ConfigError::Invalid {
         path: path.to_owned(),
         problems,
     };
+    match file::parse(text) {
+        Ok(parsed) => check(parsed, outside).map_err(invalid),
+        Err(file::ParseError::Syntax(message)) => Err(ConfigError::Syntax {
+            path: path.to_owned(),
+            message,
+        }),
+        // The sections that parsed are checked too, so one wrong value hides nothing else; the
+        // checks' problems of a broken section would be about its defaults, not the file.
+        Err(file::ParseError::Sections {
+            mut problems,
+            broken,
+            rest,
+        }) => {
+            if let Err(more) = check(*rest, outside) {
+                let of_broken = |key: &str| broken.iter().any(|b| file::is_under(key, b));
+                problems.extend(more.into_iter().filter(|p| !of_broken(&p.key)));
+            }
+            Err(invalid(problems))
+        }
+    }
+}
+
+/// The checks and the build, with `env_file`'s variables read first when there is one.
+fn check(parsed: file::FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Problem>> {
     let Some(env_path) = parsed.env_file.clone() else {
-        return build(parsed, outside).map_err(invalid);
+        return build(parsed, outside);
     };
     let vars = std::fs::read_to_string(&env_path)
         .map_err(|e| format!("cannot read `{env_path}`: {e}"))
         .and_then(|text| parse_env_file(&text))
         .map_err(|message| {
-            invalid(vec![Problem {
+            vec![Problem {
                 key: "env_file".into(),
                 message,
-            }])
+            }]
         })?;
     let env = |name: &str| {
         vars.iter()
@@ -55,5 +75,5 @@ pub fn load_str(text: &str, path: &str, outside: Outside<'_>) -> Result<Loaded, 
         env: &env,
         resolve: outside.resolve,
     };
-    build(parsed, with_file).map_err(invalid)
+    build(parsed, with_file)
 }

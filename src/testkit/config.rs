@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 
 use super::SECRETS;
-use crate::config::{Loaded, Outside, build, file::parse, load_str, system_resolve};
+use crate::config::{ConfigError, Loaded, Outside, load_str, system_resolve};
 
 /// An environment holding only `vars`.
 pub fn env_with<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
@@ -26,9 +26,12 @@ pub fn outside(env: &dyn Fn(&str) -> Option<OsString>) -> Outside<'_> {
 /// The problems `yaml` raises under `vars`, each as `key: message`; empty when it builds.
 pub fn problems(yaml: &str, vars: &[(&str, &str)]) -> Vec<String> {
     let env = env_with(vars);
-    match build(parse(yaml).expect("parses"), outside(&env)) {
+    match load_str(yaml, "test.yaml", outside(&env)) {
         Ok(_) => vec![],
-        Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.iter().map(ToString::to_string).collect()
+        }
+        Err(e) => panic!("not a file with problems: {e}"),
     }
 }
 

@@ -419,17 +419,56 @@ pingora: {threads: 2, no_such_key: 1}
 
     #[test]
     fn syntax_errors_name_the_key_and_line() {
-        let e = parse("auth_api:\n  refresh_url: http://x\n  timeout: 5\n").unwrap_err();
+        let e = parse("auth_api:\n  refresh_url: http://x\n  timeout: 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("auth_api") && e.contains("timeout") && e.contains("line 3"),
             "{e}"
         );
-        let e = parse("tokens:\n  leeway_secs: soon\n").unwrap_err();
+        let e = parse("tokens:\n  leeway_secs: soon\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("tokens.leeway_secs") && e.contains("line 2"),
             "{e}"
         );
         let e = parse("listen: [\n").unwrap_err();
-        assert!(e.contains("line"), "{e}");
+        assert!(
+            matches!(e, crate::config::file::ParseError::Syntax(_)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("line"), "{e}");
+    }
+
+    /// serde stops at the first wrong value; the file is read again section by section, so a
+    /// wrong type hides no other problem, and the sections it breaks raise nothing about their
+    /// defaults.
+    #[test]
+    fn a_wrong_type_hides_no_other_problem() {
+        let yaml = "upstream: {connect_timeout_ms: -1, address: 'no-port'}\n\
+                    tokens:\n  leeway_secs: soon\n\
+                    auth_api: {refresh_url: 'ftp://x/y'}\n\
+                    refresh: {grace_secs: 999999}\n\
+                    bogus: 1\n\
+                    listen: ['localhost']\n";
+        let got = problems(yaml, SECRETS);
+        let table = [
+            ("upstream.connect_timeout_ms", "line 1"),
+            ("tokens.leeway_secs", "invalid type"),
+            ("auth_api.refresh_url", "http"),
+            ("refresh.grace_secs", ""),
+            ("bogus", "unknown field `bogus`"),
+            ("listen[0]", ""),
+        ];
+        for (key, says) in table {
+            assert!(
+                got.iter()
+                    .any(|p| p.starts_with(&format!("{key}: ")) && p.contains(says)),
+                "{key} ({says}) not reported in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), table.len(), "{got:#?}");
+        assert!(!got.iter().any(|p| p.contains(" at line ")), "{got:#?}");
     }
 }
