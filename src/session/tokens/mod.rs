@@ -500,6 +500,27 @@ mod tests {
             k.check_access(forged.as_bytes(), NOW),
             AccessState::Invalid(TokenFault::Signature)
         );
+        // Well signed, but naming extensions that must be understood (RFC 7515 §4.1.11): none
+        // is, so none passes; forged, it is a bad signature first.
+        let payload_json = format!(r#"{{"username":"bob","exp":{}}}"#, NOW + 60);
+        for crit in [r#"["exp"]"#, "[]", r#"["b64"]"#] {
+            let header = format!(r#"{{"alg":"HS256","crit":{crit},"exp":1}}"#);
+            let signed = sign_raw_header(ACCESS, &header, &payload_json);
+            assert_eq!(
+                k.check_access(signed.as_bytes(), NOW),
+                AccessState::Invalid(TokenFault::Malformed),
+                "{header}"
+            );
+            let forged =
+                sign_raw_header(b"another-secret-another-secret-000", &header, &payload_json);
+            assert_eq!(
+                k.check_access(forged.as_bytes(), NOW),
+                AccessState::Invalid(TokenFault::Signature),
+                "{header}"
+            );
+        }
+        let plain = sign_raw_header(ACCESS, r#"{"alg":"HS256"}"#, &payload_json);
+        assert_eq!(k.check_access(plain.as_bytes(), NOW), AccessState::Fresh);
     }
 
     #[test]

@@ -39,6 +39,7 @@ impl KeySet {
             alg,
             kid,
             typ: token_typ,
+            crit,
         } = serde_json::from_slice(header).map_err(|_| TokenFault::Malformed)?;
         if alg != "HS256" {
             return Err(TokenFault::Signature);
@@ -63,6 +64,9 @@ impl KeySet {
         let Some(index) = valid else {
             return Err(TokenFault::Signature);
         };
+        if crit.is_some() {
+            return Err(TokenFault::Malformed);
+        }
         if !typ_allows(token_typ.as_deref(), typ) {
             return Err(TokenFault::Type);
         }
@@ -70,8 +74,8 @@ impl KeySet {
     }
 }
 
-/// `{"alg": "...", "kid": "...", "typ": "..."}`; other header fields do not change how HS256
-/// verifies. `kid` and `typ` are borrowed from the decoded header; only one written with JSON
+/// `{"alg": "...", "kid": "...", "typ": "..."}`, and whether it has `crit`; other header fields
+/// do not change how HS256 verifies. `kid` and `typ` are borrowed from the decoded header; only one written with JSON
 /// escapes (never ours: they are base64url or plain ASCII) is unescaped into a `String`, so it
 /// reads as it does for jsonwebtoken.
 #[derive(Deserialize)]
@@ -82,6 +86,10 @@ pub(super) struct JwtHeader<'a> {
     kid: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "borrowed_kid")]
     typ: Option<Cow<'a, str>>,
+    /// Extensions the token says must be understood (RFC 7515 §4.1.11): this proxy understands
+    /// none, so a token naming any is refused.
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 /// Whether a token whose header says `typ` may be taken as the kind `expected`: untyped tokens
