@@ -240,6 +240,18 @@ pub struct SharedFlight<'a> {
     pub grace: Duration,
 }
 
+/// One session's refresh on this instance, as every step with Redis needs it.
+struct Refreshing {
+    key: SessionKey,
+    keys: SessionKeys,
+    seal: Seal,
+    /// The lock's value while this instance holds it.
+    token: String,
+    /// Outlives the auth API's deadline, and is renewed while the call runs anyway.
+    lease: Duration,
+    grace: Duration,
+}
+
 /// A connection of one store on one thread, with a task of the runtime it was made on that never
 /// ends by itself: once that task is finished, the runtime is gone, and so is the connection's
 /// driver.
@@ -426,28 +438,30 @@ impl SharedStore {
             auth_timeout,
             grace,
         } = flight;
-        let keys = SessionKeys::new(&self.settings.key_prefix, &key);
-        let seal = Seal::new(value_key, api_cookies.as_bytes());
-        let token = hex::encode(&rand::random::<[u8; 16]>());
-        // Outlives the auth API's deadline, and is renewed while the call runs anyway.
-        let lease = auth_timeout + Duration::from_secs(1);
-        let give_up = Instant::now() + lease + auth_timeout;
+        let r = Refreshing {
+            key,
+            keys: SessionKeys::new(&self.settings.key_prefix, &key),
+            seal: Seal::new(value_key, api_cookies.as_bytes()),
+            token: hex::encode(&rand::random::<[u8; 16]>()),
+            lease: auth_timeout + Duration::from_secs(1),
+            grace,
+        };
+        let (keys, seal) = (&r.keys, &r.seal);
+        let give_up = Instant::now() + r.lease + auth_timeout;
         let mut delay = POLL_FIRST;
         let mut waited = false;
         loop {
-            match self.acquire(&keys, &token, lease).await {
+            match self.acquire(keys, &r.token, r.lease).await {
                 Err(error) => {
                     self.failed("taking the refresh lock", &error);
                     self.metrics.fallbacks.inc();
-                    return self
-                        .alone(key, &keys, &seal, &token, grace, call, next)
-                        .await;
+                    return self.alone(&r, call, next).await;
                 }
                 Ok(Acquired::Ended) => {
                     self.metrics.ended.inc();
                     return Landing::Ended(SessionEnded.into());
                 }
-                Ok(Acquired::Result(value)) => match open(&seal, &value, &keys.result) {
+                Ok(Acquired::Result(value)) => match open(seal, &value, &keys.result) {
                     Some(renewed) => {
                         self.metrics.shared_hits.inc();
                         let next = next(&renewed);
@@ -462,15 +476,11 @@ impl SharedStore {
                             &StoreError::Garbage("a value that does not open"),
                         );
                         self.metrics.fallbacks.inc();
-                        return self
-                            .alone(key, &keys, &seal, &token, grace, call, next)
-                            .await;
+                        return self.alone(&r, call, next).await;
                     }
                 },
                 Ok(Acquired::Won) => {
-                    return self
-                        .lead(key, &keys, &seal, &token, lease, grace, call, next)
-                        .await;
+                    return self.lead(&r, call, next).await;
                 }
                 Ok(Acquired::Locked) => {
                     self.metrics.contention.inc();
@@ -483,9 +493,7 @@ impl SharedStore {
                         // bounded, then this instance goes on alone.
                         self.failed("waiting for another instance", &StoreError::Timeout);
                         self.metrics.fallbacks.inc();
-                        return self
-                            .alone(key, &keys, &seal, &token, grace, call, next)
-                            .await;
+                        return self.alone(&r, call, next).await;
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(POLL_MAX);
@@ -494,15 +502,9 @@ impl SharedStore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn lead<C>(
         &self,
-        key: SessionKey,
-        keys: &SessionKeys,
-        seal: &Seal,
-        token: &str,
-        lease: Duration,
-        grace: Duration,
+        r: &Refreshing,
         call: C,
         next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
     ) -> Landing<Arc<RenewedSession>, RefreshError>
@@ -512,7 +514,7 @@ impl SharedStore {
         // The lease is renewed beside the call, in this task: it stops with the call, or when
         // this future is dropped first.
         let result = {
-            let renewing = self.renew_lease(&keys.lock, token, lease);
+            let renewing = self.renew_lease(&r.keys.lock, &r.token, r.lease);
             tokio::pin!(call, renewing);
             tokio::select! {
                 biased;
@@ -523,45 +525,22 @@ impl SharedStore {
         match result {
             Ok(renewed) => {
                 let next = next(&renewed);
-                let records = renewed.records();
-                let value = seal.seal(records.iter().map(Vec::as_slice), &keys.result);
-                match self
-                    .store(key, keys, token, value, keep_ms(grace), next, false)
-                    .await
-                {
-                    Ok(Stored::Kept | Stored::Already) => Landing::Renewed {
-                        value: renewed,
-                        next,
-                    },
-                    // Logged out on another instance while the call ran: these tokens must not
-                    // bring the session back.
-                    Ok(Stored::Ended) => {
-                        self.metrics.ended.inc();
-                        Landing::Ended(SessionEnded.into())
-                    }
-                    Err(error) => {
-                        self.failed("storing a result", &error);
-                        Landing::Renewed {
-                            value: renewed,
-                            next,
-                        }
-                    }
-                }
+                self.publish(r, renewed, next, false).await
             }
             Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
-                if let Some(landing) = self.rescue(keys, seal, next).await {
-                    self.release(keys, token).await;
+                if let Some(landing) = self.rescue(r, next).await {
+                    self.release(&r.keys, &r.token).await;
                     return landing;
                 }
                 // A rejection ends the session on every instance, as a logout does.
                 // Ended while the lock is still ours, so the script knows the session.
-                self.end_keys(key, grace, lease).await;
-                self.release(keys, token).await;
+                self.end_keys(r.key, r.grace, r.lease).await;
+                self.release(&r.keys, &r.token).await;
                 Landing::Ended(error)
             }
             Err(error) => {
                 // Not kept: the waiters on other instances find the lock gone and try again.
-                self.release(keys, token).await;
+                self.release(&r.keys, &r.token).await;
                 Landing::Failed(error)
             }
         }
@@ -586,18 +565,16 @@ impl SharedStore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Stores `value` (sealed) for the grace window and releases the lock; with `unless_stored`,
+    /// not over a result another instance stored first.
     async fn store(
         &self,
-        key: SessionKey,
-        keys: &SessionKeys,
-        token: &str,
+        r: &Refreshing,
         value: Vec<u8>,
-        keep_ms: u64,
         next: Option<SessionKey>,
         unless_stored: bool,
     ) -> Result<Stored, StoreError> {
-        let value = &value;
+        let (keys, token, keep_ms, value) = (&r.keys, &r.token, keep_ms(r.grace), &value);
         let next_hex = &next.map(|n| hex::encode(n.as_bytes())).unwrap_or_default();
         let store = self.run(|mut conn| async move {
             let mut invocation = self.scripts.store.prepare_invoke();
@@ -619,7 +596,7 @@ impl SharedStore {
         let link = async {
             let Some(next) = next else { return };
             let origin = &SessionKeys::origin_of(&self.settings.key_prefix, &next);
-            let own = &hex::encode(key.as_bytes());
+            let own = &hex::encode(r.key.as_bytes());
             let linked = self
                 .run(|mut conn| async move {
                     let mut set = redis::cmd("SET");
@@ -640,19 +617,45 @@ impl SharedStore {
         }
     }
 
+    /// A refresh this instance made, sealed and stored for the other instances; `alone` when it
+    /// was made without the lock: a result stored first by another instance stays (both are the
+    /// auth API's), and a failure is not logged again (it was, when the lock could not be taken).
+    async fn publish(
+        &self,
+        r: &Refreshing,
+        renewed: Arc<RenewedSession>,
+        next: Option<SessionKey>,
+        alone: bool,
+    ) -> Landing<Arc<RenewedSession>, RefreshError> {
+        let records = renewed.records();
+        let value = r
+            .seal
+            .seal(records.iter().map(Vec::as_slice), &r.keys.result);
+        match self.store(r, value, next, alone).await {
+            // Logged out on another instance while the call ran: these tokens must not bring
+            // the session back.
+            Ok(Stored::Ended) => {
+                self.metrics.ended.inc();
+                return Landing::Ended(SessionEnded.into());
+            }
+            Ok(Stored::Kept | Stored::Already) => {}
+            Err(error) if !alone => self.failed("storing a result", &error),
+            Err(_) => {}
+        }
+        Landing::Renewed {
+            value: renewed,
+            next,
+        }
+    }
+
     /// The refresh when Redis failed to coordinate it: this instance's call, as in one process;
     /// then its result is stored for the others all the same, unless one is stored already
     /// (Redis may answer again by the time the auth API has), and a rejection first looks for a
     /// result another instance stored (it may have refreshed the session meanwhile, and the
     /// auth API then refuses the token it rotated).
-    #[allow(clippy::too_many_arguments)]
     async fn alone<C>(
         &self,
-        key: SessionKey,
-        keys: &SessionKeys,
-        seal: &Seal,
-        token: &str,
-        grace: Duration,
+        r: &Refreshing,
         call: C,
         next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
     ) -> Landing<Arc<RenewedSession>, RefreshError>
@@ -662,29 +665,10 @@ impl SharedStore {
         match call.await {
             Ok(renewed) => {
                 let next = next(&renewed);
-                let records = renewed.records();
-                let value = seal.seal(records.iter().map(Vec::as_slice), &keys.result);
-                match self
-                    .store(key, keys, token, value, keep_ms(grace), next, true)
-                    .await
-                {
-                    Ok(Stored::Ended) => {
-                        self.metrics.ended.inc();
-                        Landing::Ended(SessionEnded.into())
-                    }
-                    Ok(Stored::Kept | Stored::Already) => Landing::Renewed {
-                        value: renewed,
-                        next,
-                    },
-                    // Still unreachable: already counted and logged while taking the lock.
-                    Err(_) => Landing::Renewed {
-                        value: renewed,
-                        next,
-                    },
-                }
+                self.publish(r, renewed, next, true).await
             }
             Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
-                match self.rescue(keys, seal, next).await {
+                match self.rescue(r, next).await {
                     Some(landing) => landing,
                     None => Landing::Ended(error),
                 }
@@ -697,18 +681,17 @@ impl SharedStore {
     /// it, if any (the rejected token is the one that instance's refresh rotated).
     async fn rescue(
         &self,
-        keys: &SessionKeys,
-        seal: &Seal,
+        r: &Refreshing,
         next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
     ) -> Option<Landing<Arc<RenewedSession>, RefreshError>> {
-        let result = &keys.result;
+        let result = &r.keys.result;
         let value: Option<Vec<u8>> =
             self.run(|mut conn| async move {
                 redis::cmd("GET").arg(result).query_async(&mut conn).await
             })
             .await
             .ok()?;
-        let renewed = open(seal, &value?, &keys.result)?;
+        let renewed = open(&r.seal, &value?, result)?;
         self.metrics.shared_hits.inc();
         Some(Landing::Renewed {
             next: next(&renewed),
