@@ -51,9 +51,7 @@ async fn rotating_auth_api() -> Stub {
 }
 
 async fn metrics(admin: SocketAddr) -> String {
-    send_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
-        .await
-        .text()
+    admin_get(admin, "/metrics").await.text()
 }
 
 fn unbound(text: &str, result: &str) -> f64 {

@@ -13,15 +13,7 @@ use crate::support::*;
 const LOGOUT: &str = "/api/auth/logout";
 
 async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let r = send_raw(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".as_slice(),
-    )
-    .await;
-    let text = r.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
+    series(&admin_get(admin, "/metrics").await.text(), name)
 }
 
 /// `n` instances sharing `redis`, each with its own admin listener.
