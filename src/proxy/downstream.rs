@@ -47,6 +47,15 @@ pub fn keepalive(session: &mut Session, secs: u64) {
     }
 }
 
+/// HTTP/1.1 pipelining (RFC 9112 §9.3.2): a request the client sends before it has the answer
+/// to the previous one is served after it, in order. Pingora's default otherwise answers the
+/// previous request itself with a 400 (`Sent data after end of body`) when the next one's bytes
+/// arrive while that answer is pending (a slow app, a refresh under way): the app's answer, and
+/// the connection, lost for a request that was fine.
+pub fn pipelining(session: &mut Session) {
+    session.as_downstream_mut().set_pipelining_enabled(true);
+}
+
 /// The header of the current request is complete: no deadline until the next one.
 pub fn header_read(session: &Session) {
     if let Some(stream) = deadlined(session) {

@@ -79,6 +79,7 @@ impl ProxyHttp for EtlsProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         downstream::header_read(session);
         downstream::keepalive(session, ctx.config.keepalive_secs);
+        downstream::pipelining(session);
         ctx.caller = Some(caller(session, ctx));
         match self.decide(session.req_header(), ctx).await {
             Step::Forward => Ok(false),

@@ -18,6 +18,7 @@ mod login_page;
 mod logs;
 mod matrix;
 mod ops;
+mod pipelining;
 mod redis_support;
 mod rotation;
 mod session_end;

@@ -136,6 +136,15 @@ impl Conn {
         }
     }
 
+    /// Sends `raw` and reads nothing (a pipelined request: its answer comes after the one
+    /// pending).
+    pub async fn send(&mut self, raw: &[u8]) {
+        self.stream
+            .write_all(raw)
+            .await
+            .expect("the proxy takes the bytes");
+    }
+
     /// Sends `raw` and reads one response; `None` when the connection was closed first.
     pub async fn request(&mut self, raw: &[u8]) -> Option<Response> {
         self.stream.write_all(raw).await.ok()?;
