@@ -272,3 +272,63 @@ async fn an_app_failing_after_the_101_gets_no_error_answer_written_into_the_tunn
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert_eq!(text.matches("Set-Cookie: ").count(), 5, "{text}");
 }
+
+/// Frame bytes a client sends before the 101 (in the handshake's own write, or while the
+/// refresh runs) are the tunnel's first bytes, never taken for a pipelined request: the app
+/// echoes them after the 101.
+#[tokio::test]
+async fn frames_sent_before_the_101_reach_the_app() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = WsApp::start().await;
+    let auth = Stub::slow_auth_api(Duration::from_millis(300)).await;
+    let proxy = Proxy::builder_at(app.addr, auth.addr).start().await;
+    let payload = b"early-frame";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for (n, gap) in [None, Some(Duration::from_millis(100))]
+        .into_iter()
+        .enumerate()
+    {
+        let cookie = expired_session(&format!("opaque-rt-early-{n}"));
+        let handshake = format!(
+            "GET /_ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Cookie: {cookie}\r\n\r\n",
+            proxy.addr
+        );
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        match gap {
+            None => stream
+                .write_all(&[handshake.as_bytes(), &frame].concat())
+                .await
+                .unwrap(),
+            Some(gap) => {
+                stream.write_all(handshake.as_bytes()).await.unwrap();
+                tokio::time::sleep(gap).await;
+                stream.write_all(&frame).await.unwrap();
+            }
+        }
+        let mut got = Vec::new();
+        let echoed = tokio::time::timeout(LIMIT, async {
+            let mut buf = [0u8; 4096];
+            while !got.windows(payload.len()).any(|w| w == payload) {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            true
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 101"), "gap {gap:?}: {text}");
+        assert_eq!(
+            echoed,
+            Ok(true),
+            "gap {gap:?}: the app echoes the early frame: {text}"
+        );
+    }
+    assert_eq!(auth.calls(), 2);
+}
