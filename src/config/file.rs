@@ -552,14 +552,8 @@ fn section_problem(section: &str, message: &str) -> super::Problem {
         Some(at) if message[at + 9..].split(" column ").count() == 2 => &message[..at],
         _ => message,
     };
-    let of_section = |path: &str| {
-        path == section
-            || path
-                .strip_prefix(section)
-                .is_some_and(|tail| tail.starts_with(['.', '[']))
-    };
     match message.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') && of_section(path) => super::Problem {
+        Some((path, rest)) if !path.contains(' ') && is_under(path, section) => super::Problem {
             key: path.to_owned(),
             message: rest.to_owned(),
         },
