@@ -815,15 +815,6 @@ fn open(seal: &Seal, value: &[u8], aad: &str) -> Option<Arc<RenewedSession>> {
     RenewedSession::from_records(&records).ok().map(Arc::new)
 }
 
-/// As the in-process flight lands a result: a success kept and chained, a rejection ending the
-/// session, anything else for the next request to try again.
-pub fn local(
-    result: Result<Arc<RenewedSession>, RefreshError>,
-    next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
-) -> Landing<Arc<RenewedSession>, RefreshError> {
-    crate::refresh::renew::land(result, next)
-}
-
 /// Says at start whether Redis answers (a warning when it does not: sharing begins once it
 /// does). A Pingora background service, so it runs after the daemon fork, as the client does.
 pub struct StartProbe(pub Arc<SharedStore>);
