@@ -6,18 +6,30 @@
 //! copied with it into its box on every refresh (three quarters of the proxy's page faults in the
 //! storm). Here a pooled connection is taken by a small future, and only a new connection's is
 //! boxed.
+//!
+//! The request is written in one `write` (head and body together): Pingora's client session
+//! flushes the head on its own, and a second segment of two bytes cost every refresh a
+//! syscall, a loopback TCP exchange and a second wake-up of the auth API.
 
 use std::time::Duration;
 
-use pingora::connectors::http::v1::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
+use pingora::prelude::timeout;
+use pingora::protocols::Stream;
+use pingora::protocols::http::v1::client::{HttpSession, http_req_header_to_wire};
+use pingora::upstreams::peer::Peer;
 use pingora::{Error as PingoraError, ErrorType};
+use tokio::io::AsyncWriteExt;
 
 use super::*;
 
 /// Below Node's default `keepAliveTimeout` (5 s), so the pool never hands out a connection
 /// the auth API is about to close.
 pub(super) const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// The body of every call: seed 002's auth API reads only the `Cookie` header.
+const BODY: &[u8] = b"{}";
 
 /// Interim (1xx) answers read before the final one; more is a server that never answers.
 const MAX_INTERIM_ANSWERS: usize = 16;
@@ -42,13 +54,13 @@ impl AuthApiSettings {
 
 /// Pooled client; one per process, shared by every refresh.
 pub struct AuthApiClient {
-    connector: Connector,
+    connector: TransportConnector,
 }
 
 impl Default for AuthApiClient {
     fn default() -> Self {
         AuthApiClient {
-            connector: Connector::new(None),
+            connector: TransportConnector::new(None),
         }
     }
 }
@@ -105,7 +117,9 @@ impl AuthApiClient {
                 other => other,
             }
         };
-        match tokio::time::timeout(deadline, attempt).await {
+        // Pingora's timer, not tokio's: a tokio timer earlier than every other one wakes the
+        // runtime's driver through its eventfd, a syscall on most refreshes.
+        match timeout(deadline, attempt).await {
             Err(_) => Err(AuthApiError::Timeout(deadline)),
             Ok(Ok(answer)) => answer,
             Ok(Err((failure, _))) => Err(failure.into_error(deadline)),
@@ -122,22 +136,25 @@ impl AuthApiClient {
         cookie_header: &str,
         read: &impl Fn(u16, Option<&[u8]>, &[u8]) -> Result<R, AuthApiError>,
     ) -> Result<Result<R, AuthApiError>, (Failure, bool)> {
-        let (mut http, reused) = match self.connector.reused_http_session(target.peer).await {
+        let (mut stream, reused) = match self.connector.reused_stream(target.peer).await {
             Some(pooled) => (pooled, true),
-            None => Box::pin(self.connector.get_http_session(target.peer))
+            None => Box::pin(self.connector.new_stream(target.peer))
                 .await
+                .map(|fresh| (fresh, false))
                 .map_err(|e| (Failure::from(e), false))?,
         };
-        http.read_timeout = Some(settings.timeout);
-        http.write_timeout = Some(settings.timeout);
         let request = build_request(target, cookie_header)
             .map_err(|e| (Failure::Internal(e.to_string()), false))?;
-        let writing = |e: Box<PingoraError>| (Failure::from(e), reused);
-        http.write_request_header(Box::new(request))
+        let mut wire = http_req_header_to_wire(&request).ok_or_else(|| {
+            let what = "request head not writable as HTTP/1.1";
+            (Failure::Internal(what.into()), false)
+        })?;
+        wire.extend_from_slice(BODY);
+        write_all(&mut stream, &wire, settings.timeout)
             .await
-            .map_err(writing)?;
-        http.write_body(b"{}").await.map_err(writing)?;
-        http.finish_body().await.map_err(writing)?;
+            .map_err(|failure| (failure, reused))?;
+        let mut http = HttpSession::new_with_options(stream, target.peer);
+        http.read_timeout = Some(settings.timeout);
         let reading = |e: Box<PingoraError>| (Failure::from(e), false);
         // Interim answers (100 Continue, 103 Early Hints) may come before the final one, asked
         // for or not (RFC 9110 §15.2); 101 is final, and no answer to a refresh: the connection
@@ -172,11 +189,26 @@ impl AuthApiClient {
             body.extend_from_slice(&chunk);
         }
         let answer = read(status, content_type.as_deref(), &body);
-        // Kept only when the answer allows it (`respect_keepalive` inside).
-        self.connector
-            .release_http_session(http, target.peer, Some(POOL_IDLE))
-            .await;
+        // Kept only when the answer allows it.
+        http.respect_keepalive();
+        if let Some(stream) = http.reuse().await {
+            let key = target.peer.reuse_hash();
+            self.connector.release_stream(stream, key, Some(POOL_IDLE));
+        }
         Ok(answer)
+    }
+}
+
+/// The whole request in one write, flushed, under the write timeout.
+async fn write_all(stream: &mut Stream, wire: &[u8], limit: Duration) -> Result<(), Failure> {
+    let write = async {
+        stream.write_all(wire).await?;
+        stream.flush().await
+    };
+    match timeout(limit, write).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Err(_)) => Err(Failure::Io(ErrorType::WriteError.as_str().to_owned())),
+        Ok(Ok(())) => Ok(()),
     }
 }
 
@@ -189,7 +221,7 @@ pub(super) fn build_request(
     req.insert_header("Content-Type", "application/json")?;
     req.insert_header("Accept", "application/json")?;
     req.insert_header("Cookie", cookie_header)?;
-    req.insert_header("Content-Length", "2")?;
+    req.insert_header("Content-Length", BODY.len())?;
     Ok(req)
 }
 
