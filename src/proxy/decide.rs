@@ -207,6 +207,13 @@ impl EtlsProxy {
                 refuse(config, req, ctx, Refusal::AuthApiRejected)
             }
             (Err(RefreshError::Ended), _) => refuse(config, req, ctx, Refusal::SessionEnded),
+            (Err(RefreshError::Uncarriable(why)), _) => {
+                log::warn!(
+                    "session {}: the auth API renewed it, but {why}; logged out (raise cookies.max_chunks or downstream.max_cookie_bytes, or send less user data)",
+                    key.short()
+                );
+                refuse(config, req, ctx, Refusal::SessionTooLarge)
+            }
             (Err(RefreshError::Busy), _) => {
                 self.metrics.auth_api_busy();
                 match plan.fallback {
@@ -440,6 +447,18 @@ fn refuse(
     let location = navigation
         .then(|| routes.login_location(req.uri.path_and_query().map_or("/", |p| p.as_str())))
         .flatten();
+    // Nothing to clear when the request carried none of the five cookies: a cross-site form
+    // the browser sent without them must not log the user out through a 401's clear lines.
+    let jar = CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+    let carried = config
+        .names
+        .all()
+        .iter()
+        .any(|name| jar.get(name).is_some())
+        || chunks::any_chunk(&jar, &config.names);
+    if !carried {
+        return Step::reply(Answer::logout(&[], location));
+    }
     let clears = chunk_clears(ctx, req, &[Layout::Cleared; 5]);
     Step::reply(Answer::logout(&config.clear_cookies, location).with_cookies(clears))
 }

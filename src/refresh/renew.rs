@@ -178,12 +178,28 @@ pub enum RefreshError {
     AuthApi(#[from] AuthApiError),
     #[error("could not mint the new tokens: {0}")]
     Mint(String),
+    /// The auth API renewed the session (and may have rotated its refresh token), but the
+    /// answer does not fit in the cookies the browser can carry back: the session is lost
+    /// either way, so it ends as a logout does instead of leaving the browser a dead token.
+    #[error("the renewed session does not fit in cookies: {0}")]
+    Uncarriable(String),
     #[error("the refresh task ended without an answer")]
     Lost,
     #[error("the session was ended (logout or refused by the auth API)")]
     Ended,
     #[error("auth API busy (auth_api.max_in_flight calls in flight)")]
     Busy,
+}
+
+impl RefreshError {
+    /// A rejection by the auth API, or a renewal the browser cannot carry: either way the
+    /// session's refresh token is no use any more, and its whole chain ends as a logout ends it.
+    pub fn ends_session(&self) -> bool {
+        matches!(
+            self,
+            RefreshError::AuthApi(AuthApiError::Rejected(_)) | RefreshError::Uncarriable(_)
+        )
+    }
 }
 
 impl From<FlightLost> for RefreshError {
@@ -219,7 +235,7 @@ where
             next: next(&renewed).into(),
             value: renewed,
         },
-        Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => Landing::Ended(error),
+        Err(error) if error.ends_session() => Landing::Ended(error),
         Err(error) => Landing::Failed(error),
     }
 }
@@ -371,18 +387,13 @@ pub fn mint_session(
     for (i, (name, value)) in cookies.iter().enumerate() {
         if i < 2 && value.len() > crate::session::tokens::MAX_TOKEN_BYTES {
             // The proxy would refuse its own token on the next request.
-            return Err(RefreshError::Mint(format!(
+            return Err(RefreshError::Uncarriable(format!(
                 "`{name}` is over {} bytes",
                 crate::session::tokens::MAX_TOKEN_BYTES
             )));
         }
-        let split = chunks::set_lines(policy, name, value, *max_chunks).map_err(|e| {
-            let why = format!("`{name}` {e}");
-            match i {
-                0 | 1 => RefreshError::Mint(why),
-                _ => AuthApiError::BadAnswer(why).into(),
-            }
-        })?;
+        let split = chunks::set_lines(policy, name, value, *max_chunks)
+            .map_err(|e| RefreshError::Uncarriable(format!("`{name}` {e}")))?;
         lines.push(split);
     }
     // What the browser sends back must pass `downstream.max_cookie_bytes`, or every later
@@ -393,11 +404,10 @@ pub fn mint_session(
         .map(|line| line.split(';').next().unwrap_or_default().len() + 2)
         .sum();
     if total + other_cookie_bytes > *max_cookie_bytes + 2 {
-        return Err(AuthApiError::BadAnswer(format!(
+        return Err(RefreshError::Uncarriable(format!(
             "the new cookies take {} bytes, with the request's other cookies ({other_cookie_bytes} bytes) over downstream.max_cookie_bytes ({max_cookie_bytes})",
             total - 2
-        ))
-        .into());
+        )));
     }
     let parts: Vec<(&str, &str, &[String])> = cookies
         .iter()
@@ -749,10 +759,8 @@ mod tests {
                     }
                 }
                 (Err(e), Err(text)) => {
-                    assert!(
-                        matches!(e, RefreshError::AuthApi(AuthApiError::BadAnswer(_))),
-                        "{what}: {e:?}"
-                    );
+                    assert!(matches!(e, RefreshError::Uncarriable(_)), "{what}: {e:?}");
+                    assert!(e.ends_session(), "{what}");
                     let e = e.to_string();
                     assert!(e.contains(text), "{what}: {e}");
                     assert!(!e.contains("xxxx") && !e.contains("rrrr"), "{what}: {e}");

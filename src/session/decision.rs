@@ -63,6 +63,9 @@ pub enum Refusal {
     SessionMismatch,
     /// The refresh token carries no binding and `tokens.unbound_refresh` is `refuse`.
     RefreshUnbound,
+    /// The auth API renewed the session, but the new cookies exceed `cookies.max_chunks` or
+    /// `downstream.max_cookie_bytes`.
+    SessionTooLarge,
 }
 
 impl Refusal {
@@ -78,6 +81,7 @@ impl Refusal {
             Refusal::SessionEnded => "session_ended",
             Refusal::SessionMismatch => "session_mismatch",
             Refusal::RefreshUnbound => "refresh_unbound",
+            Refusal::SessionTooLarge => "session_too_large",
         }
     }
 }

@@ -249,13 +249,16 @@ async fn logout_and_refusals_clear_every_chunk_present() {
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(set_and_cleared(&r).1, want);
     // Without chunks, the logout is the five lines it always was.
-    let r = proxy.get("/", "theme=dark").await;
+    let r = proxy.get("/", "theme=dark; etlsUser=u").await;
     assert_logout(&r);
     assert_eq!(auth.calls() + app.calls(), 0);
 }
 
+/// The auth API renewed the session (a rotating one has spent the old refresh token), but the
+/// new cookies cannot be carried: a logout that says why in the log, and the session ended, so
+/// the old cookies are not replayed into a refusal that would name the wrong cause.
 #[tokio::test]
-async fn over_the_bounds_is_a_502_that_says_why_and_keeps_the_cookies() {
+async fn over_the_bounds_is_a_logout_that_says_why_in_the_log() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     auth.set_handler(|req| {
         let rt = req.cookie("refreshToken").unwrap_or_default();
@@ -266,29 +269,31 @@ async fn over_the_bounds_is_a_502_that_says_why_and_keeps_the_cookies() {
     let cases = [
         (
             "{cookies: {max_chunks: 2}, downstream: {max_cookie_bytes: 32768}}",
-            "auth API answer unusable: `etlsUser` needs 5 cookies of at most 4096 bytes, over cookies.max_chunks (2)",
+            "`etlsUser` needs 5 cookies of at most 4096 bytes, over cookies.max_chunks (2)",
         ),
         // The default 16 KiB: the browser would be refused with 431 on its next request.
-        ("{}", "auth API answer unusable: the new cookies take"),
+        ("{}", "bytes) over downstream.max_cookie_bytes (16384)"),
     ];
     for (i, (extra, reason)) in cases.into_iter().enumerate() {
         let proxy = Proxy::builder(&app, &auth).extra(extra).start().await;
-        let r = proxy
-            .get("/", &expired_session(&format!("rt-over-{i}")))
-            .await;
-        assert_eq!(r.status, 502, "{extra}: {}", r.text());
-        let body = r.json();
-        assert_eq!(body["error"], "Bad Gateway");
-        let got = body["reason"].as_str().unwrap();
-        assert!(got.starts_with(reason), "{extra}: {got}");
-        if i == 1 {
-            assert!(
-                got.ends_with("bytes) over downstream.max_cookie_bytes (16384)"),
-                "{got}"
-            );
-        }
-        assert!(!got.contains("eyJ") && !got.contains("perm:"), "{got}");
-        assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+        let session = expired_session(&format!("rt-over-{i}"));
+        let calls = auth.calls();
+        assert_logout(&proxy.get("/", &session).await);
+        // Replayed: the ended session's logout again, without a second call.
+        assert_logout(&proxy.get("/", &session).await);
+        assert_eq!(auth.calls(), calls + 1, "{extra}");
+        let log = proxy.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("the auth API renewed it, but"))
+            .unwrap_or_else(|| panic!("{extra}: {log}"));
+        assert!(
+            line.contains("WARN") && line.contains(reason),
+            "{extra}: {line}"
+        );
+        assert!(line.contains("logged out"), "{line}");
+        assert!(!log.contains("refused by the auth API"), "{extra}: {log}");
+        assert_no_secrets(&log);
     }
     assert_eq!(app.calls(), 0);
 }
@@ -396,10 +401,10 @@ async fn a_logout_with_a_chunked_refresh_token_ends_the_session() {
 }
 
 /// The browser sends the app's own cookies beside the five: new cookies that fit alone but not
-/// beside them would lock the user out with 431 on every later request, so the refresh is a
-/// 502 that says so instead, cookies kept.
+/// beside them would lock the user out with 431 on every later request, and the auth API has
+/// already spent the old refresh token: a logout, its reason in the log.
 #[tokio::test]
-async fn new_cookies_that_fit_only_without_the_apps_cookies_are_a_502() {
+async fn new_cookies_that_fit_only_without_the_apps_cookies_are_a_logout() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
     auth.set_handler(|req| {
         let rt = req.cookie("refreshToken").unwrap_or_default();
@@ -428,12 +433,11 @@ async fn new_cookies_that_fit_only_without_the_apps_cookies_are_a_502() {
     );
     assert!(crowded.len() < 16 * 1024, "the request itself passes");
     let r = proxy.get("/", &crowded).await;
-    assert_eq!(r.status, 502, "{}", r.text());
-    let reason = r.json()["reason"].as_str().unwrap().to_owned();
+    assert_logout(&r);
+    let log = proxy.log();
     assert!(
-        reason.contains("with the request's other cookies")
-            && reason.ends_with("over downstream.max_cookie_bytes (16384)"),
-        "{reason}"
+        log.contains("with the request's other cookies")
+            && log.contains("over downstream.max_cookie_bytes (16384); logged out"),
+        "{log}"
     );
-    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
 }

@@ -69,3 +69,43 @@ async fn refresh_endpoint_refuses_cross_site_posts_before_the_auth_api() {
     assert_eq!(auth.calls(), SAME_ORIGIN.len());
     assert_eq!(app.calls(), 0);
 }
+
+/// A form on another site posting to a protected page: the browser leaves the SameSite cookies
+/// out, so the proxy sees no session. Its 401 must not carry clear lines, which the browser
+/// would apply to the real session (found with Chromium: the jar went from five cookies to
+/// none). A request that does carry one of the five still gets them cleared.
+#[tokio::test]
+async fn a_refusal_clears_only_cookies_the_request_carried() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("{routes: {login_redirect: /login}}")
+        .start()
+        .await;
+    let form = "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nAccept: text/html\r\n";
+    for (cookie, extra) in [("theme=dark", form), ("theme=dark", ""), ("", "")] {
+        let request = if cookie.is_empty() {
+            "POST /dashboard HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\n".to_owned()
+        } else {
+            post("/dashboard", cookie, extra)
+        };
+        let r = proxy.send(&request).await;
+        assert!(
+            matches!(r.status, 401 | 302),
+            "{cookie:?} {extra:?}: {}",
+            r.status
+        );
+        assert!(
+            r.set_cookies().is_empty(),
+            "{cookie:?}: {:?}",
+            r.set_cookies()
+        );
+    }
+    let r = proxy
+        .send(&post("/dashboard", "theme=dark; accessTokenEtls=stale", ""))
+        .await;
+    assert_logout(&r);
+    let r = proxy.send(&post("/dashboard", "etlsUser.0=AA", "")).await;
+    assert_eq!(r.status, 401);
+    assert!(r.set_cookies().len() >= 5, "{:?}", r.set_cookies());
+    assert_eq!(app.calls() + auth.calls(), 0);
+}

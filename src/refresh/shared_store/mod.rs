@@ -538,6 +538,12 @@ impl SharedStore {
                 self.release(&r.keys, &r.token).await;
                 Landing::Ended(error)
             }
+            Err(error @ RefreshError::Uncarriable(_)) => {
+                // Renewed at the auth API, but not to be handed out: ended everywhere too.
+                self.end_keys(r.key, r.grace, r.lease).await;
+                self.release(&r.keys, &r.token).await;
+                Landing::Ended(error)
+            }
             Err(error) => {
                 // Not kept: the waiters on other instances find the lock gone and try again.
                 self.release(&r.keys, &r.token).await;
@@ -673,6 +679,7 @@ impl SharedStore {
                     None => Landing::Ended(error),
                 }
             }
+            Err(error @ RefreshError::Uncarriable(_)) => Landing::Ended(error),
             Err(error) => Landing::Failed(error),
         }
     }

@@ -88,6 +88,13 @@ pub const CLEARED: [&str; 5] = [
 ];
 
 /// Seed 000's logout response: 401 and the five cookies cleared.
+/// The logout answer to a request that carried none of the five cookies: 401, nothing cleared.
+pub fn assert_refused_without_clears(r: &Response) {
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json(), json!({"error": "Unauthorized"}));
+    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+}
+
 pub fn assert_logout(r: &Response) {
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json(), json!({"error": "Unauthorized"}));
