@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub(super) forward_cookie: Option<HeaderValue>,
     /// Set-Cookie lines to append to the app's answer.
     pub(super) renewed: Option<Arc<RenewedSession>>,
+    /// When `renewed` was decided, with `store: redis` only (see `ended_since_decided`).
+    pub(super) decided: Option<Instant>,
     pub outcome: Outcome,
     pub session: Option<SessionKey>,
     /// Peer, trust and request id, settled first so every answer carries the id.
@@ -67,6 +69,7 @@ impl RequestCtx {
             identity: Vec::new(),
             forward_cookie: None,
             renewed: None,
+            decided: None,
             outcome: Outcome::Pending,
             session: None,
             caller: None,

@@ -27,6 +27,11 @@ use crate::session::decision::{Purpose, RefreshPlan, Refusal, Verdict, api_cooki
 use crate::session::routes::{Route, is_page_navigation};
 use crate::session::tokens::{Binding, RefreshState, UnboundRefresh};
 
+/// How long the app may take before an answer carrying renewed cookies asks Redis whether the
+/// session was ended meanwhile on another instance: a faster answer is out before a logout
+/// could have landed there and reached Redis.
+const SHARED_END_CHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What `request_filter` does once the decision is made: forward to the app, or write this
 /// answer (decided while the request was borrowed, written once it is not).
 pub(super) enum Step {
@@ -197,6 +202,9 @@ impl EtlsProxy {
                     ctx.identity = config.identity.from_verified(token.as_bytes());
                 }
                 ctx.renewed = Some(renewed);
+                if self.shared.is_some() {
+                    ctx.decided = Some(Instant::now());
+                }
                 Step::Forward
             }
             (Err(RefreshError::AuthApi(AuthApiError::Rejected(status))), _) => {
@@ -242,7 +250,7 @@ impl EtlsProxy {
 
     /// Logout: the session of the auth API cookies sent (and its whole chain) is ended in the
     /// table, then the backend logout runs when configured; nothing here can stop the answer.
-    async fn end_session(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
+    pub(super) async fn end_session(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
         let config = &ctx.config;
         let sent =
             CookieJar::from_headers(req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
@@ -277,6 +285,14 @@ impl EtlsProxy {
                 }
             }
         }
+        // The backend logout names the newest session of the chain: a logout sent with cookies
+        // an answer still on its way was renewing would name a refresh token already rotated.
+        let newest = config
+            .auth_api
+            .logout
+            .is_some()
+            .then(|| keys.iter().find_map(|k| self.flights.newest_kept(*k)))
+            .flatten();
         let mut ended = 0;
         for key in keys {
             ended += self.flights.end(key);
@@ -289,9 +305,32 @@ impl EtlsProxy {
             key.short()
         );
         if config.auth_api.logout.is_some() {
+            let send = &config.auth_api.send_cookies;
+            let api_cookies = match newest {
+                Some(renewed) => next_api_cookies(&api_cookies, &renewed, send),
+                None => api_cookies,
+            };
             let gate = self.flights.gate();
             let outcome = backend_logout(&self.client, gate, config, api_cookies, key).await;
             self.metrics.logout(outcome);
+        }
+    }
+
+    /// Whether the session of a refreshed (or grace) request was ended since it was decided:
+    /// in this process's table always; with `store: redis`, in Redis too once the app has taken
+    /// [`SHARED_END_CHECK_AFTER`] (a logout on another instance needs a round trip to land).
+    pub(super) async fn ended_since_decided(&self, ctx: &RequestCtx) -> bool {
+        let Some(key) = ctx.session else {
+            return false;
+        };
+        if self.flights.is_ended(&key) {
+            return true;
+        }
+        match (&self.shared, ctx.decided) {
+            (Some(store), Some(at)) if at.elapsed() >= SHARED_END_CHECK_AFTER => {
+                store.is_ended(key).await == Some(true)
+            }
+            _ => false,
         }
     }
 

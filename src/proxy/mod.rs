@@ -24,6 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::config::RuntimeConfig;
 use crate::ops::access_log::AccessEntry;
 use crate::ops::metrics::Metrics;
 use crate::proxy::answer::Answer;
@@ -34,11 +35,39 @@ use crate::proxy::upstream::AppUpstream;
 use crate::refresh::auth_api::AuthApiClient;
 use crate::refresh::shared_store::SharedStore;
 use crate::session::chunks;
+use crate::session::set_cookie::AppLine;
 use crate::state::{Flights, LiveConfig, State};
 use ctx::{caller, decision, request_id};
 use decide::{Step, chunk_clears};
 
 pub use ctx::{Outcome, RequestCtx};
+
+/// The app's Set-Cookie lines for the five cookies, as the browser reads them.
+fn app_lines_for_ours(
+    config: &RuntimeConfig,
+    req: &RequestHeader,
+    response: &ResponseHeader,
+) -> Vec<AppLine> {
+    if !response.headers.contains_key(SET_COOKIE) {
+        return Vec::new();
+    }
+    let ours = config.names.all();
+    let lines = response.headers.get_all(SET_COOKIE);
+    let lines = lines.iter().filter_map(|v| v.to_str().ok());
+    let mut found = config.cookie_policy.app_lines(lines, req.uri.path());
+    found.retain(|l| ours.contains(&l.name.as_str()));
+    found
+}
+
+/// Whether the app's lines delete a cookie the session refreshes with: the app logging the
+/// user out, which ends the session as the logout endpoint does.
+fn logs_out(config: &RuntimeConfig, lines: &[AppLine]) -> bool {
+    lines.iter().any(|l| {
+        l.deletes
+            && (l.name == config.names.refresh_etls
+                || config.auth_api.send_cookies.contains(&l.name))
+    })
+}
 
 pub struct EtlsProxy {
     pub(super) live: Arc<LiveConfig>,
@@ -145,29 +174,58 @@ impl ProxyHttp for EtlsProxy {
         if crate::proxy::status::is_interim(response.status) {
             return Ok(());
         }
-        let Some(renewed) = &ctx.renewed else {
+        let Some(renewed) = ctx.renewed.clone() else {
             if let Some(id) = request_id(ctx) {
                 app_response::edit(response, 1, |headers| {
                     headers.insert(X_REQUEST_ID, id.clone());
                 })?;
             }
+            // The app logging the user out on a valid request ends the session in the table
+            // too, or a result still kept for it would hand the old cookies fresh tokens.
+            if response.headers.contains_key(SET_COOKIE)
+                && logs_out(
+                    &ctx.config,
+                    &app_lines_for_ours(&ctx.config, session.req_header(), response),
+                )
+            {
+                self.end_session(session.req_header(), ctx).await;
+            }
             return Ok(());
         };
-        // The app deleting one of our cookies (logging the user out) wins over the refresh;
-        // otherwise ours are appended after the app's, never replacing them.
-        let app_lines = response.headers.get_all(SET_COOKIE);
-        let deleted = (ctx.config.cookie_policy)
-            .deleted_among(app_lines.iter().filter_map(|v| v.to_str().ok()));
+        let req = session.req_header();
+        let names = &ctx.config.names;
+        // A logout that landed while the app was answering: this answer must not bring the
+        // session back, so it clears the cookies instead of renewing them.
+        if self.ended_since_decided(ctx).await {
+            log::debug!("session ended while its answer was on the way: cookies cleared");
+            let clears = chunk_clears(ctx, req, &[chunks::Layout::Cleared; 5]);
+            let fixed = &ctx.config.clear_cookies;
+            let id = request_id(ctx);
+            app_response::edit(response, fixed.len() + clears.len() + 2, |headers| {
+                if let Some(id) = id {
+                    headers.insert(X_REQUEST_ID, id.clone());
+                }
+                for line in fixed.iter().cloned().chain(clears) {
+                    headers.append(SET_COOKIE, line);
+                }
+                cache_control::keep_private(headers);
+            })?;
+            return Ok(());
+        }
+        // The app's own lines for one of the five (deleting it: a logout; setting it: a login as
+        // someone else) win over the refresh; ours for the other names follow the app's.
+        let app_lines = app_lines_for_ours(&ctx.config, req, response);
+        let claimed = |name: &str| app_lines.iter().any(|l| l.name == name);
         let ours: Vec<&HeaderValue> = renewed
             .cookie_lines()
-            .filter(|(name, _)| !deleted.iter().any(|d| d == name))
+            .filter(|(name, _)| !claimed(name))
             .flat_map(|(_, lines)| lines)
             .collect();
         // Chunks this request holds that the new values no longer use; all of them for a
-        // cookie the app deleted.
-        let names = &ctx.config.names;
-        let layout = chunks::with_deleted(renewed.layout(names), names, &deleted);
-        let clears = chunk_clears(ctx, session.req_header(), &layout);
+        // cookie the app set or deleted.
+        let replaced: Vec<String> = app_lines.iter().map(|l| l.name.clone()).collect();
+        let layout = chunks::with_deleted(renewed.layout(names), names, &replaced);
+        let clears = chunk_clears(ctx, req, &layout);
         let id = request_id(ctx);
         app_response::edit(response, ours.len() + clears.len() + 2, |headers| {
             if let Some(id) = id {
@@ -182,6 +240,9 @@ impl ProxyHttp for EtlsProxy {
             // A response carrying session cookies must never sit in a shared cache.
             cache_control::keep_private(headers);
         })?;
+        if logs_out(&ctx.config, &app_lines) {
+            self.end_session(session.req_header(), ctx).await;
+        }
         Ok(())
     }
 

@@ -350,6 +350,32 @@ where
         ended
     }
 
+    /// Whether `key`'s session was ended (logout, or the auth API refusing it) within the grace
+    /// window: an answer decided before the logout must not hand its tokens out after it.
+    pub fn is_ended(&self, key: &SessionKey) -> bool {
+        let now = Instant::now();
+        let table = self.lock();
+        matches!(table.entries.get(key).map(|e| &e.slot), Some(Slot::Ended { until }) if *until > now)
+    }
+
+    /// The newest result kept in `key`'s chain: what the browser holds once every answer of
+    /// the session has reached it. A backend logout names that session, not one whose refresh
+    /// token the auth API has already rotated away.
+    pub fn newest_kept(&self, key: SessionKey) -> Option<T> {
+        let now = Instant::now();
+        let table = self.lock();
+        let kept = |k: &SessionKey| match table.entries.get(k).map(|e| &e.slot) {
+            Some(Slot::Kept { value, until, next }) if *until > now => Some((value, *next)),
+            _ => None,
+        };
+        table
+            .chain(key)
+            .iter()
+            .filter_map(kept)
+            .find(|(_, next)| next.is_none_or(|n| kept(&n).is_none()))
+            .map(|(value, _)| value.clone())
+    }
+
     fn join_or_start<F, Fut>(
         self: &Arc<Self>,
         key: SessionKey,
@@ -889,6 +915,32 @@ mod tests {
             );
             assert_eq!(calls.load(Ordering::SeqCst), 1, "no second call");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chain_knows_its_newest_result_and_says_when_it_was_ended() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        for n in 1..=3u8 {
+            flights
+                .run_bounded(key(n), 10, renewing(&calls, n.into(), Some(key(n + 1))))
+                .await;
+        }
+        // Whichever key of the chain asks, the newest result is the last renewal's.
+        for n in 1..=4u8 {
+            assert_eq!(flights.newest_kept(key(n)), Some(3), "key {n}");
+            assert!(!flights.is_ended(&key(n)));
+        }
+        assert_eq!(flights.newest_kept(key(9)), None);
+        flights.end(key(2));
+        for n in 1..=4u8 {
+            assert!(flights.is_ended(&key(n)), "key {n}");
+            assert_eq!(flights.newest_kept(key(n)), None);
+        }
+        assert!(!flights.is_ended(&key(9)));
+        // Tombstones last the grace window.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(!flights.is_ended(&key(1)));
     }
 
     #[tokio::test(start_paused = true)]

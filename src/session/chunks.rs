@@ -263,8 +263,8 @@ pub enum Layout {
     Cleared,
 }
 
-/// `layout` after the app deleted some of the five cookies itself (`deleted`, by name): their
-/// chunks are all cleared, whatever the refresh set.
+/// `layout` after the app set or deleted some of the five cookies itself (`deleted`, by name):
+/// their chunks are all cleared, whatever the refresh set; the app's own line stands.
 pub fn with_deleted(
     mut layout: [Layout; 5],
     names: &CookieNames,

@@ -68,30 +68,61 @@ pub fn header_value(line: String) -> Result<HeaderValue, InvalidLine> {
     HeaderValue::try_from(line).map_err(|_| InvalidLine)
 }
 
+/// One of the app's Set-Cookie lines for a cookie the proxy sets (same name, Path and Domain as
+/// the browser reads them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppLine {
+    pub name: String,
+    /// The line deletes the cookie (the app logging the user out) rather than setting it.
+    pub deletes: bool,
+}
+
 impl CookiePolicy {
-    /// The name of the cookie a Set-Cookie line deletes where this policy sets it (same Path
-    /// and Domain), if that is what the line does. The app logging a user out this way must win
-    /// over a refresh that happened on the same request.
-    pub fn deleted_by<'l>(&self, line: &'l str) -> Option<&'l str> {
+    /// What a Set-Cookie line of the app's answer to a request for `request_path` does to a
+    /// cookie this policy sets: the browser reads a line without `Path` at the request's default
+    /// path (RFC 6265 §5.1.4), and `Max-Age` over `Expires` (§5.3).
+    pub fn app_line(&self, line: &str, request_path: &str) -> Option<AppLine> {
         let c = Cookie::parse(line).ok()?;
-        let expired = c.max_age().is_some_and(|m| m <= Duration::ZERO)
-            || c.expires_datetime()
-                .is_some_and(|t| t <= OffsetDateTime::now_utc());
-        let same_path = c.path().is_none_or(|p| p == self.path);
+        let deletes = match c.max_age() {
+            Some(max_age) => max_age <= Duration::ZERO,
+            None => c
+                .expires_datetime()
+                .is_some_and(|t| t <= OffsetDateTime::now_utc()),
+        };
+        let path = c
+            .path()
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or_else(|| default_path(request_path));
         let domain = |d: Option<&str>| d.map(|d| d.trim_start_matches('.').to_ascii_lowercase());
         let same_domain = domain(c.domain()) == domain(self.domain.as_deref());
         let name = c.name_raw()?;
-        (expired && same_path && same_domain).then_some(name)
+        (path == self.path && same_domain).then(|| AppLine {
+            name: name.to_owned(),
+            deletes,
+        })
     }
 
-    /// The merge of a refresh into the app's answer: the names the app's own Set-Cookie lines
-    /// delete (see [`CookiePolicy::deleted_by`]). Those win: the refresh's lines for them are
-    /// left out and their chunks cleared; ours are appended after the app's, never replacing.
-    pub fn deleted_among<'l>(&self, app_lines: impl IntoIterator<Item = &'l str>) -> Vec<String> {
-        app_lines
+    /// The merge of a refresh into the app's answer: the app's own lines for the cookies the
+    /// proxy sets. Those win, as the README promises (a logout, or a login as someone else on a
+    /// request the proxy refreshed): the refresh's lines for those names are left out and their
+    /// chunks cleared.
+    pub fn app_lines<'l>(
+        &self,
+        lines: impl IntoIterator<Item = &'l str>,
+        request_path: &str,
+    ) -> Vec<AppLine> {
+        lines
             .into_iter()
-            .filter_map(|line| self.deleted_by(line).map(str::to_owned))
+            .filter_map(|line| self.app_line(line, request_path))
             .collect()
+    }
+}
+
+/// RFC 6265 §5.1.4: the directory of the request's path, `/` when it has none.
+fn default_path(request_path: &str) -> &str {
+    match request_path.rfind('/') {
+        Some(0) | None => "/",
+        Some(at) => &request_path[..at],
     }
 }
 
@@ -104,21 +135,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_app_deleting_our_cookies_is_read_from_its_own_lines() {
+    fn the_apps_lines_for_our_cookies_are_read_as_the_browser_reads_them() {
         let policy = CookiePolicy::default();
         let app = [
             "theme=dark; Path=/",
             "etlsUser=; Path=/; Max-Age=0",
             "accessTokenEtls=gone; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
             "refreshTokenEtls=; Path=/other; Max-Age=0",
+            "accessToken=bob; Path=/",
             "not a cookie line",
         ];
-        assert_eq!(
-            policy.deleted_among(app),
-            ["etlsUser", "accessTokenEtls"],
-            "only expired lines on our Path and Domain delete"
-        );
-        assert!(policy.deleted_among([]).is_empty());
+        let got: Vec<(String, bool)> = policy
+            .app_lines(app, "/page")
+            .into_iter()
+            .map(|l| (l.name, l.deletes))
+            .collect();
+        let want = [
+            ("theme", false),
+            ("etlsUser", true),
+            ("accessTokenEtls", true),
+            ("accessToken", false),
+        ]
+        .map(|(n, d)| (n.to_owned(), d));
+        assert_eq!(got, want, "only lines on our Path and Domain count");
+        assert!(policy.app_lines([], "/").is_empty());
     }
 
     fn attrs(line: &str) -> Vec<String> {
@@ -128,32 +168,44 @@ mod tests {
     }
 
     #[test]
-    fn deletions_at_our_path_and_domain_are_recognised() {
+    fn lines_at_our_path_and_domain_are_recognised() {
         let policy = CookiePolicy::default();
+        // (line, request path, Some(deletes) when it is about our cookie)
         let cases = [
-            ("a=; Path=/; Max-Age=0", Some("a")),
-            ("a=; Max-Age=0", Some("a")),
+            ("a=; Path=/; Max-Age=0", "/x", Some(true)),
+            ("a=; Max-Age=0", "/x", Some(true)),
+            ("a=; Max-Age=0", "/", Some(true)),
+            // No Path: the browser files it under the request's directory, not ours.
+            ("a=; Max-Age=0", "/sc/deep/x", None),
+            ("a=; Path=api; Max-Age=0", "/sc/x", None),
             (
                 "a=x; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
-                Some("a"),
+                "/",
+                Some(true),
             ),
-            ("a=new; Path=/; Max-Age=60", None),
-            ("a=new; Path=/", None),
-            ("a=; Path=/api; Max-Age=0", None),
-            ("a=; Path=/; Domain=example.com; Max-Age=0", None),
-            ("not a cookie", None),
+            // Max-Age wins over Expires: the browser keeps this one.
+            (
+                "a=keep; Path=/; Max-Age=100; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+                "/",
+                Some(false),
+            ),
+            ("a=new; Path=/; Max-Age=60", "/", Some(false)),
+            ("a=new; Path=/", "/", Some(false)),
+            ("a=; Path=/api; Max-Age=0", "/", None),
+            ("a=; Path=/; Domain=example.com; Max-Age=0", "/", None),
+            ("not a cookie", "/", None),
         ];
-        for (line, want) in cases {
-            assert_eq!(policy.deleted_by(line), want, "{line}");
+        for (line, path, want) in cases {
+            let got = policy.app_line(line, path);
+            assert_eq!(got.as_ref().map(|l| l.deletes), want, "{line} on {path}");
+            assert!(got.is_none_or(|l| l.name == "a"), "{line}");
         }
         let scoped = CookiePolicy {
             domain: Some("example.com".into()),
             ..CookiePolicy::default()
         };
-        assert_eq!(
-            scoped.deleted_by("a=; Domain=.example.com; Max-Age=0"),
-            Some("a")
-        );
+        let line = scoped.app_line("a=; Domain=.example.com; Max-Age=0", "/");
+        assert_eq!(line.map(|l| l.deletes), Some(true));
     }
 
     #[test]

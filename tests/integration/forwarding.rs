@@ -100,13 +100,13 @@ async fn the_proxys_own_answers_carry_the_request_id() {
         .await;
     // 401: no session.
     let r = proxy.send(&request("/p", "theme=dark", "")).await;
-    assert_logout(&r);
+    assert_refused_without_clears(&r);
     assert!(is_generated_id(r.header("x-request-id").unwrap()));
     // 401 keeping a trusted peer's id.
     let r = proxy
         .send(&request("/p", "theme=dark", "X-Request-Id: edge-77\r\n"))
         .await;
-    assert_logout(&r);
+    assert_refused_without_clears(&r);
     assert_eq!(r.all("x-request-id"), ["edge-77"]);
     // 302: the login redirect.
     let navigate =

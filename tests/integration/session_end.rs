@@ -272,3 +272,131 @@ async fn a_reload_rotating_the_refresh_secret_joins_the_refresh_in_flight() {
     assert_eq!(first.set_cookies(), second.set_cookies());
     assert_eq!(auth.calls(), 1);
 }
+
+/// Found with Chromium and a slow page: the refresh landed, the request went on to the app,
+/// the user logged out, and then the app's answer arrived with the renewed cookies, logging the
+/// browser back in. Now that answer clears the cookies, and the backend logout names the
+/// renewed session (the old refresh token was already rotated away).
+#[tokio::test]
+async fn an_answer_on_its_way_when_the_user_logs_out_clears_instead_of_renewing() {
+    let app = Stub::app().await;
+    app.set_handler(|req| {
+        let reply = StubReply::json(200, json!({"path": req.path}));
+        if req.path == "/slow" {
+            reply.delayed(Duration::from_millis(700))
+        } else {
+            reply
+        }
+    });
+    let auth = Stub::auth_api().await;
+    let proxy = Proxy::builder(&app, &auth)
+        .extra(format!(
+            "{{auth_api: {{logout_url: 'http://{}/logout'}}}}",
+            auth.addr
+        ))
+        .start()
+        .await;
+    let old = expired_session("opaque-rt-late");
+    let (addr, cookie) = (proxy.addr, old.clone());
+    let slow = tokio::spawn(async move {
+        send_raw(
+            addr,
+            format!("GET /slow HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
+        )
+        .await
+    });
+    app.wait_for_calls(1).await;
+    assert_logged_out(&proxy.post(LOGOUT, &old, b"").await);
+    let late = slow.await.unwrap();
+    assert_eq!(late.status, 200, "the app's answer itself goes through");
+    let lines = late.set_cookies();
+    assert!(
+        lines.len() >= 5 && lines.iter().all(|l| l.contains("Max-Age=0")),
+        "{lines:?}"
+    );
+    let backend = auth.last();
+    assert_eq!(backend.path, "/logout");
+    assert_eq!(
+        backend.header("cookie"),
+        Some("refreshToken=api-refresh-after-opaque-rt-late"),
+        "the renewed session, not the rotated-away one"
+    );
+    assert_logout(&proxy.get("/page", &old).await);
+    assert_eq!(auth.calls(), 2, "the refresh and the backend logout");
+}
+
+/// The app logging the user out itself (seed 000's `logoutResponse()`) on a request the proxy
+/// refreshed: its lines win on that answer, and the session ends in the table as the logout
+/// endpoint ends it, so replayed old cookies get no grace hit.
+#[tokio::test]
+async fn the_app_deleting_the_cookies_ends_the_session() {
+    let app = Stub::app().await;
+    app.set_handler(|_| StubReply::Respond {
+        status: 200,
+        headers: [
+            "accessTokenEtls",
+            "refreshTokenEtls",
+            "accessToken",
+            "refreshToken",
+            "etlsUser",
+        ]
+        .iter()
+        .map(|n| ("Set-Cookie".to_owned(), format!("{n}=; Path=/; Max-Age=0")))
+        .collect(),
+        body: b"bye".to_vec(),
+        delay: Duration::ZERO,
+    });
+    let auth = Stub::auth_api().await;
+    let proxy = Proxy::start(&app, &auth).await;
+    let old = expired_session("opaque-rt-app-logout");
+    let r = proxy.get("/logout-page", &old).await;
+    assert_eq!(r.status, 200);
+    let lines = r.set_cookies();
+    assert_eq!(lines.len(), 5, "only the app's: {lines:?}");
+    assert!(lines.iter().all(|l| l.contains("Max-Age=0")), "{lines:?}");
+    assert_logout(&proxy.get("/page", &old).await);
+    assert_eq!(auth.calls(), 1);
+}
+
+/// Found with a login route behind the proxy: a user whose access token had expired signs in
+/// as someone else; the app's answer sets the new user's five cookies and the proxy, having
+/// refreshed the old user on the same request, appended the old user's after them, which the
+/// browser kept. The app's lines win, as the README says.
+#[tokio::test]
+async fn the_apps_own_lines_for_our_cookies_win_over_the_refresh() {
+    let app = Stub::app().await;
+    app.set_handler(|_| StubReply::Respond {
+        status: 200,
+        headers: vec![
+            (
+                "Set-Cookie".into(),
+                "accessTokenEtls=bob-access; Path=/; HttpOnly".into(),
+            ),
+            (
+                "Set-Cookie".into(),
+                "refreshToken=bob-refresh; Path=/; HttpOnly".into(),
+            ),
+            ("Set-Cookie".into(), "theme=dark; Path=/".into()),
+        ],
+        body: b"welcome bob".to_vec(),
+        delay: Duration::ZERO,
+    });
+    let auth = Stub::auth_api().await;
+    let proxy = Proxy::start(&app, &auth).await;
+    let r = proxy.get("/login", &expired_session("opaque-rt-ann")).await;
+    assert_eq!(r.status, 200);
+    let lines = r.set_cookies();
+    let named = |name: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{name}=")))
+            .count()
+    };
+    assert_eq!(named("accessTokenEtls"), 1, "{lines:?}");
+    assert_eq!(named("refreshToken"), 1, "{lines:?}");
+    assert!(lines.contains(&"accessTokenEtls=bob-access; Path=/; HttpOnly"));
+    // The names the app left alone still get the refresh's lines.
+    for name in ["refreshTokenEtls", "accessToken", "etlsUser"] {
+        assert_eq!(named(name), 1, "{name}: {lines:?}");
+    }
+}
