@@ -922,9 +922,10 @@ mod tests {
         let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
         let calls = Arc::new(AtomicUsize::new(0));
         for n in 1..=3u8 {
-            flights
+            let (v, _) = flights
                 .run_bounded(key(n), 10, renewing(&calls, n.into(), Some(key(n + 1))))
                 .await;
+            assert_eq!(v, Ok(n.into()));
         }
         // Whichever key of the chain asks, the newest result is the last renewal's.
         for n in 1..=4u8 {
