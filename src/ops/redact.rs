@@ -283,8 +283,18 @@ impl Log for RedactingLogger {
             return;
         }
         let text = record.args().to_string();
-        if is_benign_pingora_error(record.target(), &text) {
-            return;
+        let mut level = record.level();
+        if level == log::Level::Error
+            && let Some(demoted) = pingora_error_level(record.target(), &text)
+        {
+            let enabled = |l: log::Level| {
+                let metadata = Metadata::builder().level(l).target(record.target()).build();
+                self.inner.enabled(&metadata)
+            };
+            match demoted {
+                Some(l) if enabled(l) => level = l,
+                _ => return,
+            }
         }
         let redactor = self.redactor.load();
         let clean = redactor.redact(&text);
@@ -292,7 +302,7 @@ impl Log for RedactingLogger {
         self.inner.log(
             &Record::builder()
                 .args(format_args!("{clean}"))
-                .level(record.level())
+                .level(level)
                 .target(record.target())
                 .module_path(record.module_path())
                 .file(record.file())
@@ -312,15 +322,47 @@ fn is_pingora_detail(metadata: &Metadata<'_>) -> bool {
     metadata.level() > log::Level::Info && metadata.target().starts_with("pingora")
 }
 
-/// Pingora's ERROR records that say nothing is wrong: a pooled connection still held by its
-/// idle watch when it is taken (Pingora then opens a new one, the request does not notice).
-/// Operators read ERROR as something to act on, so these are not written.
-fn is_benign_pingora_error(target: &str, text: &str) -> bool {
-    const BENIGN: &[(&str, &str)] = &[(
-        "pingora_core::connectors",
-        "failed to acquire reusable stream",
-    )];
-    BENIGN.iter().any(|(t, m)| target == *t && text == *m)
+/// Pingora's ERROR records that are no fault of the proxy's, and the level they are written at
+/// (`None`: not written). Operators read ERROR as something to act on, so these are not ERROR:
+/// - a pooled connection still held by its idle watch when it is taken (Pingora then opens a
+///   new one, the request does not notice): dropped;
+/// - a client that closed or failed its TLS handshake (a TCP health check, `/readyz` itself, a
+///   scanner): the client's doing, written at INFO as nginx writes it;
+/// - a new process started with `-u` waiting for the old one's sockets: INFO, it is the wait.
+fn pingora_error_level(target: &str, text: &str) -> Option<Option<log::Level>> {
+    /// (target, the record's text or its start, level written at)
+    const DEMOTED: &[(&str, Match, Option<log::Level>)] = &[
+        (
+            "pingora_core::connectors",
+            Match::Whole("failed to acquire reusable stream"),
+            None,
+        ),
+        (
+            "pingora_core::services::listening",
+            Match::Start("Downstream handshake error"),
+            Some(log::Level::Info),
+        ),
+        (
+            "pingora_core::server::transfer_fd",
+            Match::Start("No incoming socket transfer"),
+            Some(log::Level::Info),
+        ),
+    ];
+    DEMOTED
+        .iter()
+        .find(|(t, m, _)| {
+            target == *t
+                && match m {
+                    Match::Whole(whole) => text == *whole,
+                    Match::Start(start) => text.starts_with(start),
+                }
+        })
+        .map(|(_, _, level)| *level)
+}
+
+enum Match {
+    Whole(&'static str),
+    Start(&'static str),
 }
 
 /// Installs the logger (`RUST_LOG`, default `info`). Idempotent enough for tests: a second call
@@ -355,32 +397,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn benign_pingora_errors_by_table() {
+    fn pingora_errors_that_are_no_fault_of_ours_by_table() {
+        use log::Level::Info;
         let table = [
             (
                 "pingora_core::connectors",
                 "failed to acquire reusable stream",
-                true,
+                Some(None),
             ),
             (
                 "pingora_core::connectors",
                 "failed to acquire reusable stream!",
-                false,
+                None,
             ),
-            ("pingora_proxy", "failed to acquire reusable stream", false),
+            ("pingora_proxy", "failed to acquire reusable stream", None),
             (
                 "etls_proxy::refresh",
                 "failed to acquire reusable stream",
-                false,
+                None,
             ),
-            ("pingora_core::connectors", "Fail to connect", false),
+            ("pingora_core::connectors", "Fail to connect", None),
+            (
+                "pingora_core::services::listening",
+                "Downstream handshake error from 127.0.0.1:5: TLSHandshakeFailure context: tls handshake eof",
+                Some(Some(Info)),
+            ),
+            (
+                "pingora_core::services::listening",
+                "Downstream handshake timeout",
+                None,
+            ),
+            (
+                "pingora_core::server::transfer_fd",
+                "No incoming socket transfer, sleep 1s and try again",
+                Some(Some(Info)),
+            ),
         ];
-        for (target, text, benign) in table {
-            assert_eq!(
-                is_benign_pingora_error(target, text),
-                benign,
-                "{target}: {text}"
-            );
+        for (target, text, want) in table {
+            assert_eq!(pingora_error_level(target, text), want, "{target}: {text}");
         }
     }
 

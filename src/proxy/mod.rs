@@ -278,13 +278,18 @@ impl ProxyHttp for EtlsProxy {
         guard::request_summary(session.req_header())
     }
 
-    /// A browser that goes away mid-answer is not the proxy's error: keep it out of the error
-    /// log (the per-request debug line still records it).
+    /// A client that goes away mid-answer is not the proxy's error: over HTTP/1 a closed
+    /// connection, over HTTP/2 a stream it reset (a fetch aborted, a page left, an EventSource
+    /// closed: `RST_STREAM(CANCEL)`). Kept out of the error log; the per-request debug line
+    /// still records it.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         *error.esource() == ErrorSource::Downstream
             && matches!(
                 error.etype(),
-                ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+                ErrorType::ConnectionClosed
+                    | ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::H2Error
             )
     }
 

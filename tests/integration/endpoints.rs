@@ -51,7 +51,10 @@ async fn refresh_endpoint_refuses_and_fails_like_the_table() {
         .post("/api/auth/refreshtoken", "theme=dark", b"")
         .await;
     assert_eq!(r.status, 401);
-    assert!(r.set_cookies().is_empty(), "none of the five sent: nothing to clear");
+    assert!(
+        r.set_cookies().is_empty(),
+        "none of the five sent: nothing to clear"
+    );
     assert_eq!(auth.calls(), 0);
 
     auth.set_handler(|_| StubReply::json(403, json!({"error": "invalid_grant"})));

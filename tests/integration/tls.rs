@@ -190,3 +190,49 @@ async fn an_https_app_is_reached_with_sni_and_a_verified_certificate() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// What clients do all day is not an ERROR: a TCP health check that connects to the TLS
+/// listener and closes (found with `/readyz`, which does just that), and an HTTP/2 client that
+/// gives up on a slow answer. Pingora writes both at ERROR; the proxy writes neither so.
+#[tokio::test]
+async fn probes_and_clients_giving_up_are_no_error_lines() {
+    let cert = Certificate::new();
+    let app = Stub::app().await;
+    app.set_handler(|_| {
+        StubReply::json(200, serde_json::json!({})).delayed(std::time::Duration::from_millis(1500))
+    });
+    let auth = Stub::auth_api().await;
+    let proxy = Proxy::builder(&app, &auth)
+        .tls(&cert.cert(), &cert.key())
+        .rust_log("info")
+        .start()
+        .await;
+    for _ in 0..3 {
+        drop(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let url = format!("https://127.0.0.1:{}/slow", proxy.addr.port());
+    let cookie = format!("accessTokenEtls={}", access_token(600));
+    let gave_up = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sk", "--http2", "-m", "0.5", "-o", "/dev/null", "-H"])
+            .arg(format!("Cookie: {cookie}"))
+            .arg(&url)
+            .status()
+            .expect("curl is installed")
+    })
+    .await
+    .unwrap();
+    assert_eq!(gave_up.code(), Some(28), "curl timed out");
+    app.wait_for_calls(1).await;
+    // The handshake failures are still told, at INFO.
+    let handshakes = "three failed handshakes logged";
+    until(handshakes, std::time::Duration::from_secs(5), || {
+        proxy.log().matches("Downstream handshake error").count() >= 3
+    })
+    .await;
+    // The stream curl reset is seen once the app answers.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let log = proxy.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
