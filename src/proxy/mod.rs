@@ -161,7 +161,22 @@ impl ProxyHttp for EtlsProxy {
                 identity: &ctx.identity,
                 caller: ctx.caller.as_ref(),
             },
-        )
+        )?;
+        // An HTTP/1.0 client may leave Host out, but the app is spoken to in HTTP/1.1, which
+        // requires it (RFC 9112 §3.2; Node answers 400 without): the app's own name, as nginx
+        // sends `$proxy_host`.
+        if !upstream_request.headers.contains_key(http::header::HOST)
+            && let Some(peer) = ctx.config.upstream.peers.first()
+        {
+            let default_port = if peer.is_tls() { 443 } else { 80 };
+            let host = match (peer.sni.as_str(), peer._address.as_inet()) {
+                ("", _) | (_, None) => peer._address.to_string(),
+                (sni, Some(addr)) if addr.port() == default_port => sni.to_owned(),
+                (sni, Some(addr)) => format!("{sni}:{}", addr.port()),
+            };
+            upstream_request.insert_header(http::header::HOST, host)?;
+        }
+        Ok(())
     }
 
     async fn response_filter(

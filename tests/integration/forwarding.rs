@@ -239,3 +239,28 @@ fn the_check_names_a_bad_trusted_proxy_entry() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+/// An HTTP/1.0 request may leave Host out; the app is spoken to in HTTP/1.1, which requires
+/// it (found with Node's http server, which answers such a request 400): the app gets its own
+/// address, as nginx sends `$proxy_host`.
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_app_with_one() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    let request = format!(
+        "GET /old HTTP/1.0\r\nCookie: accessTokenEtls={}\r\n\r\n",
+        access_token(600)
+    );
+    let r = proxy.send(&request).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(app.last().all("host"), [app.addr.to_string()]);
+    // A Host the client sent is the app's, as always.
+    let r = proxy
+        .send(&format!(
+            "GET /old HTTP/1.0\r\nHost: app.test\r\nCookie: accessTokenEtls={}\r\n\r\n",
+            access_token(600)
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.last().all("host"), ["app.test"]);
+}
