@@ -51,6 +51,8 @@ pub struct RequestCtx {
     pub(super) renewed: Option<Arc<RenewedSession>>,
     /// When `renewed` was decided, with `store: redis` only (see `ended_since_decided`).
     pub(super) decided: Option<Instant>,
+    /// `renewed` is a result kept in the table, held until this request's answer has left.
+    pub(super) held: bool,
     pub outcome: Outcome,
     pub session: Option<SessionKey>,
     /// Peer, trust and request id, settled first so every answer carries the id.
@@ -70,6 +72,7 @@ impl RequestCtx {
             forward_cookie: None,
             renewed: None,
             decided: None,
+            held: false,
             outcome: Outcome::Pending,
             session: None,
             caller: None,

@@ -202,6 +202,8 @@ impl EtlsProxy {
                     ctx.identity = config.identity.from_verified(token.as_bytes());
                 }
                 ctx.renewed = Some(renewed);
+                // Kept for this request's old cookies until its answer has left.
+                ctx.held = self.flights.hold(&key);
                 if self.shared.is_some() {
                     ctx.decided = Some(Instant::now());
                 }

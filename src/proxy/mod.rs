@@ -80,6 +80,17 @@ pub struct EtlsProxy {
 }
 
 impl EtlsProxy {
+    /// The answer carrying a kept result has left (its head is written, or its client has
+    /// gone): the result stays a grace window from now, for the browser's next request with
+    /// the old cookies. Once per request.
+    fn release_held(&self, ctx: &mut RequestCtx) {
+        if std::mem::take(&mut ctx.held)
+            && let Some(key) = ctx.session
+        {
+            self.flights.release(&key);
+        }
+    }
+
     pub fn new(state: &State, app: Arc<AppUpstream>) -> Self {
         EtlsProxy {
             live: Arc::clone(&state.live),
@@ -255,6 +266,7 @@ impl ProxyHttp for EtlsProxy {
             // A response carrying session cookies must never sit in a shared cache.
             cache_control::keep_private(headers);
         })?;
+        self.release_held(ctx);
         if logs_out(&ctx.config, &app_lines) {
             self.end_session(session.req_header(), ctx).await;
         }
@@ -315,6 +327,8 @@ impl ProxyHttp for EtlsProxy {
             Duration::from_secs(ctx.config.keepalive_secs),
         );
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        // A client gone before the answer's head was written.
+        self.release_held(ctx);
         let app_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
         let decision = decision(ctx.outcome, status, app_failed);
         self.metrics.request(decision);

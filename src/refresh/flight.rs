@@ -173,6 +173,9 @@ enum Slot<T, E> {
         value: T,
         until: Instant,
         next: Option<SessionKey>,
+        /// Requests whose answers carry this result and have not left yet: the result is not
+        /// dropped before the browser can have it (see [`RefreshFlights::hold`]).
+        holders: u32,
     },
     /// The session was ended: answered with [`SessionEnded`] until then.
     Ended {
@@ -358,6 +361,32 @@ where
         matches!(table.entries.get(key).map(|e| &e.slot), Some(Slot::Ended { until }) if *until > now)
     }
 
+    /// A request is taking `key`'s kept result to the app and back: until its answer has left
+    /// ([`Self::release`]), the result is not dropped, however long the app takes. The grace
+    /// window is for the browser to store the new cookies, and they reach it only with that
+    /// answer. Returns whether there was a result to hold.
+    pub fn hold(&self, key: &SessionKey) -> bool {
+        let mut table = self.lock();
+        match table.entries.get_mut(key).map(|e| &mut e.slot) {
+            Some(Slot::Kept { holders, .. }) => {
+                *holders += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The answer of a request that [held](Self::hold) `key`'s result has left (or its client
+    /// has gone): the result stays a grace window from now.
+    pub fn release(&self, key: &SessionKey) {
+        let until = Instant::now() + self.grace();
+        let mut table = self.lock();
+        if let Some(Slot::Kept { holders, .. }) = table.entries.get_mut(key).map(|e| &mut e.slot) {
+            *holders = holders.saturating_sub(1);
+            table.rearm(key, until);
+        }
+    }
+
     /// The newest result kept in `key`'s chain: what the browser holds once every answer of
     /// the session has reached it. A backend logout names that session, not one whose refresh
     /// token the auth API has already rotated away.
@@ -365,7 +394,12 @@ where
         let now = Instant::now();
         let table = self.lock();
         let kept = |k: &SessionKey| match table.entries.get(k).map(|e| &e.slot) {
-            Some(Slot::Kept { value, until, next }) if *until > now => Some((value, *next)),
+            Some(Slot::Kept {
+                value,
+                until,
+                next,
+                holders,
+            }) if *until > now || *holders > 0 => Some((value, *next)),
             _ => None,
         };
         table
@@ -390,7 +424,12 @@ where
         let mut table = self.lock();
         table.purge(now);
         match table.entries.get(&key).map(|e| &e.slot) {
-            Some(Slot::Kept { value, until, .. }) if *until > now => {
+            Some(Slot::Kept {
+                value,
+                until,
+                holders,
+                ..
+            }) if *until > now || *holders > 0 => {
                 return Step::Done(Ok(value.clone()), Joined::Grace);
             }
             Some(Slot::Ended { until }) if *until > now => {
@@ -493,6 +532,7 @@ where
                     let until = Instant::now() + grace;
                     if let Some(entry) = table.entries.get_mut(&self.key) {
                         entry.slot = Slot::Kept {
+                            holders: 0,
                             value: value.clone(),
                             until,
                             next,
@@ -568,6 +608,35 @@ impl<T, E> Table<T, E> {
         }
     }
 
+    /// Keeps `key`'s result until `until` at least: a new generation at the back of `kept` (the
+    /// old pair at the front goes stale), its `origin` link moved along.
+    fn rearm(&mut self, key: &SessionKey, until: Instant) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Slot::Kept {
+            until: current,
+            next,
+            ..
+        } = &mut entry.slot
+        else {
+            return;
+        };
+        if *current >= until {
+            return;
+        }
+        *current = until;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let old = std::mem::replace(&mut entry.generation, generation);
+        if let Some(next) = *next
+            && self.origin.get(&next) == Some(&(*key, old))
+        {
+            self.origin.insert(next, (*key, generation));
+        }
+        self.kept.push_back((*key, generation));
+    }
+
     /// Whether `(key, generation)` still names a kept result or a tombstone.
     fn holds_kept(&self, key: &SessionKey, generation: u64) -> bool {
         self.entries.get(key).is_some_and(|e| {
@@ -633,6 +702,9 @@ impl<T, E> Table<T, E> {
         while let Some(&(key, generation)) = self.kept.front() {
             if self.holds_kept(&key, generation) {
                 match self.entries.get(&key).map(|e| &e.slot) {
+                    // Held by answers still on their way: out of the queue, kept in the table;
+                    // its release queues it again.
+                    Some(Slot::Kept { until, holders, .. }) if *until <= now && *holders > 0 => {}
                     Some(Slot::Kept { until, .. } | Slot::Ended { until }) if *until <= now => {
                         self.remove(&key);
                     }
@@ -942,6 +1014,40 @@ mod tests {
         // Tombstones last the grace window.
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(!flights.is_ended(&key(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_result_held_by_a_slow_answer_lasts_until_a_grace_window_after_it() {
+        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (v, _) = flights
+            .run_bounded(key(1), 10, renewing(&calls, 7, Some(key(2))))
+            .await;
+        assert_eq!(v, Ok(7));
+        // The request takes the result to a slow app: 40 s, past the grace window.
+        assert!(flights.hold(&key(1)));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        // Another request with the old cookies meanwhile: the kept result, no second call.
+        let (v, joined) = flights
+            .run_bounded(key(1), 10, renewing(&calls, 8, None))
+            .await;
+        assert_eq!((v, joined), (Ok(7), Joined::Grace));
+        // The slow answer leaves; the result stays a grace window from then.
+        flights.release(&key(1));
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let (v, _) = flights
+            .run_bounded(key(1), 10, renewing(&calls, 8, None))
+            .await;
+        assert_eq!(v, Ok(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The chain still links: a logout with the renewed cookies ends the old ones.
+        assert_eq!(flights.end(key(2)), 2);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let (v, _) = flights
+            .run_bounded(key(1), 10, renewing(&calls, 9, None))
+            .await;
+        assert_eq!(v, Ok(9), "every entry expired once its window passed");
+        assert!(!flights.hold(&key(3)), "nothing to hold for an unknown key");
     }
 
     #[tokio::test(start_paused = true)]

@@ -121,3 +121,55 @@ async fn two_devices_with_the_same_etls_token_never_share_a_flight() {
         ])
     );
 }
+
+/// Found with a page slower than the grace window: the window started when the refresh
+/// landed, not when the new cookies reached the browser, so a request with the old cookies
+/// while the slow answer was still on its way refreshed again (a rotating auth API refuses
+/// that: a logout). Now the result is kept until the answer carrying it has left, and a grace
+/// window from then.
+#[tokio::test]
+async fn a_result_is_kept_while_a_slow_answer_carries_it_and_a_grace_window_after() {
+    let app = Stub::app().await;
+    app.set_handler(|req| {
+        let reply = StubReply::json(200, json!({"path": req.path}));
+        if req.path == "/slow" {
+            reply.delayed(Duration::from_millis(2500))
+        } else {
+            reply
+        }
+    });
+    let auth = Stub::auth_api().await;
+    let proxy = Proxy::builder(&app, &auth)
+        .extra("refresh: {grace_secs: 1}")
+        .start()
+        .await;
+    let old = expired_session("rt-slow-page");
+    let (addr, cookie) = (proxy.addr, old.clone());
+    let slow = tokio::spawn(async move {
+        send_raw(
+            addr,
+            format!("GET /slow HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
+        )
+        .await
+    });
+    app.wait_for_calls(1).await;
+    // Past the grace window counted from the refresh, the slow answer still on its way.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let meanwhile = proxy.get("/fast", &old).await;
+    assert_eq!(meanwhile.status, 200, "{}", meanwhile.text());
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 200);
+    assert_eq!(
+        slow.set_cookies(),
+        meanwhile.set_cookies(),
+        "the same tokens"
+    );
+    // Within a grace window of the slow answer leaving.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.get("/fast", &old).await.status, 200);
+    assert_eq!(auth.calls(), 1, "one refresh for the three requests");
+    // And then the window passes as it always did.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(proxy.get("/fast", &old).await.status, 200);
+    assert_eq!(auth.calls(), 2);
+}
