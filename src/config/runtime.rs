@@ -59,6 +59,9 @@ pub struct RuntimeConfig {
     pub max_chunks: usize,
     /// The logout response's Set-Cookie lines, built once.
     pub clear_cookies: Vec<HeaderValue>,
+    /// With `cookies.domain`: the lines clearing the host-only cookies of the five names,
+    /// sent beside every renewal (empty otherwise).
+    pub clear_host_only: Vec<HeaderValue>,
     pub routes: Routes,
     pub grace: Duration,
     pub max_entries: usize,

@@ -512,7 +512,8 @@ fn logged_out(ctx: &RequestCtx, req: &RequestHeader) -> Answer<'static> {
 
 /// The refresh endpoint's answer: the new cookies, and the chunks they no longer use cleared.
 fn refreshed(ctx: &RequestCtx, req: &RequestHeader, renewed: &RenewedSession) -> Answer<'static> {
-    let clears = chunk_clears(ctx, req, &renewed.layout(&ctx.config.names));
+    let mut clears = chunk_clears(ctx, req, &renewed.layout(&ctx.config.names));
+    clears.extend(ctx.config.clear_host_only.iter().cloned());
     Answer::refreshed(renewed).with_cookies(clears)
 }
 

@@ -252,15 +252,17 @@ impl ProxyHttp for EtlsProxy {
         let replaced: Vec<String> = app_lines.iter().map(|l| l.name.clone()).collect();
         let layout = chunks::with_deleted(renewed.layout(names), names, &replaced);
         let clears = chunk_clears(ctx, req, &layout);
+        let host_only = ctx.config.clear_host_only.iter().cloned();
         let id = request_id(ctx);
-        app_response::edit(response, ours.len() + clears.len() + 2, |headers| {
+        let more = ours.len() + clears.len() + host_only.len() + 2;
+        app_response::edit(response, more, |headers| {
             if let Some(id) = id {
                 headers.insert(X_REQUEST_ID, id.clone());
             }
             for line in ours {
                 headers.append(SET_COOKIE, line.clone());
             }
-            for line in clears {
+            for line in clears.into_iter().chain(host_only) {
                 headers.append(SET_COOKIE, line);
             }
             // A response carrying session cookies must never sit in a shared cache.

@@ -142,10 +142,19 @@ pub fn assess<'a>(
         Some(keep_access) => Verdict::Forward { keep_access },
         None => Verdict::Refuse(refusal),
     };
-    let api_cookies = api_cookie_header(jar, policy.send_cookies);
+    let mut api_cookies = api_cookie_header(jar, policy.send_cookies);
     let (refresh_token, binding) = match valid_refresh(jar, policy, &api_cookies, now) {
         Ok(found) => found,
         Err(refusal) => return refuse(refusal),
+    };
+    // An auth API cookie sent twice (a stale one left at another Path or Domain): the values
+    // the refresh token is bound to, whichever comes first.
+    let (refresh_token, binding) = match bound_duplicate(jar, policy, &api_cookies, binding, now) {
+        Some((cookies, token, binding)) => {
+            api_cookies = cookies;
+            (token, binding)
+        }
+        None => (refresh_token, binding),
     };
     if api_cookies.is_empty() {
         return refuse(Refusal::NoApiSession);
@@ -234,6 +243,68 @@ fn valid_refresh<'a>(
         first_problem.get_or_insert(problem);
     }
     first_valid.ok_or(first_problem.unwrap_or(Refusal::RefreshMissing))
+}
+
+/// Most combinations of duplicated auth API cookie values tried against the refresh tokens.
+const MAX_API_COMBINATIONS: usize = 8;
+
+/// When an auth API cookie came more than once and the first values are not what the refresh
+/// token is bound to: the combination of values that is, with its refresh token. Browsers send
+/// the longer Path first and, among equal paths, the older cookie first, so the stale value can
+/// come first; without this the outcome depended on the order.
+fn bound_duplicate<'a>(
+    jar: &CookieJar<'a>,
+    policy: &SessionPolicy<'_>,
+    first: &str,
+    binding: Binding,
+    now: u64,
+) -> Option<(String, &'a [u8], Binding)> {
+    if policy.keys.bound_to(binding, first) {
+        return None;
+    }
+    let values: Vec<Vec<&str>> = policy
+        .send_cookies
+        .iter()
+        .map(|name| {
+            jar.values(name)
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .filter(|v| is_cookie_octets(v.as_bytes()))
+                .collect()
+        })
+        .collect();
+    if values.iter().all(|v| v.len() <= 1) {
+        return None;
+    }
+    // Every combination, the first values' first (already tried), at most a few.
+    let mut combination = vec![0usize; values.len()];
+    for _ in 0..MAX_API_COMBINATIONS {
+        let mut carry = true;
+        for (at, options) in combination.iter_mut().zip(&values) {
+            if !carry {
+                break;
+            }
+            *at += 1;
+            carry = *at >= options.len().max(1);
+            if carry {
+                *at = 0;
+            }
+        }
+        if carry {
+            return None;
+        }
+        let mut slot = 0;
+        let cookies = api_cookies_of(policy.send_cookies, |_| {
+            let pick = values[slot].get(combination[slot]).copied();
+            slot += 1;
+            pick
+        });
+        if let Ok((token, binding)) = valid_refresh(jar, policy, &cookies, now)
+            && policy.keys.bound_to(binding, &cookies)
+        {
+            return Some((cookies, token, binding));
+        }
+    }
+    None
 }
 
 /// `refreshToken=<value>` (seed 002): the first value of each configured cookie that is present
@@ -623,6 +694,28 @@ mod tests {
                 deny,
                 "refuse:no_api_session",
             ),
+            // A stale auth API cookie beside the one the token is bound to, in either order.
+            (
+                format!("refreshTokenEtls={b_rt}; refreshToken=stale; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refresh",
+            ),
+            (
+                format!("refreshToken=rt; refreshTokenEtls={b_rt}; refreshToken=stale"),
+                req,
+                0,
+                deny,
+                "refresh",
+            ),
+            (
+                format!("refreshTokenEtls={b_rt}; refreshToken=stale; refreshToken=older"),
+                req,
+                0,
+                deny,
+                "refuse:session_mismatch",
+            ),
             // Duplicates: the value bound to the cookies sent wins, in any order.
             (
                 format!("refreshTokenEtls={b_other}; refreshTokenEtls={b_rt}; refreshToken=rt"),
@@ -686,6 +779,7 @@ mod tests {
                 && !plan.unbound
             {
                 assert_eq!(plan.refresh_token, b_rt.as_bytes(), "{cookie}");
+                assert_eq!(plan.api_cookies, "refreshToken=rt", "{cookie}");
             }
         }
     }

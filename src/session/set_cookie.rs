@@ -46,6 +46,18 @@ impl CookiePolicy {
         c.to_string()
     }
 
+    /// With a `Domain`, the line clearing the host-only cookie of that name (no `Domain`): the
+    /// login sets the seeds' cookies host-only, and a browser holding both sends both, the older
+    /// first; once cleared, only the proxy's remain.
+    pub fn host_only_clear_line(&self, name: &str) -> Option<String> {
+        self.domain.as_ref()?;
+        let host_only = CookiePolicy {
+            domain: None,
+            ..self.clone()
+        };
+        Some(host_only.clear_line(name))
+    }
+
     fn cookie<'c>(&'c self, name: &'c str, value: &'c str, max_age: u64) -> Cookie<'c> {
         let max_age = Duration::seconds(i64::try_from(max_age).unwrap_or(i64::MAX));
         let mut c = Cookie::build((name, value))

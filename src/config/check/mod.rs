@@ -115,10 +115,22 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
         return Err(c.problems);
     }
     let Cookies { names, policy } = cookies;
+    let host_only: Vec<String> = names
+        .all()
+        .iter()
+        .filter_map(|name| policy.host_only_clear_line(name))
+        .collect();
+    let clear_host_only = host_only
+        .iter()
+        .map(|line| header_value(line.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default();
     let clear_cookies = names
         .all()
         .iter()
-        .map(|name| header_value(policy.clear_line(name)))
+        .map(|name| policy.clear_line(name))
+        .chain(host_only)
+        .map(header_value)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             vec![Problem {
@@ -143,6 +155,7 @@ pub fn build(file: FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<Probl
             cookie_policy: policy,
             max_chunks,
             clear_cookies,
+            clear_host_only,
             routes,
             grace: refresh.grace,
             max_entries: refresh.max_entries,
