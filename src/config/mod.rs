@@ -15,8 +15,21 @@ pub use env::{Env, Outside, Resolve, parse_env_file, process_env, system_resolve
 pub use error::{ConfigError, Problem};
 pub use runtime::{Listener, Loaded, RuntimeConfig, TlsFiles, Upstream};
 
+/// A relative path (`-c`, `env_file`) as the directory the process started in has it, also
+/// after `-d` has moved the process to `/`: that directory is taken the first time a path is
+/// resolved, which is the load at start. (A daemon refused every reload of `-c
+/// conf/etls-proxy.yaml` before.)
+pub fn resolve_path(path: &str) -> std::path::PathBuf {
+    static START_DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let given = std::path::Path::new(path);
+    match START_DIR.get_or_init(|| std::env::current_dir().ok()) {
+        Some(dir) if given.is_relative() => dir.join(given),
+        _ => given.to_path_buf(),
+    }
+}
+
 pub fn load_file(path: &str, outside: Outside<'_>) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(resolve_path(path)).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -55,7 +68,7 @@ fn check(parsed: file::FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<P
     let Some(env_path) = parsed.env_file.clone() else {
         return build(parsed, outside);
     };
-    let vars = std::fs::read_to_string(&env_path)
+    let vars = std::fs::read_to_string(resolve_path(&env_path))
         .map_err(|e| format!("cannot read `{env_path}`: {e}"))
         .and_then(|text| parse_env_file(&text))
         .map_err(|message| {
@@ -76,4 +89,20 @@ fn check(parsed: file::FileConfig, outside: Outside<'_>) -> Result<Loaded, Vec<P
         resolve: outside.resolve,
     };
     build(parsed, with_file)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relative_paths_are_read_from_the_start_directory() {
+        let start = std::env::current_dir().unwrap();
+        assert_eq!(
+            super::resolve_path("conf/x.yaml"),
+            start.join("conf/x.yaml")
+        );
+        assert_eq!(
+            super::resolve_path("/etc/etls-proxy/x.yaml"),
+            std::path::Path::new("/etc/etls-proxy/x.yaml")
+        );
+    }
 }

@@ -645,8 +645,10 @@ async fn configured_field_names_and_string_user_of_seed_000() {
     );
     assert_eq!(r.set_cookie_value("accessToken").as_deref(), Some("na"));
     let lines = r.set_cookies();
-    let (set, host_only): (Vec<&str>, Vec<&str>) =
-        lines.iter().copied().partition(|l| !l.contains("Max-Age=0"));
+    let (set, host_only): (Vec<&str>, Vec<&str>) = lines
+        .iter()
+        .copied()
+        .partition(|l| !l.contains("Max-Age=0"));
     assert_eq!((set.len(), host_only.len()), (5, 5), "{lines:?}");
     for line in set {
         assert!(
