@@ -58,6 +58,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    hangups_are_harmless_from_now();
     let loaded = match config::load_file(&cli.conf, config::Outside::process()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -86,6 +87,24 @@ fn main() -> ExitCode {
         }
     }
     run(cli, loaded)
+}
+
+/// SIGHUP's default action ends the process, and the reload service only listens once Pingora
+/// has bootstrapped, which with `-u` means waiting seconds for the old process's sockets: a
+/// reload sent then (`systemctl reload`, a config-management run) killed the new process. Tokio's
+/// signal handler, once installed, stays for the life of the process; the reload service
+/// registers its own listener later.
+fn hangups_are_harmless_from_now() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let installed = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map(|rt| rt.block_on(async { signal(SignalKind::hangup()).is_ok() }));
+    if !matches!(installed, Ok(true)) {
+        eprintln!(
+            "etls-proxy: warning: cannot catch SIGHUP before start; a reload sent now would end the process"
+        );
+    }
 }
 
 /// Whether Pingora will be able to bind `addr`: the same socket Pingora makes (first resolved
@@ -208,7 +227,8 @@ fn run(cli: Cli, loaded: Loaded) -> ExitCode {
     };
     server.add_service(background_service("reload on SIGHUP", reload));
     if let Some(addr) = &admin_listen {
-        let admin = AdminApp { state };
+        let bound = listen.iter().map(|l| l.address.clone()).collect();
+        let admin = AdminApp { state, bound };
         let mut service = Service::new("admin".to_owned(), admin);
         service.add_tcp(addr);
         server.add_service(service);

@@ -13,6 +13,9 @@ use crate::state::State;
 
 pub struct AdminApp {
     pub state: State,
+    /// The proxy's listeners as bound at start: a reload changing `listen` applies only after
+    /// a restart, so readiness probes what is listening, not what the file now says.
+    pub bound: Vec<String>,
 }
 
 #[async_trait]
@@ -55,12 +58,11 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
-    /// Ready: a configuration is loaded (always, once running) and every proxy listener
-    /// accepts a connection.
+    /// Ready: a configuration is loaded (always, once running) and every proxy listener bound
+    /// at start accepts a connection.
     async fn listening(&self) -> bool {
-        let config = self.state.live.load();
-        for listen in &config.listen {
-            let Some(addr) = probe_address(&listen.address) else {
+        for listen in &self.bound {
+            let Some(addr) = probe_address(listen) else {
                 return false;
             };
             let connect = tokio::net::TcpStream::connect(addr);

@@ -102,8 +102,22 @@ impl ReloadOnHangup {
                         applied.needs_restart.join(", ")
                     )
                 };
+                // The certificate files are checked again but served as loaded at start (a
+                // renewal in place, as certbot does, is not picked up): said on every reload.
+                let tls = if self
+                    .state
+                    .live
+                    .load()
+                    .listen
+                    .iter()
+                    .any(|l| l.tls.is_some())
+                {
+                    "; TLS certificates are read at start: a renewed one is served after a restart or graceful upgrade"
+                } else {
+                    ""
+                };
                 log::info!(
-                    "configuration reloaded from {}{restart}",
+                    "configuration reloaded from {}{restart}{tls}",
                     self.state.live.path
                 );
                 self.state.metrics.reload(true);

@@ -66,6 +66,31 @@ async fn sighup_applies_a_new_file_and_a_broken_one_changes_nothing() {
     );
 }
 
+/// A reload changing `listen` applies only after a restart: readiness keeps probing the
+/// listener bound at start, which still serves (it answered 503 "not listening" before, which
+/// would have taken every replica out of a balancer).
+#[tokio::test]
+async fn readiness_probes_the_listeners_bound_at_start_across_a_reload() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let admin_port = free_port();
+    let admin_yaml = format!("admin: {{listen: '127.0.0.1:{admin_port}'}}");
+    let proxy = Proxy::builder(&app, &auth)
+        .extra(admin_yaml.clone())
+        .start()
+        .await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert_eq!(admin_get(admin, "/readyz").await.status, 200);
+    proxy.reload_raw(&config_yaml(free_port(), app.addr, auth.addr, &admin_yaml));
+    until("the reload", Duration::from_secs(5), || {
+        proxy.log().contains("listen changed")
+    })
+    .await;
+    let ready = admin_get(admin, "/readyz").await;
+    assert_eq!((ready.status, ready.text().as_str()), (200, "ready\n"));
+    let valid = format!("accessTokenEtls={}", access_token(600));
+    assert_eq!(proxy.get("/", &valid).await.status, 200);
+}
+
 #[tokio::test]
 async fn reloads_under_load_fail_no_request() {
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
@@ -383,7 +408,10 @@ async fn a_graceful_upgrade_hands_the_listener_over_without_refusing_a_request()
         || async { std::path::Path::new(&format!("/tmp/etls-test-{}.sock", addr.port())).exists() },
     )
     .await;
+    // A reload sent while it waits (systemctl reload, config management) must not end it.
+    new.signal("HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(new.is_running(), "SIGHUP while waiting for the sockets");
     let load = {
         let cookie = cookie.clone();
         tokio::spawn(async move {

@@ -236,3 +236,23 @@ async fn probes_and_clients_giving_up_are_no_error_lines() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+/// A reload checks the certificate files again but the listener keeps the ones loaded at start
+/// (found renewing a certificate in place, as certbot does, then `kill -HUP`): the reload line
+/// says so instead of a bare "reloaded".
+#[tokio::test]
+async fn a_reload_says_certificates_are_read_at_start() {
+    let cert = Certificate::new();
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::builder(&app, &auth)
+        .tls(&cert.cert(), &cert.key())
+        .start()
+        .await;
+    proxy.signal("HUP");
+    until("the reload line", std::time::Duration::from_secs(5), || {
+        proxy.log().lines().any(|l| {
+            l.contains("configuration reloaded") && l.contains("TLS certificates are read at start")
+        })
+    })
+    .await;
+}

@@ -60,7 +60,7 @@ pub(super) fn check_certificate(cert: &str, key: &str) -> Result<(), String> {
         .map_err(|e| format!("`{cert}` and `{key}` do not make a usable pair: {e}"))
 }
 
-/// The admin listener is off unless set, and never shares an address with the proxy.
+/// The admin listener is off unless set, and never overlaps an address of the proxy's.
 pub(super) fn check_admin(
     c: &mut Checker,
     admin: Option<String>,
@@ -76,11 +76,24 @@ pub(super) fn check_admin(
         Ok(sa)
             if listen
                 .iter()
-                .any(|l| l.address.parse::<SocketAddr>().ok() == Some(sa)) =>
+                .filter_map(|l| l.address.parse::<SocketAddr>().ok())
+                .any(|l| overlap(l, sa)) =>
         {
-            c.problem("admin.listen", format!("`{addr}` is also in `listen`"))
+            c.problem(
+                "admin.listen",
+                format!(
+                    "`{addr}` overlaps an address of `listen` (same port, same or wildcard IP)"
+                ),
+            )
         }
         Ok(_) => {}
     }
     Some(addr)
+}
+
+/// Two listeners that cannot both be bound: the same port on the same IP, or on a wildcard
+/// (`0.0.0.0`, `::`) and any IP. Before, `127.0.0.1:P` beside `0.0.0.0:P` passed `-t`, and at
+/// start one service panicked after its bind retries (or the admin one took the proxy's port).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }

@@ -377,6 +377,19 @@ upstream_headers: {username: Cookie, role: "bad name", id: X-User, sub: x-user}
             .unwrap_or_else(|p| panic!("{p:?}"))
             .runtime;
         assert_eq!(rt.admin_listen.as_deref(), Some("127.0.0.1:9901"));
+        // A wildcard overlaps every IP on its port, either way round.
+        for (listen, admin, overlaps) in [
+            ("127.0.0.1:8080", "0.0.0.0:8080", true),
+            ("0.0.0.0:8080", "127.0.0.1:8080", true),
+            ("[::]:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "127.0.0.2:8080", false),
+            ("0.0.0.0:8080", "127.0.0.1:8081", false),
+        ] {
+            let yaml = format!("listen: ['{listen}']\nadmin: {{listen: '{admin}'}}");
+            let got = problems(&yaml, SECRETS);
+            let refused = got.iter().any(|p| p.starts_with("admin.listen: "));
+            assert_eq!(refused, overlaps, "{listen} / {admin}: {got:?}");
+        }
         assert_eq!(rt.access_log, None);
         assert_eq!(rt.identity.map.len(), 1);
     }

@@ -177,6 +177,18 @@ fn env_bytes(value: OsString) -> Vec<u8> {
     value.into_vec()
 }
 
+/// A POSIX-style variable name: `[A-Za-z_][A-Za-z0-9_]*`, 64 bytes at most.
+fn is_env_name(var: &str) -> bool {
+    let bytes = var.as_bytes();
+    bytes.len() <= 64
+        && bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
 fn secret(
     c: &mut Checker,
     key: &str,
@@ -186,6 +198,15 @@ fn secret(
 ) -> Option<Secret> {
     if var.is_empty() {
         c.problem(key, "must name an environment variable");
+        return None;
+    }
+    // A secret pasted where its variable's name belongs must not reach the log: only a name
+    // that looks like one is echoed.
+    if !is_env_name(var) {
+        c.problem(
+            key,
+            "must name an environment variable (letters, digits and `_`, at most 64; the value given is not shown: it may be the secret itself)",
+        );
         return None;
     }
     let Some(value) = env(var).map(env_bytes) else {
@@ -439,6 +460,27 @@ mod tests {
             got[0].starts_with("tokens.unbound_refresh") && got[0].contains("allow or refuse"),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn a_secret_pasted_as_its_variables_name_is_never_echoed() {
+        let pasted = "s3cr3t-v4lue/with+base64=chars-0123456789";
+        let got = problems(
+            &format!("tokens: {{access_secret_env: '{pasted}'}}"),
+            SECRETS,
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("tokens.access_secret_env"), "{got:?}");
+        assert!(!got[0].contains("s3cr3t"), "{got:?}");
+        for (name, ok) in [
+            ("ETLS_ACCESS", true),
+            ("_x1", true),
+            ("1X", false),
+            ("A-B", false),
+        ] {
+            assert_eq!(is_env_name(name), ok, "{name}");
+        }
+        assert!(!is_env_name(&"A".repeat(65)));
     }
 
     #[test]
