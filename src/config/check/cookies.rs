@@ -66,6 +66,28 @@ pub(super) fn check_cookies(c: &mut Checker, k: &CookiesFile, any_tls: bool) -> 
             "None needs cookies.secure: true (browsers drop it otherwise)",
         );
     }
+    // RFC 6265bis §4.1.3: browsers drop a `__Secure-` cookie without `Secure`, and a `__Host-`
+    // one unless it is also host-only at `Path=/`; the jar would end half-renewed.
+    for (key, name) in keys.iter().zip(names.all()) {
+        let host = name
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("__Host-"));
+        let secure_prefix = name
+            .get(..9)
+            .is_some_and(|p| p.eq_ignore_ascii_case("__Secure-"));
+        if (host || secure_prefix) && !secure {
+            c.problem(
+                format!("cookies.names.{key}"),
+                format!("`{name}` needs cookies.secure: true (browsers drop it otherwise)"),
+            );
+        }
+        if host && (k.domain.is_some() || k.path != "/") {
+            c.problem(
+                format!("cookies.names.{key}"),
+                format!("`{name}` needs cookies.path: / and no cookies.domain (browsers drop it otherwise)"),
+            );
+        }
+    }
     if !k.path.starts_with('/') || !is_attribute_value(&k.path) {
         c.problem(
             "cookies.path",
@@ -95,8 +117,9 @@ pub(super) fn check_cookies(c: &mut Checker, k: &CookiesFile, any_tls: bool) -> 
 }
 
 /// `cookies.max_chunks`: 1 (no value is ever split) to 64. Chunks of up to 4096 bytes can add
-/// up to more than `downstream.max_cookie_bytes`; each refresh checks the total (a 502 naming
-/// it rather than a browser locked out by 431), and a bound set that high gets a warning.
+/// up to more than `downstream.max_cookie_bytes`; each refresh checks the total (a logout with a
+/// warning naming it rather than a browser locked out by 431), and a bound set that high gets a
+/// warning.
 pub(super) fn check_max_chunks(
     c: &mut Checker,
     max_chunks: Option<usize>,
@@ -112,7 +135,7 @@ pub(super) fn check_max_chunks(
         );
     } else if max * MAX_LINE_BYTES > max_cookie_bytes {
         c.warnings.push(format!(
-            "cookies.max_chunks: {max} cookies of up to {MAX_LINE_BYTES} bytes ({}) exceed downstream.max_cookie_bytes ({max_cookie_bytes}); a refresh whose cookies would take more is answered 502",
+            "cookies.max_chunks: {max} cookies of up to {MAX_LINE_BYTES} bytes ({}) exceed downstream.max_cookie_bytes ({max_cookie_bytes}); a refresh whose cookies would take more ends the session (a logout, with a warning naming the size)",
             max * MAX_LINE_BYTES
         ));
     }
@@ -158,9 +181,23 @@ mod tests {
         assert_eq!(
             loaded.warnings,
             [
-                "cookies.max_chunks: 8 cookies of up to 4096 bytes (32768) exceed downstream.max_cookie_bytes (20000); a refresh whose cookies would take more is answered 502"
+                "cookies.max_chunks: 8 cookies of up to 4096 bytes (32768) exceed downstream.max_cookie_bytes (20000); a refresh whose cookies would take more ends the session (a logout, with a warning naming the size)"
             ]
         );
+    }
+
+    #[test]
+    fn cookie_name_prefixes_get_the_attributes_browsers_demand() {
+        let refused = |yaml: &str| problems(yaml, SECRETS);
+        let got = refused("cookies: {names: {access_etls: __Host-at}}");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("cookies.names.access_etls: `__Host-at` needs cookies.secure"));
+        let got = refused("cookies: {secure: true, domain: example.com, names: {user: __Host-u}}");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("no cookies.domain"), "{got:?}");
+        let got = refused("cookies: {names: {refresh_api: __secure-rt}}");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(refused("cookies: {secure: true, names: {access_etls: __Host-at, refresh_etls: __Secure-rt}}").is_empty());
     }
 
     #[test]
