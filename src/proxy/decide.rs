@@ -318,19 +318,20 @@ impl EtlsProxy {
         }
     }
 
-    /// Whether the session of a refreshed (or grace) request was ended since it was decided:
-    /// in this process's table always; with `store: redis`, in Redis too once the app has taken
+    /// Whether the session of a refreshed (or grace) request was ended since it was decided,
+    /// its hold on the kept result released: in this process's table always; with `store: redis`, in Redis too once the app has taken
     /// [`SHARED_END_CHECK_AFTER`] (a logout on another instance needs a round trip to land).
-    pub(super) async fn ended_since_decided(&self, ctx: &RequestCtx) -> bool {
+    pub(super) async fn ended_since_decided(&self, ctx: &mut RequestCtx) -> bool {
         let Some(key) = ctx.session else {
             return false;
         };
-        if self.flights.is_ended(&key) {
+        if self.flights.leaving(&key, std::mem::take(&mut ctx.held)) {
             return true;
         }
         match (&self.shared, ctx.decided) {
+            // Boxed: a Redis call in the answer's future would copy its size on every answer.
             (Some(store), Some(at)) if at.elapsed() >= SHARED_END_CHECK_AFTER => {
-                store.is_ended(key).await == Some(true)
+                Box::pin(store.is_ended(key)).await == Some(true)
             }
             _ => false,
         }

@@ -160,7 +160,7 @@ impl ProxyHttp for EtlsProxy {
     /// Runs again on each retry with a fresh copy of the request, so the rewrite lives in ctx.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -176,7 +176,8 @@ impl ProxyHttp for EtlsProxy {
         // An HTTP/1.0 client may leave Host out, but the app is spoken to in HTTP/1.1, which
         // requires it (RFC 9112 §3.2; Node answers 400 without): the app's own name, as nginx
         // sends `$proxy_host`.
-        if !upstream_request.headers.contains_key(http::header::HOST)
+        if session.req_header().version <= http::Version::HTTP_10
+            && !upstream_request.headers.contains_key(http::header::HOST)
             && let Some(peer) = ctx.config.upstream.peers.first()
         {
             let default_port = if peer.is_tls() { 443 } else { 80 };
@@ -214,15 +215,16 @@ impl ProxyHttp for EtlsProxy {
                     &app_lines_for_ours(&ctx.config, session.req_header(), response),
                 )
             {
-                self.end_session(session.req_header(), ctx).await;
+                Box::pin(self.end_session(session.req_header(), ctx)).await;
             }
             return Ok(());
         };
-        let req = session.req_header();
-        let names = &ctx.config.names;
         // A logout that landed while the app was answering: this answer must not bring the
         // session back, so it clears the cookies instead of renewing them.
-        if self.ended_since_decided(ctx).await {
+        let ended = self.ended_since_decided(ctx).await;
+        let req = session.req_header();
+        let names = &ctx.config.names;
+        if ended {
             log::debug!("session ended while its answer was on the way: cookies cleared");
             let clears = chunk_clears(ctx, req, &[chunks::Layout::Cleared; 5]);
             let fixed = &ctx.config.clear_cookies;
@@ -268,9 +270,8 @@ impl ProxyHttp for EtlsProxy {
             // A response carrying session cookies must never sit in a shared cache.
             cache_control::keep_private(headers);
         })?;
-        self.release_held(ctx);
         if logs_out(&ctx.config, &app_lines) {
-            self.end_session(session.req_header(), ctx).await;
+            Box::pin(self.end_session(session.req_header(), ctx)).await;
         }
         Ok(())
     }

@@ -353,12 +353,21 @@ where
         ended
     }
 
-    /// Whether `key`'s session was ended (logout, or the auth API refusing it) within the grace
-    /// window: an answer decided before the logout must not hand its tokens out after it.
-    pub fn is_ended(&self, key: &SessionKey) -> bool {
+    /// An answer carrying `key`'s result is leaving: `true` when the session was ended since
+    /// (a logout landed while the app answered: the answer must not hand the tokens out). When
+    /// `held`, the request's hold is [released](Self::release) in the same step.
+    pub fn leaving(&self, key: &SessionKey, held: bool) -> bool {
         let now = Instant::now();
-        let table = self.lock();
-        matches!(table.entries.get(key).map(|e| &e.slot), Some(Slot::Ended { until }) if *until > now)
+        let grace = self.grace();
+        let mut table = self.lock();
+        if matches!(table.entries.get(key).map(|e| &e.slot), Some(Slot::Ended { until }) if *until > now)
+        {
+            return true;
+        }
+        if held {
+            table.release(key, now + grace);
+        }
+        false
     }
 
     /// A request is taking `key`'s kept result to the app and back: until its answer has left
@@ -380,11 +389,7 @@ where
     /// has gone): the result stays a grace window from now.
     pub fn release(&self, key: &SessionKey) {
         let until = Instant::now() + self.grace();
-        let mut table = self.lock();
-        if let Some(Slot::Kept { holders, .. }) = table.entries.get_mut(key).map(|e| &mut e.slot) {
-            *holders = holders.saturating_sub(1);
-            table.rearm(key, until);
-        }
+        self.lock().release(key, until);
     }
 
     /// The newest result kept in `key`'s chain: what the browser holds once every answer of
@@ -608,6 +613,14 @@ impl<T, E> Table<T, E> {
         }
     }
 
+    /// One hold of `key`'s result less, and the result kept until `until` at least.
+    fn release(&mut self, key: &SessionKey, until: Instant) {
+        if let Some(Slot::Kept { holders, .. }) = self.entries.get_mut(key).map(|e| &mut e.slot) {
+            *holders = holders.saturating_sub(1);
+            self.rearm(key, until);
+        }
+    }
+
     /// Keeps `key`'s result until `until` at least: a new generation at the back of `kept` (the
     /// old pair at the front goes stale), its `origin` link moved along.
     fn rearm(&mut self, key: &SessionKey, until: Instant) {
@@ -622,7 +635,7 @@ impl<T, E> Table<T, E> {
         else {
             return;
         };
-        if *current >= until {
+        if until <= *current {
             return;
         }
         *current = until;
@@ -1002,18 +1015,18 @@ mod tests {
         // Whichever key of the chain asks, the newest result is the last renewal's.
         for n in 1..=4u8 {
             assert_eq!(flights.newest_kept(key(n)), Some(3), "key {n}");
-            assert!(!flights.is_ended(&key(n)));
+            assert!(!flights.leaving(&key(n), false));
         }
         assert_eq!(flights.newest_kept(key(9)), None);
         flights.end(key(2));
         for n in 1..=4u8 {
-            assert!(flights.is_ended(&key(n)), "key {n}");
+            assert!(flights.leaving(&key(n), false), "key {n}");
             assert_eq!(flights.newest_kept(key(n)), None);
         }
-        assert!(!flights.is_ended(&key(9)));
+        assert!(!flights.leaving(&key(9), false));
         // Tombstones last the grace window.
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(!flights.is_ended(&key(1)));
+        assert!(!flights.leaving(&key(1), false));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1033,7 +1046,7 @@ mod tests {
             .await;
         assert_eq!((v, joined), (Ok(7), Joined::Grace));
         // The slow answer leaves; the result stays a grace window from then.
-        flights.release(&key(1));
+        assert!(!flights.leaving(&key(1), true));
         tokio::time::advance(Duration::from_secs(25)).await;
         let (v, _) = flights
             .run_bounded(key(1), 10, renewing(&calls, 8, None))

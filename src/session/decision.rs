@@ -259,7 +259,13 @@ fn bound_duplicate<'a>(
     binding: Binding,
     now: u64,
 ) -> Option<(String, &'a [u8], Binding)> {
-    if policy.keys.bound_to(binding, first) {
+    // Only a bound token that does not match the first values is looked at again (an unbound
+    // one has nothing to match), and only when a cookie came twice: no allocation otherwise.
+    let twice = |name: &String| jar.values(name).nth(1).is_some();
+    if binding == Binding::Unbound
+        || policy.keys.bound_to(binding, first)
+        || !policy.send_cookies.iter().any(twice)
+    {
         return None;
     }
     let values: Vec<Vec<&str>> = policy
@@ -272,9 +278,6 @@ fn bound_duplicate<'a>(
                 .collect()
         })
         .collect();
-    if values.iter().all(|v| v.len() <= 1) {
-        return None;
-    }
     // Every combination, the first values' first (already tried), at most a few.
     let mut combination = vec![0usize; values.len()];
     for _ in 0..MAX_API_COMBINATIONS {
