@@ -129,29 +129,14 @@ async fn two_devices_with_the_same_etls_token_never_share_a_flight() {
 /// window from then.
 #[tokio::test]
 async fn a_result_is_kept_while_a_slow_answer_carries_it_and_a_grace_window_after() {
-    let app = Stub::app().await;
-    app.set_handler(|req| {
-        let reply = StubReply::json(200, json!({"path": req.path}));
-        if req.path == "/slow" {
-            reply.delayed(Duration::from_millis(2500))
-        } else {
-            reply
-        }
-    });
+    let app = Stub::app_slow_at("/slow", Duration::from_millis(2500)).await;
     let auth = Stub::auth_api().await;
     let proxy = Proxy::builder(&app, &auth)
         .extra("refresh: {grace_secs: 1}")
         .start()
         .await;
     let old = expired_session("rt-slow-page");
-    let (addr, cookie) = (proxy.addr, old.clone());
-    let slow = tokio::spawn(async move {
-        send_raw(
-            addr,
-            format!("GET /slow HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
-        )
-        .await
-    });
+    let slow = spawn_get(proxy.addr, "/slow", &old);
     app.wait_for_calls(1).await;
     // Past the grace window counted from the refresh, the slow answer still on its way.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -217,14 +217,7 @@ async fn a_logout_during_a_refresh_wins_over_its_result() {
     let auth = Stub::slow_auth_api(Duration::from_millis(800)).await;
     let proxy = Proxy::start(&app, &auth).await;
     let old = expired_session("opaque-rt-racing");
-    let (addr, cookie) = (proxy.addr, old.clone());
-    let racing = tokio::spawn(async move {
-        send_raw(
-            addr,
-            format!("GET /page HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
-        )
-        .await
-    });
+    let racing = spawn_get(proxy.addr, "/page", &old);
     auth.wait_for_calls(1).await;
     assert_logged_out(&proxy.post(LOGOUT, &old, b"").await);
     // The refresh lands after the logout: its request gets the logout, not new tokens.
@@ -279,15 +272,7 @@ async fn a_reload_rotating_the_refresh_secret_joins_the_refresh_in_flight() {
 /// renewed session (the old refresh token was already rotated away).
 #[tokio::test]
 async fn an_answer_on_its_way_when_the_user_logs_out_clears_instead_of_renewing() {
-    let app = Stub::app().await;
-    app.set_handler(|req| {
-        let reply = StubReply::json(200, json!({"path": req.path}));
-        if req.path == "/slow" {
-            reply.delayed(Duration::from_millis(700))
-        } else {
-            reply
-        }
-    });
+    let app = Stub::app_slow_at("/slow", Duration::from_millis(700)).await;
     let auth = Stub::auth_api().await;
     let proxy = Proxy::builder(&app, &auth)
         .extra(format!(
@@ -297,14 +282,7 @@ async fn an_answer_on_its_way_when_the_user_logs_out_clears_instead_of_renewing(
         .start()
         .await;
     let old = expired_session("opaque-rt-late");
-    let (addr, cookie) = (proxy.addr, old.clone());
-    let slow = tokio::spawn(async move {
-        send_raw(
-            addr,
-            format!("GET /slow HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
-        )
-        .await
-    });
+    let slow = spawn_get(proxy.addr, "/slow", &old);
     app.wait_for_calls(1).await;
     assert_logged_out(&proxy.post(LOGOUT, &old, b"").await);
     let late = slow.await.unwrap();

@@ -122,6 +122,13 @@ pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Response {
     conn.request(raw).await.expect("a response")
 }
 
+/// `GET path` with `cookie`, on its own connection in a task of its own: a request left
+/// running (at a slow app, or a slow auth API) while the test does something else.
+pub fn spawn_get(addr: SocketAddr, path: &str, cookie: &str) -> tokio::task::JoinHandle<Response> {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+    tokio::spawn(async move { send_raw(addr, raw.as_bytes()).await })
+}
+
 /// One client connection, for keep-alive checks.
 pub struct Conn {
     stream: TcpStream,

@@ -174,6 +174,19 @@ impl Stub {
         .await
     }
 
+    /// The stand-in app with one slow page: `path` answered after `delay`, the rest at once.
+    pub async fn app_slow_at(path: &'static str, delay: Duration) -> Stub {
+        Stub::start(move |req| {
+            let reply = StubReply::json(200, json!({"path": req.path}));
+            if req.path == path {
+                reply.delayed(delay)
+            } else {
+                reply
+            }
+        })
+        .await
+    }
+
     /// The stand-in auth API of seed 002: fresh tokens derived from the refresh token it got.
     pub async fn auth_api() -> Stub {
         Stub::start(|req| {
