@@ -42,7 +42,8 @@ use decide::{Step, chunk_clears};
 
 pub use ctx::{Outcome, RequestCtx};
 
-/// The app's Set-Cookie lines for the five cookies, as the browser reads them.
+/// The app's Set-Cookie lines for the five cookies, as the browser reads them (none, without
+/// an allocation, when the answer sets no cookie: the usual valid-path answer).
 fn app_lines_for_ours(
     config: &RuntimeConfig,
     req: &RequestHeader,
@@ -209,12 +210,8 @@ impl ProxyHttp for EtlsProxy {
             }
             // The app logging the user out on a valid request ends the session in the table
             // too, or a result still kept for it would hand the old cookies fresh tokens.
-            if response.headers.contains_key(SET_COOKIE)
-                && logs_out(
-                    &ctx.config,
-                    &app_lines_for_ours(&ctx.config, session.req_header(), response),
-                )
-            {
+            let app_lines = app_lines_for_ours(&ctx.config, session.req_header(), response);
+            if logs_out(&ctx.config, &app_lines) {
                 Box::pin(self.end_session(session.req_header(), ctx)).await;
             }
             return Ok(());
