@@ -1002,8 +1002,8 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_chain_knows_its_newest_result_and_says_when_it_was_ended() {
+    /// Sessions 1, 2 and 3 each renewed into the next: a chain of four keys, three kept results.
+    async fn chain_of_three_renewals() -> (Arc<Flights>, Arc<AtomicUsize>) {
         let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
         let calls = Arc::new(AtomicUsize::new(0));
         for n in 1..=3u8 {
@@ -1012,6 +1012,12 @@ mod tests {
                 .await;
             assert_eq!(v, Ok(n.into()));
         }
+        (flights, calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chain_knows_its_newest_result_and_says_when_it_was_ended() {
+        let (flights, _) = chain_of_three_renewals().await;
         // Whichever key of the chain asks, the newest result is the last renewal's.
         for n in 1..=4u8 {
             assert_eq!(flights.newest_kept(key(n)), Some(3), "key {n}");
@@ -1065,14 +1071,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn chains_of_several_renewals_end_together_and_unknown_keys_are_left_alone() {
-        let flights = Arc::new(Flights::new(Duration::from_secs(30), 100));
-        let calls = Arc::new(AtomicUsize::new(0));
-        for n in 1..=3u8 {
-            let (v, _) = flights
-                .run_bounded(key(n), 10, renewing(&calls, n.into(), Some(key(n + 1))))
-                .await;
-            assert_eq!(v, Ok(n.into()));
-        }
+        let (flights, calls) = chain_of_three_renewals().await;
         // An unrelated session and a key nobody has seen.
         let (other, _) = flights
             .run_bounded(key(9), 10, renewing(&calls, 9, Some(key(10))))

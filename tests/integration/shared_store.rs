@@ -237,6 +237,27 @@ async fn a_rejected_refresh_ends_the_session_on_every_instance() {
     );
 }
 
+/// A renewal too large for the cookies ends the session on every instance too: the other
+/// instance's requests with the old cookies get the logout, not a second call that a rotating
+/// auth API would refuse under another reason.
+#[tokio::test]
+async fn a_renewal_too_large_for_cookies_ends_the_session_on_every_instance() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    auth.set_handler(|req| {
+        let rt = req.cookie("refreshToken").unwrap_or_default();
+        let mut answer = rotated(&rt);
+        answer["userData"] = json!({"blob": "u".repeat(40_000)});
+        StubReply::json(200, answer)
+    });
+    let fleet = instances(2, &app, &auth, &redis, "").await;
+    let old = expired_session("opaque-rt-too-large");
+    assert_logout(&fleet[0].0.get("/page", &old).await);
+    assert_logout(&fleet[1].0.get("/page", &old).await);
+    assert_eq!(auth.calls(), 1, "ended everywhere: no second call");
+    assert_eq!(app.calls(), 0);
+}
+
 #[tokio::test]
 async fn redis_down_fails_no_request_and_sharing_resumes_when_it_is_back() {
     let mut redis = RedisServer::start().await;

@@ -527,19 +527,16 @@ impl SharedStore {
                 let next = next(&renewed);
                 self.publish(r, renewed, next, false).await
             }
-            Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
-                if let Some(landing) = self.rescue(r, next).await {
+            Err(error) if error.ends_session() => {
+                if is_rejection(&error)
+                    && let Some(landing) = self.rescue(r, next).await
+                {
                     self.release(&r.keys, &r.token).await;
                     return landing;
                 }
-                // A rejection ends the session on every instance, as a logout does.
-                // Ended while the lock is still ours, so the script knows the session.
-                self.end_keys(r.key, r.grace, r.lease).await;
-                self.release(&r.keys, &r.token).await;
-                Landing::Ended(error)
-            }
-            Err(error @ RefreshError::Uncarriable(_)) => {
-                // Renewed at the auth API, but not to be handed out: ended everywhere too.
+                // A rejection (or a renewal the browser cannot carry) ends the session on every
+                // instance, as a logout does. Ended while the lock is still ours, so the script
+                // knows the session.
                 self.end_keys(r.key, r.grace, r.lease).await;
                 self.release(&r.keys, &r.token).await;
                 Landing::Ended(error)
@@ -673,13 +670,13 @@ impl SharedStore {
                 let next = next(&renewed);
                 self.publish(r, renewed, next, true).await
             }
-            Err(error @ RefreshError::AuthApi(AuthApiError::Rejected(_))) => {
-                match self.rescue(r, next).await {
-                    Some(landing) => landing,
-                    None => Landing::Ended(error),
-                }
+            Err(error) if error.ends_session() => {
+                let rescued = match is_rejection(&error) {
+                    true => self.rescue(r, next).await,
+                    false => None,
+                };
+                rescued.unwrap_or(Landing::Ended(error))
             }
-            Err(error @ RefreshError::Uncarriable(_)) => Landing::Ended(error),
             Err(error) => Landing::Failed(error),
         }
     }
@@ -844,4 +841,10 @@ impl pingora::services::background::BackgroundService for StartProbe {
             ),
         }
     }
+}
+
+/// The auth API refused the refresh: another instance may have refreshed the session first,
+/// and its stored result is looked for before the session ends.
+fn is_rejection(error: &RefreshError) -> bool {
+    matches!(error, RefreshError::AuthApi(AuthApiError::Rejected(_)))
 }
