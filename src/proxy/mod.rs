@@ -222,25 +222,23 @@ impl ProxyHttp for EtlsProxy {
         let req = session.req_header();
         let names = &ctx.config.names;
         if ended {
-            log::debug!("session ended while its answer was on the way: cookies cleared");
-            let clears = chunk_clears(ctx, req, &[chunks::Layout::Cleared; 5]);
-            let fixed = &ctx.config.clear_cookies;
-            let id = request_id(ctx);
-            app_response::edit(response, fixed.len() + clears.len() + 2, |headers| {
-                if let Some(id) = id {
+            // Nothing of the session: the logout's answer has cleared this browser's cookies
+            // already, and clear lines here would also wipe a login made since.
+            log::debug!("session ended while its answer was on the way: no cookies set");
+            if let Some(id) = request_id(ctx) {
+                app_response::edit(response, 1, |headers| {
                     headers.insert(X_REQUEST_ID, id.clone());
-                }
-                for line in fixed.iter().cloned().chain(clears) {
-                    headers.append(SET_COOKIE, line);
-                }
-                cache_control::keep_private(headers);
-            })?;
+                })?;
+            }
             return Ok(());
         }
         // The app's own lines for one of the five (deleting it: a logout; setting it: a login as
         // someone else) win over the refresh; ours for the other names follow the app's.
         let app_lines = app_lines_for_ours(&ctx.config, req, response);
-        let claimed = |name: &str| app_lines.iter().any(|l| l.name == name);
+        // The app logging the user out (deleting a refresh cookie): none of the renewal goes
+        // out, not only the names it deleted.
+        let app_logout = logs_out(&ctx.config, &app_lines);
+        let claimed = |name: &str| app_logout || app_lines.iter().any(|l| l.name == name);
         let ours: Vec<&HeaderValue> = renewed
             .cookie_lines()
             .filter(|(name, _)| !claimed(name))
@@ -248,7 +246,10 @@ impl ProxyHttp for EtlsProxy {
             .collect();
         // Chunks this request holds that the new values no longer use; all of them for a
         // cookie the app set or deleted.
-        let replaced: Vec<String> = app_lines.iter().map(|l| l.name.clone()).collect();
+        let replaced: Vec<String> = match app_logout {
+            true => names.all().map(String::from).to_vec(),
+            false => app_lines.iter().map(|l| l.name.clone()).collect(),
+        };
         let layout = chunks::with_deleted(renewed.layout(names), names, &replaced);
         let clears = chunk_clears(ctx, req, &layout);
         let host_only = ctx.config.clear_host_only.iter().cloned();
@@ -267,7 +268,7 @@ impl ProxyHttp for EtlsProxy {
             // A response carrying session cookies must never sit in a shared cache.
             cache_control::keep_private(headers);
         })?;
-        if logs_out(&ctx.config, &app_lines) {
+        if app_logout {
             Box::pin(self.end_session(session.req_header(), ctx)).await;
         }
         Ok(())

@@ -210,11 +210,16 @@ fn secret(
         return None;
     }
     let Some(value) = env(var).map(env_bytes) else {
+        // Variable names are upper case by convention; a name in lower case (a hex or base64
+        // secret pasted there) is not echoed.
+        let named = match var.bytes().any(|b| b.is_ascii_lowercase()) {
+            false => format!("environment variable {var}"),
+            true => "the environment variable named there (not shown: it may be the secret itself)"
+                .to_owned(),
+        };
         c.problem(
             key,
-            format!(
-                "environment variable {var} is not set (secrets come only from the environment)"
-            ),
+            format!("{named} is not set (secrets come only from the environment)"),
         );
         return None;
     };
@@ -472,6 +477,14 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0].starts_with("tokens.access_secret_env"), "{got:?}");
         assert!(!got[0].contains("s3cr3t"), "{got:?}");
+        // A hex secret is a valid name: looked up, never echoed.
+        let hex = "afa1b2c3d4a1b2c3d4a1b2c3d4a1b2c3d4a1b2c3d4a1b2c3d4a1b2c3d49e0d4c";
+        let got = problems(&format!("tokens: {{access_secret_env: {hex}}}"), SECRETS);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("not shown") && !got[0].contains("afa1"),
+            "{got:?}"
+        );
         for (name, ok) in [
             ("ETLS_ACCESS", true),
             ("_x1", true),
