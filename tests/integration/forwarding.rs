@@ -182,10 +182,7 @@ async fn the_access_log_names_the_client_and_the_request_id() {
 async fn a_tls_listener_forwards_https() {
     let cert = Certificate::new();
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .tls(&cert.cert(), &cert.key())
-        .start()
-        .await;
+    let proxy = Proxy::start_tls(&app, &auth, &cert).await;
     let url = format!("https://127.0.0.1:{}/s", proxy.addr.port());
     let cookie = valid_cookie();
     for http in ["--http1.1", "--http2"] {

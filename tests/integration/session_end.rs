@@ -307,21 +307,8 @@ async fn an_answer_on_its_way_when_the_user_logs_out_hands_out_nothing() {
 #[tokio::test]
 async fn the_app_deleting_the_cookies_ends_the_session() {
     let app = Stub::app().await;
-    app.set_handler(|_| StubReply::Respond {
-        status: 200,
-        headers: [
-            "accessTokenEtls",
-            "refreshTokenEtls",
-            "accessToken",
-            "refreshToken",
-            "etlsUser",
-        ]
-        .iter()
-        .map(|n| ("Set-Cookie".to_owned(), format!("{n}=; Path=/; Max-Age=0")))
-        .collect(),
-        body: b"bye".to_vec(),
-        delay: Duration::ZERO,
-    });
+    let deletions = CLEARED.map(|n| format!("{n}=; Path=/; Max-Age=0"));
+    app.set_handler(move |_| StubReply::setting_cookies(&deletions));
     let auth = Stub::auth_api().await;
     let proxy = Proxy::start(&app, &auth).await;
     let old = expired_session("opaque-rt-app-logout");
@@ -339,15 +326,7 @@ async fn the_app_deleting_the_cookies_ends_the_session() {
 #[tokio::test]
 async fn an_app_deleting_one_refresh_cookie_gets_no_renewal_beside_it() {
     let app = Stub::app().await;
-    app.set_handler(|_| StubReply::Respond {
-        status: 200,
-        headers: vec![(
-            "Set-Cookie".into(),
-            "refreshTokenEtls=; Path=/; Max-Age=0".into(),
-        )],
-        body: b"bye".to_vec(),
-        delay: Duration::ZERO,
-    });
+    app.set_handler(|_| StubReply::setting_cookies(&["refreshTokenEtls=; Path=/; Max-Age=0"]));
     let auth = Stub::auth_api().await;
     let proxy = Proxy::start(&app, &auth).await;
     let old = expired_session("opaque-rt-app-deletes-one");
@@ -364,21 +343,12 @@ async fn an_app_deleting_one_refresh_cookie_gets_no_renewal_beside_it() {
 #[tokio::test]
 async fn the_apps_own_lines_for_our_cookies_win_over_the_refresh() {
     let app = Stub::app().await;
-    app.set_handler(|_| StubReply::Respond {
-        status: 200,
-        headers: vec![
-            (
-                "Set-Cookie".into(),
-                "accessTokenEtls=bob-access; Path=/; HttpOnly".into(),
-            ),
-            (
-                "Set-Cookie".into(),
-                "refreshToken=bob-refresh; Path=/; HttpOnly".into(),
-            ),
-            ("Set-Cookie".into(), "theme=dark; Path=/".into()),
-        ],
-        body: b"welcome bob".to_vec(),
-        delay: Duration::ZERO,
+    app.set_handler(|_| {
+        StubReply::setting_cookies(&[
+            "accessTokenEtls=bob-access; Path=/; HttpOnly",
+            "refreshToken=bob-refresh; Path=/; HttpOnly",
+            "theme=dark; Path=/",
+        ])
     });
     let auth = Stub::auth_api().await;
     let proxy = Proxy::start(&app, &auth).await;

@@ -70,10 +70,7 @@ async fn curl(http: &str, url: String, cookies: Vec<String>) -> CurlAnswer {
 async fn https_with_http2_merges_cookie_crumbs_and_sets_secure_cookies() {
     let cert = Certificate::new();
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .tls(&cert.cert(), &cert.key())
-        .start()
-        .await;
+    let proxy = Proxy::start_tls(&app, &auth, &cert).await;
     let url = format!("https://127.0.0.1:{}/page", proxy.addr.port());
     let valid = access_token(600);
     let crumbs = vec![
@@ -244,10 +241,7 @@ async fn probes_and_clients_giving_up_are_no_error_lines() {
 async fn a_reload_says_certificates_are_read_at_start() {
     let cert = Certificate::new();
     let (app, auth) = (Stub::app().await, Stub::auth_api().await);
-    let proxy = Proxy::builder(&app, &auth)
-        .tls(&cert.cert(), &cert.key())
-        .start()
-        .await;
+    let proxy = Proxy::start_tls(&app, &auth, &cert).await;
     proxy.signal("HUP");
     until("the reload line", std::time::Duration::from_secs(5), || {
         proxy.log().lines().any(|l| {

@@ -229,6 +229,14 @@ impl Proxy {
         Proxy::builder(app, auth).start().await
     }
 
+    /// With one TLS listener serving `cert`.
+    pub async fn start_tls(app: &Stub, auth: &Stub, cert: &Certificate) -> Proxy {
+        Proxy::builder(app, auth)
+            .tls(&cert.cert(), &cert.key())
+            .start()
+            .await
+    }
+
     pub async fn get(&self, path: &str, cookie: &str) -> Response {
         let cookie_line = if cookie.is_empty() {
             String::new()

@@ -91,6 +91,19 @@ impl StubReply {
         }
     }
 
+    /// 200 carrying these Set-Cookie lines: an app logging the user out, or in.
+    pub fn setting_cookies<S: AsRef<str>>(lines: &[S]) -> Self {
+        StubReply::Respond {
+            status: 200,
+            headers: lines
+                .iter()
+                .map(|l| ("Set-Cookie".to_owned(), l.as_ref().to_owned()))
+                .collect(),
+            body: b"app answer".to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+
     pub fn delayed(self, by: Duration) -> Self {
         match self {
             StubReply::Respond {
