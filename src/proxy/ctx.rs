@@ -30,6 +30,8 @@ pub enum Outcome {
     CookiesTooLarge,
     /// No Host, or an invalid one (400).
     BadHost,
+    /// A `Connection` header the app's request cannot be built with (400).
+    BadConnection,
     /// A cross-site POST to an endpoint of the proxy (403).
     CrossSite,
 }
@@ -115,6 +117,7 @@ pub(super) fn decision(outcome: Outcome, status: u16, app_failed: bool) -> Decis
         | Outcome::MethodNotAllowed
         | Outcome::CookiesTooLarge
         | Outcome::BadHost
+        | Outcome::BadConnection
         | Outcome::CrossSite => Decision::Rejected,
     }
 }
@@ -178,6 +181,7 @@ mod tests {
             (Outcome::MethodNotAllowed, 405, false, Decision::Rejected),
             (Outcome::CookiesTooLarge, 431, false, Decision::Rejected),
             (Outcome::BadHost, 400, false, Decision::Rejected),
+            (Outcome::BadConnection, 400, false, Decision::Rejected),
             (Outcome::CrossSite, 403, false, Decision::Rejected),
         ];
         for (outcome, status, app_failed, want) in cases {

@@ -59,6 +59,13 @@ impl EtlsProxy {
                 return Step::reply(Answer::bad_request());
             }
         };
+        // Pingora refuses to build the app's request from these; refused here, before a refresh
+        // would spend the refresh token on an answer that cannot come.
+        if let Err(bad) = guard::check_connection(req) {
+            log::debug!("Connection header {bad}: 400");
+            ctx.outcome = Outcome::BadConnection;
+            return Step::reply(Answer::bad_request());
+        }
         let cookies = req.headers.get_all("cookie");
         let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
         if cookie_bytes > config.max_cookie_bytes + 2 {
@@ -289,12 +296,10 @@ impl EtlsProxy {
         }
         // The backend logout names the newest session of the chain: a logout sent with cookies
         // an answer still on its way was renewing would name a refresh token already rotated.
-        let newest = config
-            .auth_api
-            .logout
-            .is_some()
-            .then(|| keys.iter().find_map(|k| self.flights.newest_kept(*k)))
-            .flatten();
+        let newest = match config.auth_api.logout {
+            Some(_) => self.newest_session(config, &keys, &api_cookies).await,
+            None => None,
+        };
         let mut ended = 0;
         for key in keys {
             ended += self.flights.end(key);
@@ -316,6 +321,43 @@ impl EtlsProxy {
             let outcome = backend_logout(&self.client, gate, config, api_cookies, key).await;
             self.metrics.logout(outcome);
         }
+    }
+
+    /// The newest session of a logout's chain, which the backend logout names: this table's
+    /// newest kept result, then, with `store: redis`, what other instances renewed after it (a
+    /// logout on this instance with cookies another instance refreshed names the refresh token
+    /// that refresh handed out, not the one it rotated away).
+    async fn newest_session(
+        &self,
+        config: &RuntimeConfig,
+        keys: &[SessionKey],
+        api_cookies: &str,
+    ) -> Option<Arc<RenewedSession>> {
+        let local = keys.iter().find_map(|k| self.flights.newest_kept(*k));
+        let Some(store) = &self.shared else {
+            return local;
+        };
+        let (send, keyer) = (&config.auth_api.send_cookies, &config.session_keyer);
+        let next = |cookies: &str, renewed: &RenewedSession| {
+            let cookies = next_api_cookies(cookies, renewed, send);
+            let key = keyer.key(&[cookies.as_bytes()]);
+            (cookies, key)
+        };
+        let value_key = config
+            .shared_store
+            .as_ref()
+            .map_or(store.value_key(), |s| s.value_key);
+        let starts: Vec<(String, SessionKey)> = match &local {
+            Some(renewed) => vec![next(api_cookies, renewed)],
+            None => keys.iter().map(|k| (api_cookies.to_owned(), *k)).collect(),
+        };
+        for (cookies, key) in starts {
+            let found = store.newest_stored(&value_key, key, &cookies, &next).await;
+            if found.is_some() {
+                return found;
+            }
+        }
+        local
     }
 
     /// Whether the session of a refreshed (or grace) request was ended since it was decided,

@@ -36,6 +36,49 @@ pub fn check_host(req: &RequestHeader) -> Result<Option<&[u8]>, BadHost> {
     }
 }
 
+/// Most options one request's `Connection` headers may list (Pingora's bound).
+const MAX_CONNECTION_OPTIONS: usize = 9;
+
+/// A `Connection` header Pingora will not build the app's request from (an error, logged as the
+/// app's, after the refresh had already run): one naming `Host`, an `X-Forwarded-*` field the
+/// proxy sets, or a pseudo-header, an option that is not an HTTP token (RFC 9110 §5.6.2, §7.6.1),
+/// or more options than Pingora takes.
+pub fn check_connection(req: &RequestHeader) -> Result<(), &'static str> {
+    let options = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|o| !o.is_empty());
+    for (n, option) in options.enumerate() {
+        if n >= MAX_CONNECTION_OPTIONS {
+            return Err("lists too many options");
+        }
+        if !option.iter().all(|&b| is_tchar(b)) {
+            return Err("lists an option that is not a token");
+        }
+        const SET_BY_THE_PROXY: [&[u8]; 4] = [
+            b"host",
+            b"x-forwarded-for",
+            b"x-forwarded-host",
+            b"x-forwarded-proto",
+        ];
+        if SET_BY_THE_PROXY
+            .iter()
+            .any(|p| option.eq_ignore_ascii_case(p))
+        {
+            return Err("names a field the proxy sets");
+        }
+    }
+    Ok(())
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// RFC 9110 §7.2 `Host = uri-host [ ":" port ]`, with RFC 3986's `uri-host` (`IP-literal`,
 /// `IPv4address` or `reg-name`, here not empty) and `port = *DIGIT`.
 pub fn valid_host(value: &[u8]) -> bool {
@@ -166,6 +209,32 @@ pub fn request_summary(req: &RequestHeader) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What Pingora refuses to build the app's request from, refused before any refresh.
+    #[test]
+    fn connection_options() {
+        let ten = "a, b, c, d, e, f, g, h, i, j";
+        let cases: [(&[&str], bool); 11] = [
+            (&[], true),
+            (&["keep-alive"], true),
+            (&["close, Upgrade"], true),
+            (&["x-request-id", "cookie"], true),
+            (&["a, b, c, d, e, f, g, h, i"], true),
+            (&["X-Forwarded-For"], false),
+            (&["keep-alive", "host"], false),
+            (&["upgrade, x-forwarded-proto"], false),
+            (&[":authority"], false),
+            (&["\"x-forwarded-for\""], false),
+            (&[ten], false),
+        ];
+        for (headers, ok) in cases {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            for value in headers {
+                req.append_header("connection", *value).unwrap();
+            }
+            assert_eq!(check_connection(&req).is_ok(), ok, "{headers:?}");
+        }
+    }
 
     #[test]
     fn host_grammar() {

@@ -310,11 +310,14 @@ fn bound_duplicate<'a>(
     None
 }
 
-/// `refreshToken=<value>` (seed 002): the first value of each configured cookie that is present
-/// and a valid cookie value (anything else cannot be sent on faithfully, so it counts as absent).
+/// `refreshToken=<value>` (seed 002): the first valid cookie value of each configured cookie
+/// (anything else cannot be sent on faithfully, so it counts as absent: a malformed copy tossed
+/// in front of the real one by a sibling host must not hide it).
 pub fn api_cookie_header(jar: &CookieJar<'_>, send_cookies: &[String]) -> String {
     api_cookies_of(send_cookies, |name| {
-        jar.get(name).and_then(|v| std::str::from_utf8(v).ok())
+        jar.values(name)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find(|v| is_cookie_octets(v.as_bytes()))
     })
 }
 
@@ -718,6 +721,31 @@ mod tests {
                 0,
                 deny,
                 "refuse:session_mismatch",
+            ),
+            // A malformed copy in front (a quote, a space: tossed by a sibling host) hides
+            // nothing: it cannot be sent on, so the next value is the first.
+            (
+                format!("refreshToken=rt-evil\"; refreshTokenEtls={b_rt}; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refresh",
+            ),
+            (
+                format!("refreshToken=\"rt\"; refreshTokenEtls={b_rt}; refreshToken=rt"),
+                req,
+                0,
+                deny,
+                "refresh",
+            ),
+            (
+                format!(
+                    "refreshTokenEtls={b_rt}; refreshToken=rt\\evil; refreshToken=stale; refreshToken=rt"
+                ),
+                req,
+                0,
+                deny,
+                "refresh",
             ),
             // Duplicates: the value bound to the cookies sent wins, in any order.
             (

@@ -91,3 +91,46 @@ async fn no_raw_line_separator_reaches_the_json_access_log() {
         assert!(!log.contains(raw), "{log}");
     }
 }
+
+/// A `Connection` header naming a field the proxy sets (or a pseudo-header) is a 400 before
+/// anything else: Pingora would refuse to build the app's request from it, after the refresh
+/// had spent the refresh token, with an error line blaming the app.
+#[tokio::test]
+async fn a_connection_header_naming_what_the_proxy_sets_is_400_before_any_refresh() {
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let proxy = Proxy::start(&app, &auth).await;
+    let expired = expired_session("opaque-rt-connection");
+    for option in [
+        "x-forwarded-for",
+        "Host",
+        "keep-alive, X-Forwarded-Proto",
+        ":authority",
+    ] {
+        let r = proxy
+            .send(&format!(
+                "GET /page HTTP/1.1\r\nHost: app.test\r\nConnection: {option}\r\nCookie: {expired}\r\n\r\n"
+            ))
+            .await;
+        assert_eq!(r.status, 400, "{option}");
+        assert_eq!(r.text(), r#"{"error":"Bad Request"}"#, "{option}");
+        assert!(
+            r.set_cookies().is_empty(),
+            "{option}: {:?}",
+            r.set_cookies()
+        );
+    }
+    assert_eq!(
+        (auth.calls(), app.calls()),
+        (0, 0),
+        "no refresh, nothing forwarded"
+    );
+    assert!(!proxy.log().contains("Fail to proxy"), "{}", proxy.log());
+    // Options that name nothing the proxy sets pass, and the refresh runs.
+    let r = proxy
+        .send(&format!(
+            "GET /page HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, x-request-id\r\nCookie: {expired}\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(auth.calls(), 1);
+}

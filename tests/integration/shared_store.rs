@@ -216,14 +216,7 @@ async fn a_rejected_refresh_ends_the_session_on_every_instance() {
     assert_eq!(lines(&fleet[1].0.get("/page", &old).await), lines(&first));
     assert_eq!(auth.calls(), 1);
     // The renewed cookies, their access token expired, are refused on instance 0 ...
-    let renewed_expired = stored(&old, &first)
-        .split("; ")
-        .map(|c| match c.split_once('=') {
-            Some(("accessTokenEtls", _)) => format!("accessTokenEtls={}", access_token(-30)),
-            _ => c.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
+    let renewed_expired = access_expired(&stored(&old, &first));
     assert_logout(&fleet[0].0.get("/page", &renewed_expired).await);
     assert_eq!(auth.calls(), 2);
     // ... which ends the chain everywhere: the old cookies on instance 1, which keeps their
@@ -1086,4 +1079,62 @@ async fn after_a_redis_restart_the_first_sessions_are_shared_at_once() {
         12,
         "one call per session right after the restart"
     );
+}
+
+/// `cookie` with its access token expired: the next request refreshes.
+fn access_expired(cookie: &str) -> String {
+    cookie
+        .split("; ")
+        .map(|c| match c.split_once('=') {
+            Some(("accessTokenEtls", _)) => format!("accessTokenEtls={}", access_token(-30)),
+            _ => c.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A logout on an instance that did not make the session's latest refreshes, with the cookies
+/// they rotated away: the backend logout names the newest session Redis keeps along the chain
+/// (found from the logout's own cookies, each result opened with the cookies it renewed), not
+/// the spent refresh token, which would leave the browser's real session alive at the auth API.
+#[tokio::test]
+async fn a_logout_elsewhere_with_old_cookies_names_the_newest_session() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (Stub::app().await, Stub::auth_api().await);
+    let extra = format!("auth_api: {{logout_url: 'http://{}/logout'}}", auth.addr);
+    let fleet = instances(2, &app, &auth, &redis, &extra).await;
+    // First refresh on the logout's instance (it keeps that result) or on the other one (it
+    // knows nothing of the session); the second refresh always on the other one.
+    for first_here in [true, false] {
+        let rt = format!("opaque-rt-newest-{first_here}");
+        let s0 = expired_session(&rt);
+        let first = if first_here { &fleet[0] } else { &fleet[1] };
+        let r1 = first.0.get("/page", &s0).await;
+        assert_eq!(r1.status, 200);
+        let s1 = access_expired(&stored(&s0, &r1));
+        let r2 = fleet[1].0.get("/page", &s1).await;
+        assert_eq!(r2.status, 200);
+        let newest = format!("refreshToken=api-refresh-after-api-refresh-after-{rt}");
+        assert_eq!(
+            r2.set_cookie_value("refreshToken")
+                .map(|v| format!("refreshToken={v}")),
+            Some(newest.clone())
+        );
+        let calls = auth.calls();
+        let r = fleet[0].0.post(LOGOUT, &s0, b"").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), json!({"message": "Logged out"}));
+        assert_eq!(auth.calls(), calls + 1, "one backend logout");
+        let backend = auth.last();
+        assert_eq!(backend.path, "/logout");
+        assert_eq!(
+            backend.header("cookie"),
+            Some(newest.as_str()),
+            "the newest session, not a rotated-away one (first refresh here: {first_here})"
+        );
+        for (proxy, _) in &fleet {
+            assert_logout(&proxy.get("/page", &s0).await);
+            assert_logout(&proxy.get("/page", &s1).await);
+        }
+    }
 }

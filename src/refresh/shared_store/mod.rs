@@ -768,6 +768,45 @@ impl SharedStore {
         }
     }
 
+    /// The newest result Redis keeps along the chain that starts at `key` (the session of
+    /// `api_cookies`), each opened with the cookies of the session it renewed; `next` gives the
+    /// cookies and key of the session a result starts. What a backend logout must name when its
+    /// cookies are older than the browser's because another instance refreshed them. `None`
+    /// when Redis keeps no result for `key` (or cannot say: counted, and the logout goes on).
+    pub async fn newest_stored(
+        &self,
+        value_key: &[u8; 32],
+        key: SessionKey,
+        api_cookies: &str,
+        next: impl Fn(&str, &RenewedSession) -> (String, SessionKey),
+    ) -> Option<Arc<RenewedSession>> {
+        let (mut key, mut cookies) = (key, api_cookies.to_owned());
+        let mut newest = None;
+        for _ in 0..MAX_CHAIN {
+            let result = SessionKeys::new(&self.settings.key_prefix, &key).result;
+            let name = &result;
+            let value: Result<Option<Vec<u8>>, _> =
+                self.run(|mut conn| async move {
+                    redis::cmd("GET").arg(name).query_async(&mut conn).await
+                })
+                .await;
+            let value = match value {
+                Ok(value) => value,
+                Err(error) => {
+                    self.failed("reading the newest result of a logout's session", &error);
+                    break;
+                }
+            };
+            let seal = Seal::new(value_key, cookies.as_bytes());
+            let Some(renewed) = value.and_then(|v| open(&seal, &v, &result)) else {
+                break;
+            };
+            (cookies, key) = next(&cookies, &renewed);
+            newest = Some(renewed);
+        }
+        newest
+    }
+
     /// Whether another instance ended the session (checked on a grace hit kept in this
     /// process); `None` when Redis cannot say (the kept result then serves, as in one process).
     pub async fn is_ended(&self, key: SessionKey) -> Option<bool> {
