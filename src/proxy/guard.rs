@@ -183,10 +183,20 @@ fn port_or<'a>(port: Option<&'a [u8]>, default: &'a [u8]) -> &'a [u8] {
     }
 }
 
-/// The same check on a request.
+/// The same check on a request. A browser sends each of the two headers once at most: a request
+/// with two of either is not a browser's on this origin, whatever the first says.
 pub fn same_origin_request(req: &RequestHeader, host: Option<&[u8]>) -> bool {
-    let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
-    same_origin(header("sec-fetch-site"), header("origin"), host)
+    let header = |name: &str| {
+        let mut all = req.headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (first, None) => Ok(first.map(|v| v.as_bytes())),
+            (_, Some(_)) => Err(()),
+        }
+    };
+    match (header("sec-fetch-site"), header("origin")) {
+        (Ok(site), Ok(origin)) => same_origin(site, origin, host),
+        _ => false,
+    }
 }
 
 /// What Pingora's error lines say about a request: the method, the path without its query

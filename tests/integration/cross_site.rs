@@ -9,8 +9,11 @@ fn post(path: &str, cookie: &str, extra: &str) -> String {
     )
 }
 
-const CROSS_SITE: [&str; 5] = [
+const CROSS_SITE: [&str; 7] = [
     "Origin: https://evil.test\r\n",
+    // Two of either: a browser sends one, so the request is not a browser's on this origin.
+    "Origin: http://app.test\r\nOrigin: https://evil.test\r\n",
+    "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Site: cross-site\r\n",
     "Origin: null\r\n",
     "Origin: http://app.test:8080\r\n",
     "Sec-Fetch-Site: cross-site\r\n",
