@@ -1044,6 +1044,37 @@ async fn a_rejection_after_another_instance_refreshed_alone_serves_that_refresh(
     assert_eq!(auth.calls(), 2);
 }
 
+/// The same, with Redis still frozen when the refusal comes back and longer than the winner's
+/// attempt to store its result: the winner stores it once Redis answers (in the background, its
+/// own answer does not wait), and the refused instance looks for it until then (found by a
+/// tester with `CLIENT PAUSE`: the refused instances answered the logout).
+#[tokio::test]
+async fn a_rejection_while_redis_is_still_frozen_waits_for_the_other_refresh() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        rotating_auth_api(Duration::from_millis(300), Duration::ZERO).await,
+    );
+    let fleet = fleet(2, &app, &auth, &store_yaml(&redis, 300)).await;
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
+    let cookie = expired_session("opaque-rt-still-frozen");
+    redis.pause(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answers = spread(&addrs, &cookie, 2).await;
+    assert_eq!(auth.calls(), 2, "both instances called while Redis stalled");
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(lines(r), lines(&answers[0]));
+    }
+    assert!(
+        redis.keys("etls:*:ended").is_empty(),
+        "the session was not ended"
+    );
+    let later = spread(&addrs, &cookie, 2).await;
+    assert!(later.iter().all(|r| lines(r) == lines(&answers[0])));
+    assert_eq!(auth.calls(), 2);
+}
+
 /// After a Redis restart, each thread's connection is found dropped at its first command and
 /// that command is sent again on a new one: the very first sessions are shared, one call each,
 /// on every thread.

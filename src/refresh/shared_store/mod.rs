@@ -241,6 +241,7 @@ pub struct SharedFlight<'a> {
 }
 
 /// One session's refresh on this instance, as every step with Redis needs it.
+#[derive(Clone)]
 struct Refreshing {
     key: SessionKey,
     keys: SessionKeys,
@@ -503,7 +504,7 @@ impl SharedStore {
     }
 
     async fn lead<C>(
-        &self,
+        self: &Arc<Self>,
         r: &Refreshing,
         call: C,
         next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
@@ -529,7 +530,7 @@ impl SharedStore {
             }
             Err(error) if error.ends_session() => {
                 if is_rejection(&error)
-                    && let Some(landing) = self.rescue(r, next).await
+                    && let Some(landing) = self.rescue(r, next, None).await
                 {
                     self.release(&r.keys, &r.token).await;
                     return landing;
@@ -573,11 +574,11 @@ impl SharedStore {
     async fn store(
         &self,
         r: &Refreshing,
-        value: Vec<u8>,
+        value: &[u8],
         next: Option<SessionKey>,
         unless_stored: bool,
     ) -> Result<Stored, StoreError> {
-        let (keys, token, keep_ms, value) = (&r.keys, &r.token, keep_ms(r.grace), &value);
+        let (keys, token, keep_ms) = (&r.keys, &r.token, keep_ms(r.grace));
         let next_hex = &next.map(|n| hex::encode(n.as_bytes())).unwrap_or_default();
         let store = self.run(|mut conn| async move {
             let mut invocation = self.scripts.store.prepare_invoke();
@@ -624,7 +625,7 @@ impl SharedStore {
     /// was made without the lock: a result stored first by another instance stays (both are the
     /// auth API's), and a failure is not logged again (it was, when the lock could not be taken).
     async fn publish(
-        &self,
+        self: &Arc<Self>,
         r: &Refreshing,
         renewed: Arc<RenewedSession>,
         next: Option<SessionKey>,
@@ -634,7 +635,7 @@ impl SharedStore {
         let value = r
             .seal
             .seal(records.iter().map(Vec::as_slice), &r.keys.result);
-        match self.store(r, value, next, alone).await {
+        match self.store(r, &value, next, alone).await {
             // Logged out on another instance while the call ran: these tokens must not bring
             // the session back.
             Ok(Stored::Ended) => {
@@ -643,12 +644,32 @@ impl SharedStore {
             }
             Ok(Stored::Kept | Stored::Already) => {}
             Err(error) if !alone => self.failed("storing a result", &error),
-            Err(_) => {}
+            // Redis still stalled: another instance's refresh of the same session is refused
+            // the token this one rotated, and polls for this result (`rescue`) as long.
+            Err(_) => self.store_later(r, value, next),
         }
         Landing::Renewed {
             value: renewed,
             next,
         }
+    }
+
+    /// Stores a result made alone once Redis answers again, in the background (the answer does
+    /// not wait), tried until a lease from now: as long as another instance refused meanwhile
+    /// polls for it.
+    fn store_later(self: &Arc<Self>, r: &Refreshing, value: Vec<u8>, next: Option<SessionKey>) {
+        let (store, r) = (Arc::clone(self), r.clone());
+        let until = Instant::now() + r.lease;
+        tokio::spawn(async move {
+            let mut delay = POLL_FIRST;
+            while Instant::now() + delay <= until {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(POLL_MAX);
+                if store.store(&r, &value, next, true).await.is_ok() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The refresh when Redis failed to coordinate it: this instance's call, as in one process;
@@ -657,7 +678,7 @@ impl SharedStore {
     /// result another instance stored (it may have refreshed the session meanwhile, and the
     /// auth API then refuses the token it rotated).
     async fn alone<C>(
-        &self,
+        self: &Arc<Self>,
         r: &Refreshing,
         call: C,
         next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
@@ -671,8 +692,9 @@ impl SharedStore {
                 self.publish(r, renewed, next, true).await
             }
             Err(error) if error.ends_session() => {
+                // The other instance may still be waiting for Redis to store its result.
                 let rescued = match is_rejection(&error) {
-                    true => self.rescue(r, next).await,
+                    true => self.rescue(r, next, Some(Instant::now() + r.lease)).await,
                     false => None,
                 };
                 rescued.unwrap_or(Landing::Ended(error))
@@ -682,20 +704,32 @@ impl SharedStore {
     }
 
     /// After the auth API rejected a session's refresh: the result another instance stored for
-    /// it, if any (the rejected token is the one that instance's refresh rotated).
+    /// it, if any (the rejected token is the one that instance's refresh rotated); looked for
+    /// again until `until` when given (a refresh made without Redis stores it late).
     async fn rescue(
         &self,
         r: &Refreshing,
         next: impl FnOnce(&RenewedSession) -> Option<SessionKey>,
+        until: Option<Instant>,
     ) -> Option<Landing<Arc<RenewedSession>, RefreshError>> {
         let result = &r.keys.result;
-        let value: Option<Vec<u8>> =
-            self.run(|mut conn| async move {
-                redis::cmd("GET").arg(result).query_async(&mut conn).await
-            })
-            .await
-            .ok()?;
-        let renewed = open(&r.seal, &value?, result)?;
+        let mut delay = POLL_FIRST;
+        let value = loop {
+            let value: Result<Option<Vec<u8>>, _> = self
+                .run(|mut conn| async move {
+                    redis::cmd("GET").arg(result).query_async(&mut conn).await
+                })
+                .await;
+            match value {
+                Ok(Some(value)) => break value,
+                Ok(None) | Err(_) if until.is_some_and(|u| Instant::now() + delay <= u) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(POLL_MAX);
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        };
+        let renewed = open(&r.seal, &value, result)?;
         self.metrics.shared_hits.inc();
         Some(Landing::Renewed {
             next: next(&renewed),

@@ -69,6 +69,7 @@ pub enum Unsealed {
 }
 
 /// The AEAD of one session's value.
+#[derive(Clone)]
 pub struct Seal {
     cipher: ChaCha20Poly1305,
 }
