@@ -1075,6 +1075,35 @@ async fn a_rejection_while_redis_is_still_frozen_waits_for_the_other_refresh() {
     assert_eq!(auth.calls(), 2);
 }
 
+/// Redis freezes while one instance calls the auth API under the lock and another waits for
+/// it: the waiter keeps waiting through the stall instead of calling itself (which would replay
+/// the token the first call rotates: a reuse, fatal with an auth API that revokes the family),
+/// and the caller stores its result once Redis answers.
+#[tokio::test]
+async fn a_waiter_seeing_the_lock_waits_through_a_redis_stall() {
+    let redis = RedisServer::start().await;
+    let (app, auth) = (
+        Stub::app().await,
+        rotating_auth_api(Duration::from_millis(1000), Duration::ZERO).await,
+    );
+    let fleet = fleet(2, &app, &auth, &store_yaml(&redis, 300)).await;
+    let cookie = expired_session("opaque-rt-wait-through");
+    let leader = spawn_get(fleet[0].0.addr, "/page", &cookie);
+    auth.wait_for_calls(1).await;
+    let waiter = spawn_get(fleet[1].0.addr, "/page", &cookie);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis.pause(Duration::from_millis(1500));
+    let (leader, waiter) = (leader.await.unwrap(), waiter.await.unwrap());
+    assert_eq!(leader.status, 200, "{}", leader.text());
+    assert_eq!(waiter.status, 200, "{}", waiter.text());
+    assert_eq!(lines(&waiter), lines(&leader));
+    assert_eq!(
+        auth.calls(),
+        1,
+        "the waiter never replayed the rotated token"
+    );
+}
+
 /// After a Redis restart, each thread's connection is found dropped at its first command and
 /// that command is sent again on a new one: the very first sessions are shared, one call each,
 /// on every thread.

@@ -453,6 +453,14 @@ impl SharedStore {
         let mut waited = false;
         loop {
             match self.acquire(keys, &r.token, r.lease).await {
+                // Another instance was seen calling: its result is awaited through a stall
+                // (it stores it once Redis answers), as a call here would replay the token
+                // that call rotates.
+                Err(error) if waited && Instant::now() + delay <= give_up => {
+                    self.failed("waiting for another instance", &error);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(POLL_MAX);
+                }
                 Err(error) => {
                     self.failed("taking the refresh lock", &error);
                     self.metrics.fallbacks.inc();
@@ -643,10 +651,14 @@ impl SharedStore {
                 return Landing::Ended(SessionEnded.into());
             }
             Ok(Stored::Kept | Stored::Already) => {}
-            Err(error) if !alone => self.failed("storing a result", &error),
-            // Redis still stalled: another instance's refresh of the same session is refused
-            // the token this one rotated, and polls for this result (`rescue`) as long.
-            Err(_) => self.store_later(r, value, next),
+            // Redis stalled: tried again in the background, for the instances waiting for this
+            // result (polling the lock, or refused the token this one rotated: `rescue`).
+            Err(error) => {
+                if !alone {
+                    self.failed("storing a result", &error);
+                }
+                self.store_later(r, value, next);
+            }
         }
         Landing::Renewed {
             value: renewed,
