@@ -104,6 +104,9 @@ return {n or '', o or ''}
 const MAX_CHAIN: usize = 16;
 const POLL_FIRST: Duration = Duration::from_millis(2);
 const POLL_MAX: Duration = Duration::from_millis(50);
+/// Longest pause between attempts to store a result made alone: every refresh of an outage
+/// retries in the background, so a few attempts each, not one per poll of a waiter.
+const STORE_RETRY_MAX: Duration = Duration::from_millis(400);
 
 /// The cross-instance counters, registered in the proxy's registry.
 pub struct StoreMetrics {
@@ -667,8 +670,8 @@ impl SharedStore {
     }
 
     /// Stores a result made alone once Redis answers again, in the background (the answer does
-    /// not wait), tried until a lease from now: as long as another instance refused meanwhile
-    /// polls for it.
+    /// not wait), tried until a lease from now (as long as another instance refused meanwhile
+    /// polls for it), with pauses doubling to [`STORE_RETRY_MAX`]: about a dozen attempts.
     fn store_later(self: &Arc<Self>, r: &Refreshing, value: Vec<u8>, next: Option<SessionKey>) {
         let (store, r) = (Arc::clone(self), r.clone());
         let until = Instant::now() + r.lease;
@@ -676,7 +679,7 @@ impl SharedStore {
             let mut delay = POLL_FIRST;
             while Instant::now() + delay <= until {
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(POLL_MAX);
+                delay = (delay * 2).min(STORE_RETRY_MAX);
                 if store.store(&r, &value, next, true).await.is_ok() {
                     return;
                 }
