@@ -39,6 +39,10 @@ pub fn check_host(req: &RequestHeader) -> Result<Option<&[u8]>, BadHost> {
 /// Most options one request's `Connection` headers may list (Pingora's bound).
 const MAX_CONNECTION_OPTIONS: usize = 9;
 
+/// The longest field name the `http` crate holds: a longer option names nothing Pingora can
+/// parse, and it refuses the request.
+const MAX_FIELD_NAME_BYTES: usize = 65_535;
+
 /// A `Connection` header Pingora will not build the app's request from (an error, logged as the
 /// app's, after the refresh had already run): one naming `Host`, an `X-Forwarded-*` field the
 /// proxy sets, or a pseudo-header, an option that is not an HTTP token (RFC 9110 §5.6.2, §7.6.1),
@@ -57,6 +61,9 @@ pub fn check_connection(req: &RequestHeader) -> Result<(), &'static str> {
         }
         if !option.iter().all(|&b| is_tchar(b)) {
             return Err("lists an option that is not a token");
+        }
+        if option.len() > MAX_FIELD_NAME_BYTES {
+            return Err("lists an option longer than any field name");
         }
         const SET_BY_THE_PROXY: [&[u8]; 4] = [
             b"host",
@@ -224,7 +231,10 @@ mod tests {
     #[test]
     fn connection_options() {
         let ten = "a, b, c, d, e, f, g, h, i, j";
-        let cases: [(&[&str], bool); 11] = [
+        let (longest, too_long) = ("b".repeat(65_535), "b".repeat(65_536));
+        let cases: [(&[&str], bool); 13] = [
+            (&[&longest], true),
+            (&[&too_long], false),
             (&[], true),
             (&["keep-alive"], true),
             (&["close, Upgrade"], true),
