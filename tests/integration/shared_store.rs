@@ -1019,29 +1019,7 @@ async fn a_refresh_made_while_redis_stalled_is_shared_once_redis_answers_again()
 /// rather than a logout (and ends nothing: the session is alive).
 #[tokio::test]
 async fn a_rejection_after_another_instance_refreshed_alone_serves_that_refresh() {
-    let redis = RedisServer::start().await;
-    let (app, auth) = (
-        Stub::app().await,
-        rotating_auth_api(Duration::from_millis(500), Duration::from_millis(1000)).await,
-    );
-    let fleet = fleet(2, &app, &auth, &store_yaml(&redis, 300)).await;
-    let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
-    let cookie = expired_session("opaque-rt-both-alone");
-    redis.pause(Duration::from_millis(700));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let answers = spread(&addrs, &cookie, 2).await;
-    assert_eq!(auth.calls(), 2, "both instances called while Redis stalled");
-    for r in &answers {
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(lines(r), lines(&answers[0]));
-    }
-    assert!(
-        redis.keys("etls:*:ended").is_empty(),
-        "the session was not ended"
-    );
-    let later = spread(&addrs, &cookie, 2).await;
-    assert!(later.iter().all(|r| lines(r) == lines(&answers[0])));
-    assert_eq!(auth.calls(), 2);
+    both_alone("opaque-rt-both-alone", 500, 1000, 700).await;
 }
 
 /// The same, with Redis still frozen when the refusal comes back and longer than the winner's
@@ -1050,15 +1028,26 @@ async fn a_rejection_after_another_instance_refreshed_alone_serves_that_refresh(
 /// tester with `CLIENT PAUSE`: the refused instances answered the logout).
 #[tokio::test]
 async fn a_rejection_while_redis_is_still_frozen_waits_for_the_other_refresh() {
+    both_alone("opaque-rt-still-frozen", 300, 0, 1500).await;
+}
+
+/// Redis frozen for `frozen_ms` as two instances refresh `rt` alone, the auth API answering the
+/// first in `answer_ms` and refusing the second in `refuse_ms`: both answers carry the first's
+/// tokens, nothing is ended, and replays make no call.
+async fn both_alone(rt: &str, answer_ms: u64, refuse_ms: u64, frozen_ms: u64) {
     let redis = RedisServer::start().await;
     let (app, auth) = (
         Stub::app().await,
-        rotating_auth_api(Duration::from_millis(300), Duration::ZERO).await,
+        rotating_auth_api(
+            Duration::from_millis(answer_ms),
+            Duration::from_millis(refuse_ms),
+        )
+        .await,
     );
     let fleet = fleet(2, &app, &auth, &store_yaml(&redis, 300)).await;
     let addrs: Vec<SocketAddr> = fleet.iter().map(|(p, _)| p.addr).collect();
-    let cookie = expired_session("opaque-rt-still-frozen");
-    redis.pause(Duration::from_millis(1500));
+    let cookie = expired_session(rt);
+    redis.pause(Duration::from_millis(frozen_ms));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let answers = spread(&addrs, &cookie, 2).await;
     assert_eq!(auth.calls(), 2, "both instances called while Redis stalled");
