@@ -669,9 +669,10 @@ impl SharedStore {
         }
     }
 
-    /// Stores a result made alone once Redis answers again, in the background (the answer does
-    /// not wait), tried until a lease from now (as long as another instance refused meanwhile
-    /// polls for it), with pauses doubling to [`STORE_RETRY_MAX`]: about a dozen attempts.
+    /// Stores a result whose store failed (made alone, or by a leader) once Redis answers
+    /// again, in the background (the answer does not wait), never over one already stored;
+    /// tried until a lease from now (as long as another instance refused meanwhile polls for
+    /// it), with pauses doubling to [`STORE_RETRY_MAX`]: about a dozen attempts.
     fn store_later(self: &Arc<Self>, r: &Refreshing, value: Vec<u8>, next: Option<SessionKey>) {
         let (store, r) = (Arc::clone(self), r.clone());
         let until = Instant::now() + r.lease;
